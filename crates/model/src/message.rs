@@ -1,0 +1,183 @@
+//! From one MQTT message (topic + payload) to typed rows of one table.
+
+use crate::payload::entity::{EntityChange, parse_registration};
+use crate::payload::event::{Alarm, Event, parse_alarm, parse_event};
+use crate::payload::health::{HealthStatus, parse_health};
+use crate::payload::measurement::{MeasurementError, SeriesValue, parse_measurement};
+use crate::payload::meta::{MeasurementMeta, parse_meta};
+use crate::payload::twin::{TwinChange, parse_twin};
+use crate::payload::payload_text;
+use crate::reject::{PayloadKind, RejectReason, Rejection};
+use crate::schema::Table;
+use crate::time::Timestamp;
+use crate::topic::{Channel, EntityTopicId, Topic, TopicRoot};
+
+/// One message that became data: the entity it is about and its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub entity: EntityTopicId,
+    pub body: MessageBody,
+}
+
+/// The rows of one message, by table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageBody {
+    Measurement(Measurement),
+    MeasurementMeta(MeasurementMeta),
+    Event(Event),
+    Alarm(Alarm),
+    EntityChange(EntityChange),
+    TwinChange(TwinChange),
+    Health(HealthStatus),
+}
+
+/// The rows of `measurements` from one message: one per numeric value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub time: Timestamp,
+    /// From the topic (`m/<type>`); may be empty.
+    pub measurement_type: String,
+    pub values: Vec<SeriesValue>,
+    /// The reserved `properties` member as JSON text, passed through.
+    pub properties: Option<String>,
+}
+
+impl Message {
+    pub fn table(&self) -> Table {
+        match &self.body {
+            MessageBody::Measurement(_) => Table::Measurements,
+            MessageBody::MeasurementMeta(_) => Table::MeasurementMeta,
+            MessageBody::Event(_) => Table::Events,
+            MessageBody::Alarm(_) => Table::Alarms,
+            MessageBody::EntityChange(_) => Table::EntityChanges,
+            MessageBody::TwinChange(_) => Table::TwinChanges,
+            MessageBody::Health(_) => Table::Health,
+        }
+    }
+
+    /// How many rows the message adds to its table.
+    pub fn row_count(&self) -> usize {
+        match &self.body {
+            MessageBody::Measurement(m) => m.values.len(),
+            MessageBody::MeasurementMeta(meta) => meta.series.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// thin-edge traffic that is valid but is not telemetry or twin state, so Twinlake does not
+/// keep it: commands, signals, configuration and the like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    CommandCapability,
+    Command,
+    Signal,
+    Config,
+    /// `status/<component>` other than `health`.
+    Status,
+    EventMeta,
+    AlarmMeta,
+    /// `<root>/errors`: mapper error text, not stable enough to parse.
+    MapperErrors,
+}
+
+impl NotStored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CommandCapability => "command_capability",
+            Self::Command => "command",
+            Self::Signal => "signal",
+            Self::Config => "config",
+            Self::Status => "status",
+            Self::EventMeta => "event_meta",
+            Self::AlarmMeta => "alarm_meta",
+            Self::MapperErrors => "mapper_errors",
+        }
+    }
+}
+
+/// What a message is to Twinlake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// Rows for one table.
+    Data(Message),
+    /// A row for `rejected`.
+    Rejected(Rejection),
+    /// Valid thin-edge traffic that has no table (yet).
+    NotStored(NotStored),
+    /// Not under the topic root.
+    OutsideRoot,
+}
+
+/// Parses one MQTT message. `received_at` stands in for every missing `time`, so the result is
+/// a pure function of its arguments. Never panics, whatever the bytes.
+pub fn parse_message(root: &TopicRoot, topic: &[u8], payload: &[u8], received_at: Timestamp) -> Parsed {
+    let reject = |reason: RejectReason| {
+        Parsed::Rejected(Rejection {
+            received_at,
+            topic: String::from_utf8_lossy(topic).into_owned(),
+            payload: payload.to_vec(),
+            reason,
+        })
+    };
+    let Ok(topic_text) = std::str::from_utf8(topic) else {
+        return reject(RejectReason::TopicNotUtf8);
+    };
+    let (entity, channel) = match Topic::parse(root, topic_text) {
+        Ok(Topic::Entity { entity, channel }) => (entity, channel),
+        Ok(Topic::MapperErrors) => return Parsed::NotStored(NotStored::MapperErrors),
+        Ok(Topic::OutsideRoot) => return Parsed::OutsideRoot,
+        Err(error) => return reject(RejectReason::Topic(error)),
+    };
+    let body = match channel_body(channel, &entity, payload, received_at) {
+        Ok(Ok(body)) => body,
+        Ok(Err(not_stored)) => return Parsed::NotStored(not_stored),
+        Err(reason) => return reject(reason),
+    };
+    Parsed::Data(Message { entity, body })
+}
+
+type ChannelOutcome = Result<Result<MessageBody, NotStored>, RejectReason>;
+
+fn channel_body(channel: Channel<'_>, entity: &EntityTopicId, payload: &[u8], now: Timestamp) -> ChannelOutcome {
+    let text = |kind| payload_text(kind, payload);
+    let body = match channel {
+        Channel::Measurement { measurement_type } => {
+            MessageBody::Measurement(measurement(measurement_type, text(PayloadKind::Measurement)?, now)?)
+        }
+        Channel::MeasurementMeta { measurement_type } => MessageBody::MeasurementMeta(parse_meta(
+            measurement_type,
+            text(PayloadKind::MeasurementMeta)?,
+            now,
+        )?),
+        Channel::Event { event_type } => MessageBody::Event(parse_event(event_type, text(PayloadKind::Event)?, now)?),
+        Channel::Alarm { alarm_type } => MessageBody::Alarm(parse_alarm(alarm_type, text(PayloadKind::Alarm)?, now)?),
+        Channel::Registration => {
+            MessageBody::EntityChange(parse_registration(entity, text(PayloadKind::Registration)?, now)?)
+        }
+        Channel::Twin { fragment } => MessageBody::TwinChange(parse_twin(fragment, text(PayloadKind::Twin)?, now)?),
+        Channel::Health => MessageBody::Health(parse_health(text(PayloadKind::Health)?, now)?),
+        Channel::EventMeta { .. } => return Ok(Err(NotStored::EventMeta)),
+        Channel::AlarmMeta { .. } => return Ok(Err(NotStored::AlarmMeta)),
+        Channel::CommandCapability { .. } => return Ok(Err(NotStored::CommandCapability)),
+        Channel::Command { .. } => return Ok(Err(NotStored::Command)),
+        Channel::Signal { .. } => return Ok(Err(NotStored::Signal)),
+        Channel::Status { .. } => return Ok(Err(NotStored::Status)),
+        Channel::Config => return Ok(Err(NotStored::Config)),
+    };
+    Ok(Ok(body))
+}
+
+fn measurement(measurement_type: &str, payload: &str, now: Timestamp) -> Result<Measurement, RejectReason> {
+    const KIND: PayloadKind = PayloadKind::Measurement;
+    let parsed = parse_measurement(payload).map_err(|error| match error {
+        MeasurementError::Time(source) => RejectReason::Time { kind: KIND, source },
+        other => RejectReason::payload(KIND, other.to_string()),
+    })?;
+    Ok(Measurement {
+        time: parsed.time.unwrap_or(now),
+        measurement_type: measurement_type.to_owned(),
+        values: parsed.values,
+        properties: parsed.properties,
+    })
+}
