@@ -201,15 +201,16 @@ impl TableBuilders {
             }
             MessageBody::MeasurementMeta(meta) => {
                 let b = &mut self.measurement_meta;
-                let mut append = |series: Option<&str>, unit: Option<&str>, attributes: Option<&str>| {
-                    b.time.append_value(meta.time.unix_nanos());
-                    b.entity.append_value(entity);
-                    b.measurement_type.append_value(&meta.measurement_type);
-                    b.series.append_option(series);
-                    b.unit.append_option(unit);
-                    b.attributes.append_option(attributes);
-                    b.rows += 1;
-                };
+                let mut append =
+                    |series: Option<&str>, unit: Option<&str>, attributes: Option<&str>| {
+                        b.time.append_value(meta.time.unix_nanos());
+                        b.entity.append_value(entity);
+                        b.measurement_type.append_value(&meta.measurement_type);
+                        b.series.append_option(series);
+                        b.unit.append_option(unit);
+                        b.attributes.append_option(attributes);
+                        b.rows += 1;
+                    };
                 if meta.series.is_empty() {
                     append(None, None, None);
                 }
@@ -285,11 +286,15 @@ impl TableBuilders {
         b.entity.append_value(entity.as_str());
         b.change.append_value(change.change.as_str());
         b.kind.append_option(registration.map(|r| r.kind.as_str()));
-        b.parent
-            .append_option(registration.and_then(|r| r.parent.as_ref()).map(EntityTopicId::as_str));
+        b.parent.append_option(
+            registration
+                .and_then(|r| r.parent.as_ref())
+                .map(EntityTopicId::as_str),
+        );
         b.external_id
             .append_option(registration.and_then(|r| r.external_id.as_deref()));
-        b.name.append_option(registration.and_then(|r| r.name.as_deref()));
+        b.name
+            .append_option(registration.and_then(|r| r.name.as_deref()));
         b.entity_type
             .append_option(registration.and_then(|r| r.entity_type.as_deref()));
         b.health_endpoint.append_option(
@@ -304,7 +309,8 @@ impl TableBuilders {
 
     pub fn append_rejection(&mut self, rejection: &Rejection) {
         let b = &mut self.rejected;
-        b.received_at.append_value(rejection.received_at.unix_nanos());
+        b.received_at
+            .append_value(rejection.received_at.unix_nanos());
         b.topic.append_value(&rejection.topic);
         b.payload.append_value(&rejection.payload);
         b.reason_code.append_value(rejection.reason.code());

@@ -18,13 +18,19 @@ pub(crate) fn kind_of(value: &Value) -> &'static str {
 pub(crate) fn parse_object(payload: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str::<Value>(payload) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(other) => Err(format!("the payload must be a JSON object, not {}", kind_of(&other))),
+        Ok(other) => Err(format!(
+            "the payload must be a JSON object, not {}",
+            kind_of(&other)
+        )),
         Err(error) => Err(format!("invalid JSON: {error}")),
     }
 }
 
 /// Takes `key` out of `object` if it is a string; `Err` names the key if it is anything else.
-pub(crate) fn take_string(object: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+pub(crate) fn take_string(
+    object: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, String> {
     match object.shift_remove(key) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),

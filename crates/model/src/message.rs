@@ -5,8 +5,8 @@ use crate::payload::event::{Alarm, Event, parse_alarm, parse_event};
 use crate::payload::health::{HealthStatus, parse_health};
 use crate::payload::measurement::{MeasurementError, SeriesValue, parse_measurement};
 use crate::payload::meta::{MeasurementMeta, parse_meta};
-use crate::payload::twin::{TwinChange, parse_twin};
 use crate::payload::payload_text;
+use crate::payload::twin::{TwinChange, parse_twin};
 use crate::reject::{PayloadKind, RejectReason, Rejection};
 use crate::schema::Table;
 use crate::time::Timestamp;
@@ -111,7 +111,12 @@ pub enum Parsed {
 
 /// Parses one MQTT message. `received_at` stands in for every missing `time`, so the result is
 /// a pure function of its arguments. Never panics, whatever the bytes.
-pub fn parse_message(root: &TopicRoot, topic: &[u8], payload: &[u8], received_at: Timestamp) -> Parsed {
+pub fn parse_message(
+    root: &TopicRoot,
+    topic: &[u8],
+    payload: &[u8],
+    received_at: Timestamp,
+) -> Parsed {
     let reject = |reason: RejectReason| {
         Parsed::Rejected(Rejection {
             received_at,
@@ -139,36 +144,54 @@ pub fn parse_message(root: &TopicRoot, topic: &[u8], payload: &[u8], received_at
 
 type ChannelOutcome = Result<Result<MessageBody, NotStored>, RejectReason>;
 
-fn channel_body(channel: Channel<'_>, entity: &EntityTopicId, payload: &[u8], now: Timestamp) -> ChannelOutcome {
+fn channel_body(
+    channel: Channel<'_>,
+    entity: &EntityTopicId,
+    payload: &[u8],
+    now: Timestamp,
+) -> ChannelOutcome {
     let text = |kind| payload_text(kind, payload);
-    let body = match channel {
-        Channel::Measurement { measurement_type } => {
-            MessageBody::Measurement(measurement(measurement_type, text(PayloadKind::Measurement)?, now)?)
-        }
-        Channel::MeasurementMeta { measurement_type } => MessageBody::MeasurementMeta(parse_meta(
-            measurement_type,
-            text(PayloadKind::MeasurementMeta)?,
-            now,
-        )?),
-        Channel::Event { event_type } => MessageBody::Event(parse_event(event_type, text(PayloadKind::Event)?, now)?),
-        Channel::Alarm { alarm_type } => MessageBody::Alarm(parse_alarm(alarm_type, text(PayloadKind::Alarm)?, now)?),
-        Channel::Registration => {
-            MessageBody::EntityChange(parse_registration(entity, text(PayloadKind::Registration)?, now)?)
-        }
-        Channel::Twin { fragment } => MessageBody::TwinChange(parse_twin(fragment, text(PayloadKind::Twin)?, now)?),
-        Channel::Health => MessageBody::Health(parse_health(text(PayloadKind::Health)?, now)?),
-        Channel::EventMeta { .. } => return Ok(Err(NotStored::EventMeta)),
-        Channel::AlarmMeta { .. } => return Ok(Err(NotStored::AlarmMeta)),
-        Channel::CommandCapability { .. } => return Ok(Err(NotStored::CommandCapability)),
-        Channel::Command { .. } => return Ok(Err(NotStored::Command)),
-        Channel::Signal { .. } => return Ok(Err(NotStored::Signal)),
-        Channel::Status { .. } => return Ok(Err(NotStored::Status)),
-        Channel::Config => return Ok(Err(NotStored::Config)),
-    };
+    let body =
+        match channel {
+            Channel::Measurement { measurement_type } => MessageBody::Measurement(measurement(
+                measurement_type,
+                text(PayloadKind::Measurement)?,
+                now,
+            )?),
+            Channel::MeasurementMeta { measurement_type } => MessageBody::MeasurementMeta(
+                parse_meta(measurement_type, text(PayloadKind::MeasurementMeta)?, now)?,
+            ),
+            Channel::Event { event_type } => {
+                MessageBody::Event(parse_event(event_type, text(PayloadKind::Event)?, now)?)
+            }
+            Channel::Alarm { alarm_type } => {
+                MessageBody::Alarm(parse_alarm(alarm_type, text(PayloadKind::Alarm)?, now)?)
+            }
+            Channel::Registration => MessageBody::EntityChange(parse_registration(
+                entity,
+                text(PayloadKind::Registration)?,
+                now,
+            )?),
+            Channel::Twin { fragment } => {
+                MessageBody::TwinChange(parse_twin(fragment, text(PayloadKind::Twin)?, now)?)
+            }
+            Channel::Health => MessageBody::Health(parse_health(text(PayloadKind::Health)?, now)?),
+            Channel::EventMeta { .. } => return Ok(Err(NotStored::EventMeta)),
+            Channel::AlarmMeta { .. } => return Ok(Err(NotStored::AlarmMeta)),
+            Channel::CommandCapability { .. } => return Ok(Err(NotStored::CommandCapability)),
+            Channel::Command { .. } => return Ok(Err(NotStored::Command)),
+            Channel::Signal { .. } => return Ok(Err(NotStored::Signal)),
+            Channel::Status { .. } => return Ok(Err(NotStored::Status)),
+            Channel::Config => return Ok(Err(NotStored::Config)),
+        };
     Ok(Ok(body))
 }
 
-fn measurement(measurement_type: &str, payload: &str, now: Timestamp) -> Result<Measurement, RejectReason> {
+fn measurement(
+    measurement_type: &str,
+    payload: &str,
+    now: Timestamp,
+) -> Result<Measurement, RejectReason> {
     const KIND: PayloadKind = PayloadKind::Measurement;
     let parsed = parse_measurement(payload).map_err(|error| match error {
         MeasurementError::Time(source) => RejectReason::Time { kind: KIND, source },

@@ -54,8 +54,13 @@ pub enum RejectReason {
     TopicNotUtf8,
     #[error("{0}")]
     Topic(#[from] TopicError),
-    #[error("{kind} rejected: the payload is not valid UTF-8 (invalid byte at offset {valid_up_to})")]
-    PayloadNotUtf8 { kind: PayloadKind, valid_up_to: usize },
+    #[error(
+        "{kind} rejected: the payload is not valid UTF-8 (invalid byte at offset {valid_up_to})"
+    )]
+    PayloadNotUtf8 {
+        kind: PayloadKind,
+        valid_up_to: usize,
+    },
     #[error("{kind} rejected: {problem}")]
     Payload { kind: PayloadKind, problem: String },
     #[error("{kind} rejected: {source}")]
@@ -64,7 +69,9 @@ pub enum RejectReason {
         #[source]
         source: TimeError,
     },
-    #[error("payload of {size} bytes exceeds the limit of {limit} bytes; only its first bytes are kept")]
+    #[error(
+        "payload of {size} bytes exceeds the limit of {limit} bytes; only its first bytes are kept"
+    )]
     PayloadTooLarge { size: usize, limit: usize },
 }
 

@@ -98,72 +98,188 @@ const ENTITY_DOC: &str = "Entity topic id, padded to 4 segments (e.g. `device/ch
 const MEASUREMENTS: &[Column] = &[
     required("time", Time, TIME_DOC),
     required("entity", Text, ENTITY_DOC),
-    required("type", Text, "Measurement type from the topic (`m/<type>`); may be empty."),
-    required("series", Text, "The key of the value, `group.key` for a member of a group."),
+    required(
+        "type",
+        Text,
+        "Measurement type from the topic (`m/<type>`); may be empty.",
+    ),
+    required(
+        "series",
+        Text,
+        "The key of the value, `group.key` for a member of a group.",
+    ),
     required("value", Float, "The value; integers are stored as doubles."),
-    optional("properties", Json, "The message's reserved `properties` member, passed through unchanged (any JSON)."),
+    optional(
+        "properties",
+        Json,
+        "The message's reserved `properties` member, passed through unchanged (any JSON).",
+    ),
 ];
 
 const EVENTS: &[Column] = &[
     required("time", Time, TIME_DOC),
     required("entity", Text, ENTITY_DOC),
-    required("type", Text, "Event type: the topic's (`e/<type>`) unless the payload's `type` overrides it."),
-    required("text", Text, "The payload's `text`, or the event type when there is none."),
-    optional("attributes", Json, "Custom fragments: every other member of the payload."),
+    required(
+        "type",
+        Text,
+        "Event type: the topic's (`e/<type>`) unless the payload's `type` overrides it.",
+    ),
+    required(
+        "text",
+        Text,
+        "The payload's `text`, or the event type when there is none.",
+    ),
+    optional(
+        "attributes",
+        Json,
+        "Custom fragments: every other member of the payload.",
+    ),
 ];
 
 const ALARMS: &[Column] = &[
     required("time", Time, TIME_DOC),
     required("entity", Text, ENTITY_DOC),
-    required("type", Text, "Alarm type: the topic's (`a/<type>`) unless the payload's `type` overrides it. With the entity, the alarm's identity."),
-    optional("severity", Text, "`critical`, `major`, `minor` or `warning`; missing or unknown severities are `minor`. Null for a clear."),
-    optional("text", Text, "The payload's `text`, or the alarm type. Null for a clear."),
-    required("status", Text, "`raised`, or `cleared` for the empty retained payload."),
-    optional("attributes", Json, "Custom fragments; an unknown severity is kept here under `severity`."),
+    required(
+        "type",
+        Text,
+        "Alarm type: the topic's (`a/<type>`) unless the payload's `type` overrides it. With the entity, the alarm's identity.",
+    ),
+    optional(
+        "severity",
+        Text,
+        "`critical`, `major`, `minor` or `warning`; missing or unknown severities are `minor`. Null for a clear.",
+    ),
+    optional(
+        "text",
+        Text,
+        "The payload's `text`, or the alarm type. Null for a clear.",
+    ),
+    required(
+        "status",
+        Text,
+        "`raised`, or `cleared` for the empty retained payload.",
+    ),
+    optional(
+        "attributes",
+        Json,
+        "Custom fragments; an unknown severity is kept here under `severity`.",
+    ),
 ];
 
 const ENTITY_CHANGES: &[Column] = &[
-    required("time", Time, "When Twinlake received the registration (registrations carry no time)."),
+    required(
+        "time",
+        Time,
+        "When Twinlake received the registration (registrations carry no time).",
+    ),
     required("entity", Text, ENTITY_DOC),
-    required("change", Text, "`registered` (new or updated), `auto_registered` (from telemetry of an unregistered default-scheme id) or `deregistered` (the entity and all its descendants)."),
-    optional("kind", Text, "`@type`: `device` (the main device), `child-device` or `service`. Null for a deregistration."),
-    optional("parent", Text, "`@parent`, or thin-edge's default parent for the kind. Null for the main device and deregistrations."),
-    optional("external_id", Text, "`@id`: the entity's external identity."),
+    required(
+        "change",
+        Text,
+        "`registered` (new or updated), `auto_registered` (from telemetry of an unregistered default-scheme id) or `deregistered` (the entity and all its descendants).",
+    ),
+    optional(
+        "kind",
+        Text,
+        "`@type`: `device` (the main device), `child-device` or `service`. Null for a deregistration.",
+    ),
+    optional(
+        "parent",
+        Text,
+        "`@parent`, or thin-edge's default parent for the kind. Null for the main device and deregistrations.",
+    ),
+    optional(
+        "external_id",
+        Text,
+        "`@id`: the entity's external identity.",
+    ),
     optional("name", Text, "The `name` member, when it is a string."),
-    optional("type", Text, "The `type` member (device or service type), when it is a string."),
-    optional("health_endpoint", Text, "`@health`: the entity that reports this one's health."),
-    optional("attributes", Json, "Every member except `@type`, `@id`, `@parent`, `@health`: the twin data of the registration, `name` and `type` included."),
+    optional(
+        "type",
+        Text,
+        "The `type` member (device or service type), when it is a string.",
+    ),
+    optional(
+        "health_endpoint",
+        Text,
+        "`@health`: the entity that reports this one's health.",
+    ),
+    optional(
+        "attributes",
+        Json,
+        "Every member except `@type`, `@id`, `@parent`, `@health`: the twin data of the registration, `name` and `type` included.",
+    ),
 ];
 
 const TWIN_CHANGES: &[Column] = &[
     required("time", Time, "When Twinlake received the fragment."),
     required("entity", Text, ENTITY_DOC),
-    required("fragment", Text, "The fragment key from the topic (`twin/<fragment>`)."),
-    optional("value", Json, "The fragment's value as JSON (any JSON value). Null when the fragment was deleted (empty payload)."),
+    required(
+        "fragment",
+        Text,
+        "The fragment key from the topic (`twin/<fragment>`).",
+    ),
+    optional(
+        "value",
+        Json,
+        "The fragment's value as JSON (any JSON value). Null when the fragment was deleted (empty payload).",
+    ),
 ];
 
 const HEALTH: &[Column] = &[
     required("time", Time, TIME_DOC),
     required("entity", Text, ENTITY_DOC),
-    optional("status", Text, "`up`, `down` (also for the bare `1`/`0` of bridges), another status as sent, or `unknown` when the payload has none. Null when the retained status was cleared."),
+    optional(
+        "status",
+        Text,
+        "`up`, `down` (also for the bare `1`/`0` of bridges), another status as sent, or `unknown` when the payload has none. Null when the retained status was cleared.",
+    ),
     optional("pid", Integer, "The reporting process id."),
     optional("attributes", Json, "Every other member of the payload."),
 ];
 
 const MEASUREMENT_META: &[Column] = &[
-    required("time", Time, "When Twinlake received the metadata; it applies to later measurements."),
+    required(
+        "time",
+        Time,
+        "When Twinlake received the metadata; it applies to later measurements.",
+    ),
     required("entity", Text, ENTITY_DOC),
-    required("type", Text, "Measurement type from the topic (`m/<type>/meta`)."),
-    optional("series", Text, "The series the metadata is for (`group.member` for a member of a group). Null when the metadata of the type was cleared."),
+    required(
+        "type",
+        Text,
+        "Measurement type from the topic (`m/<type>/meta`).",
+    ),
+    optional(
+        "series",
+        Text,
+        "The series the metadata is for (`group.member` for a member of a group). Null when the metadata of the type was cleared.",
+    ),
     optional("unit", Text, "The `unit` member, when it is a string."),
-    optional("attributes", Json, "Everything else said about the series (`precision`, `min`, `max`, ...)."),
+    optional(
+        "attributes",
+        Json,
+        "Everything else said about the series (`precision`, `min`, `max`, ...).",
+    ),
 ];
 
 const REJECTED: &[Column] = &[
     required("received_at", Time, "When Twinlake received the message."),
-    required("topic", Text, "The topic as received (invalid UTF-8 replaced by U+FFFD)."),
-    required("payload", Bytes, "The whole payload, byte for byte (only the first bytes of an oversized one)."),
-    required("reason_code", Text, "A stable name for the kind of reason: `invalid_topic`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`."),
+    required(
+        "topic",
+        Text,
+        "The topic as received (invalid UTF-8 replaced by U+FFFD).",
+    ),
+    required(
+        "payload",
+        Bytes,
+        "The whole payload, byte for byte (only the first bytes of an oversized one).",
+    ),
+    required(
+        "reason_code",
+        Text,
+        "A stable name for the kind of reason: `invalid_topic`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`.",
+    ),
     required("reason", Text, "What was wrong, for a person to act on."),
 ];
 
@@ -200,14 +316,24 @@ impl Table {
     /// What one row is.
     pub fn description(self) -> &'static str {
         match self {
-            Self::Measurements => "One row per numeric value: a message `{\"t\":21.5,\"g\":{\"a\":1}}` on `te/<entity>/m/<type>` gives the rows `t` and `g.a`.",
+            Self::Measurements => {
+                "One row per numeric value: a message `{\"t\":21.5,\"g\":{\"a\":1}}` on `te/<entity>/m/<type>` gives the rows `t` and `g.a`."
+            }
             Self::Events => "One row per event (`te/<entity>/e/<type>`).",
             Self::Alarms => "One row per alarm raise or clear (`te/<entity>/a/<type>`).",
-            Self::EntityChanges => "One row per registration, update or deregistration of an entity (`te/<entity>`), and per auto-registration.",
-            Self::TwinChanges => "One row per twin fragment set or deleted (`te/<entity>/twin/<fragment>`).",
+            Self::EntityChanges => {
+                "One row per registration, update or deregistration of an entity (`te/<entity>`), and per auto-registration."
+            }
+            Self::TwinChanges => {
+                "One row per twin fragment set or deleted (`te/<entity>/twin/<fragment>`)."
+            }
             Self::Health => "One row per health status message (`te/<entity>/status/health`).",
-            Self::MeasurementMeta => "One row per series described by a metadata message (`te/<entity>/m/<type>/meta`), or one row with a null series when it was cleared.",
-            Self::Rejected => "One row per message that could not become data, with the reason. Nothing is dropped silently.",
+            Self::MeasurementMeta => {
+                "One row per series described by a metadata message (`te/<entity>/m/<type>/meta`), or one row with a null series when it was cleared."
+            }
+            Self::Rejected => {
+                "One row per message that could not become data, with the reason. Nothing is dropped silently."
+            }
         }
     }
 

@@ -121,7 +121,10 @@ mod tests {
     #[test]
     fn rfc3339_needs_t_and_offset() {
         assert_eq!(rfc("2020-10-15T05:30:47+00:00"), "2020-10-15T05:30:47Z");
-        assert_eq!(rfc("2021-04-30T17:03:14.123+02:00"), "2021-04-30T15:03:14.123Z");
+        assert_eq!(
+            rfc("2021-04-30T17:03:14.123+02:00"),
+            "2021-04-30T15:03:14.123Z"
+        );
         assert_eq!(
             rfc("2026-11-21T00:08:39.180999994Z"),
             "2026-11-21T00:08:39.180999994Z"
@@ -155,7 +158,9 @@ mod tests {
         assert!(Timestamp::from_unix_seconds_f64(1e30).is_err());
         assert!(Timestamp::from_unix_seconds_f64(f64::NAN).is_err());
         assert_eq!(
-            Timestamp::from_unix_seconds(1701949168).unwrap().to_rfc3339(),
+            Timestamp::from_unix_seconds(1701949168)
+                .unwrap()
+                .to_rfc3339(),
             "2023-12-07T11:39:28Z"
         );
     }

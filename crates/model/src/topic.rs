@@ -121,18 +121,41 @@ impl fmt::Display for EntityTopicId {
 pub enum Channel<'a> {
     /// Nothing after the id: the entity's registration.
     Registration,
-    Twin { fragment: &'a str },
-    Measurement { measurement_type: &'a str },
-    MeasurementMeta { measurement_type: &'a str },
-    Event { event_type: &'a str },
-    EventMeta { event_type: &'a str },
-    Alarm { alarm_type: &'a str },
-    AlarmMeta { alarm_type: &'a str },
-    CommandCapability { operation: &'a str },
-    Command { operation: &'a str, command_id: &'a str },
-    Signal { signal_type: &'a str },
+    Twin {
+        fragment: &'a str,
+    },
+    Measurement {
+        measurement_type: &'a str,
+    },
+    MeasurementMeta {
+        measurement_type: &'a str,
+    },
+    Event {
+        event_type: &'a str,
+    },
+    EventMeta {
+        event_type: &'a str,
+    },
+    Alarm {
+        alarm_type: &'a str,
+    },
+    AlarmMeta {
+        alarm_type: &'a str,
+    },
+    CommandCapability {
+        operation: &'a str,
+    },
+    Command {
+        operation: &'a str,
+        command_id: &'a str,
+    },
+    Signal {
+        signal_type: &'a str,
+    },
     Health,
-    Status { component: &'a str },
+    Status {
+        component: &'a str,
+    },
     Config,
 }
 
@@ -161,10 +184,10 @@ impl<'a> Channel<'a> {
             ["config"] => Self::Config,
             _ => return Err(TopicError::UnknownChannel(channel.to_owned())),
         };
-        if let Self::Twin { fragment } = parsed {
-            if fragment.is_empty() || fragment.starts_with('@') {
-                return Err(TopicError::InvalidTwinFragment(fragment.to_owned()));
-            }
+        if let Self::Twin { fragment } = parsed
+            && (fragment.is_empty() || fragment.starts_with('@'))
+        {
+            return Err(TopicError::InvalidTwinFragment(fragment.to_owned()));
         }
         Ok(parsed)
     }
@@ -211,7 +234,9 @@ impl<'a> Topic<'a> {
 /// Why a topic cannot be read as thin-edge's topic grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
-    #[error("{0:?} is not a valid topic root: it must be one non-empty segment without '/', '+' or '#'")]
+    #[error(
+        "{0:?} is not a valid topic root: it must be one non-empty segment without '/', '+' or '#'"
+    )]
     InvalidRoot(String),
     #[error("{0:?} has more than the 4 segments of an entity topic id")]
     EntityTooLong(String),
@@ -288,14 +313,35 @@ mod tests {
     fn every_channel_kind_is_recognised() {
         let cases = [
             ("te/device/main//", Channel::Registration),
-            ("te/device/main///twin/agent", Channel::Twin { fragment: "agent" }),
-            ("te/device/main///e/login", Channel::Event { event_type: "login" }),
-            ("te/device/main///e/login/meta", Channel::EventMeta { event_type: "login" }),
-            ("te/device/main///a/hot", Channel::Alarm { alarm_type: "hot" }),
-            ("te/device/main///a/hot/meta", Channel::AlarmMeta { alarm_type: "hot" }),
+            (
+                "te/device/main///twin/agent",
+                Channel::Twin { fragment: "agent" },
+            ),
+            (
+                "te/device/main///e/login",
+                Channel::Event {
+                    event_type: "login",
+                },
+            ),
+            (
+                "te/device/main///e/login/meta",
+                Channel::EventMeta {
+                    event_type: "login",
+                },
+            ),
+            (
+                "te/device/main///a/hot",
+                Channel::Alarm { alarm_type: "hot" },
+            ),
+            (
+                "te/device/main///a/hot/meta",
+                Channel::AlarmMeta { alarm_type: "hot" },
+            ),
             (
                 "te/device/main///cmd/restart",
-                Channel::CommandCapability { operation: "restart" },
+                Channel::CommandCapability {
+                    operation: "restart",
+                },
             ),
             (
                 "te/device/main///cmd/restart/c8y-123",
@@ -304,9 +350,17 @@ mod tests {
                     command_id: "c8y-123",
                 },
             ),
-            ("te/device/main///signal/sync", Channel::Signal { signal_type: "sync" }),
+            (
+                "te/device/main///signal/sync",
+                Channel::Signal {
+                    signal_type: "sync",
+                },
+            ),
             ("te/device/main///status/health", Channel::Health),
-            ("te/device/main///status/gps", Channel::Status { component: "gps" }),
+            (
+                "te/device/main///status/gps",
+                Channel::Status { component: "gps" },
+            ),
             ("te/device/main/service/tedge-agent/config", Channel::Config),
         ];
         for (topic, expected) in cases {
@@ -396,7 +450,10 @@ mod tests {
         );
         assert_eq!(entity("device/main//foo").default_scheme(), None);
         assert_eq!(entity("custom/main//").default_scheme(), None);
-        assert_eq!(entity("device/main/custom_service/foo").default_scheme(), None);
+        assert_eq!(
+            entity("device/main/custom_service/foo").default_scheme(),
+            None
+        );
         assert_eq!(
             entity("device/child01/service/nodered").default_device(),
             Some(entity("device/child01//"))

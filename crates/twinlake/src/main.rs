@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
 
 #[derive(Debug, Parser)]
-#[command(name = "twinlake", version, about = "Twinlake: the store for thin-edge.io digital-twin telemetry")]
+#[command(
+    name = "twinlake",
+    version,
+    about = "Twinlake: the store for thin-edge.io digital-twin telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,12 @@ fn main() -> ExitCode {
             payload,
             topic_root,
             received_at,
-        } => match check(&topic, payload.as_deref(), &topic_root, received_at.as_deref()) {
+        } => match check(
+            &topic,
+            payload.as_deref(),
+            &topic_root,
+            received_at.as_deref(),
+        ) {
             Ok(code) => code,
             Err(message) => {
                 eprintln!("error: {message}");
@@ -51,7 +60,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(topic: &str, payload: Option<&str>, root: &str, received_at: Option<&str>) -> Result<ExitCode, String> {
+fn check(
+    topic: &str,
+    payload: Option<&str>,
+    root: &str,
+    received_at: Option<&str>,
+) -> Result<ExitCode, String> {
     let root = TopicRoot::new(root).map_err(|e| e.to_string())?;
     let received_at = match received_at {
         Some(text) => Timestamp::parse_rfc3339(text).map_err(|e| format!("--received-at: {e}"))?,
@@ -75,21 +89,32 @@ fn check(topic: &str, payload: Option<&str>, root: &str, received_at: Option<&st
             ExitCode::SUCCESS
         }
         Parsed::Rejected(rejection) => {
-            println!("rejected ({}): {}", rejection.reason.code(), rejection.reason);
+            println!(
+                "rejected ({}): {}",
+                rejection.reason.code(),
+                rejection.reason
+            );
             builders.append_rejection(&rejection);
             ExitCode::from(1)
         }
         Parsed::NotStored(kind) => {
-            println!("valid thin-edge message ({}), not stored by Twinlake", kind.as_str());
+            println!(
+                "valid thin-edge message ({}), not stored by Twinlake",
+                kind.as_str()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         Parsed::OutsideRoot => {
-            println!("not a thin-edge message: the topic is not under '{}/'", root.as_str());
+            println!(
+                "not a thin-edge message: the topic is not under '{}/'",
+                root.as_str()
+            );
             return Ok(ExitCode::SUCCESS);
         }
     };
     for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
-        let rendered = arrow_cast::pretty::pretty_format_batches(&[batch]).map_err(|e| e.to_string())?;
+        let rendered =
+            arrow_cast::pretty::pretty_format_batches(&[batch]).map_err(|e| e.to_string())?;
         println!("{table}:\n{rendered}");
     }
     Ok(code)

@@ -13,7 +13,9 @@ fn check(topic: &[u8], payload: &[u8]) -> Result<(), TestCaseError> {
         Parsed::Data(message) => {
             prop_assert!(message.row_count() > 0);
             builders.append(&message);
-            let batches = builders.finish().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let batches = builders
+                .finish()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(batches.len(), 1);
             prop_assert_eq!(batches[0].1.num_rows(), message.row_count());
         }
@@ -21,7 +23,9 @@ fn check(topic: &[u8], payload: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(!rejection.reason.to_string().is_empty());
             prop_assert_eq!(&rejection.payload, &payload.to_vec());
             builders.append_rejection(&rejection);
-            let batches = builders.finish().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let batches = builders
+                .finish()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(batches[0].1.num_rows(), 1);
         }
         Parsed::NotStored(_) | Parsed::OutsideRoot => {}

@@ -10,20 +10,28 @@ use twinlake_model::Parsed;
 use crate::support::parse;
 
 fn validator(file: &str) -> jsonschema::Validator {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/payloads").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/payloads")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
-    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{file} is not a valid JSON Schema: {e}"))
+    jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{file} is not a valid JSON Schema: {e}"))
 }
 
 /// Asserts that schema and parser both accept (`valid`) or both refuse each payload.
 fn agree(file: &str, topic: &str, cases: &[(&str, bool)]) {
     let schema = validator(file);
     for (payload, valid) in cases {
-        let instance: serde_json::Value = serde_json::from_str(payload).expect("test payloads are JSON");
+        let instance: serde_json::Value =
+            serde_json::from_str(payload).expect("test payloads are JSON");
         assert_eq!(schema.is_valid(&instance), *valid, "{file} on {payload}");
         let parsed = parse(topic, payload);
-        assert_eq!(matches!(parsed, Parsed::Data(_)), *valid, "parser on {topic} {payload}: {parsed:?}");
+        assert_eq!(
+            matches!(parsed, Parsed::Data(_)),
+            *valid,
+            "parser on {topic} {payload}: {parsed:?}"
+        );
     }
 }
 
@@ -33,11 +41,20 @@ fn measurement_schema() {
         "measurement.schema.json",
         "te/device/main///m/env",
         &[
-            (r#"{"time":"2020-10-15T05:30:47+00:00","temperature":25,"three_phase_current":{"L1":9.5,"L2":10.3},"pressure":98}"#, true),
+            (
+                r#"{"time":"2020-10-15T05:30:47+00:00","temperature":25,"three_phase_current":{"L1":9.5,"L2":10.3},"pressure":98}"#,
+                true,
+            ),
             (r#"{"time":1702373722.123,"humidity":55}"#, true),
-            (r#"{"x":1,"properties":{"sensor":"DS18B20","ok":false}}"#, true),
+            (
+                r#"{"x":1,"properties":{"sensor":"DS18B20","ok":false}}"#,
+                true,
+            ),
             (r#"{"state":"ok","temperature":25}"#, true),
-            (r#"{"time":"2026-11-21T00:08:39.180999994Z","load":{"a":0.33}}"#, true),
+            (
+                r#"{"time":"2026-11-21T00:08:39.180999994Z","load":{"a":0.33}}"#,
+                true,
+            ),
             (r#"{"running":true,"temperature":25}"#, false),
             (r#"{"a":{"b":{"c":1}}}"#, false),
             ("{}", false),
@@ -55,7 +72,10 @@ fn measurement_schema() {
 #[test]
 fn event_and_alarm_schemas() {
     let event_cases = [
-        (r#"{"text":"A user just logged in","time":"2021-01-01T05:30:45+00:00","custom":{"nested":1}}"#, true),
+        (
+            r#"{"text":"A user just logged in","time":"2021-01-01T05:30:45+00:00","custom":{"nested":1}}"#,
+            true,
+        ),
         ("{}", true),
         (r#"{"type":"logout"}"#, true),
         (r#"{"text":"x","time":"yesterday"}"#, false),
@@ -64,12 +84,20 @@ fn event_and_alarm_schemas() {
         ("[]", false),
         ("3", false),
     ];
-    agree("event.schema.json", "te/device/main///e/login", &event_cases);
+    agree(
+        "event.schema.json",
+        "te/device/main///e/login",
+        &event_cases,
+    );
     agree("alarm.schema.json", "te/device/main///a/hot", &event_cases);
     agree(
         "alarm.schema.json",
         "te/device/main///a/hot",
-        &[(r#"{"severity":"fatal"}"#, true), (r#"{"severity":"critical","text":"hot"}"#, true), (r#"{"severity":1}"#, true)],
+        &[
+            (r#"{"severity":"fatal"}"#, true),
+            (r#"{"severity":"critical","text":"hot"}"#, true),
+            (r#"{"severity":1}"#, true),
+        ],
     );
 }
 
@@ -79,11 +107,23 @@ fn registration_schema() {
         "registration.schema.json",
         "te/device/child01//",
         &[
-            (r#"{"@type":"child-device","name":"child01","type":"SmartHomeHub"}"#, true),
-            (r#"{"@type":"service","@parent":"device/child01//","name":"nodered"}"#, true),
+            (
+                r#"{"@type":"child-device","name":"child01","type":"SmartHomeHub"}"#,
+                true,
+            ),
+            (
+                r#"{"@type":"service","@parent":"device/child01//","name":"nodered"}"#,
+                true,
+            ),
             (r#"{"@type":"device"}"#, true),
-            (r#"{"@type":"child-device","@parent":"device/child01"}"#, true),
-            (r#"{"@type":"child-device","@id":"c8y-1","@health":"device/child01/service/agent"}"#, true),
+            (
+                r#"{"@type":"child-device","@parent":"device/child01"}"#,
+                true,
+            ),
+            (
+                r#"{"@type":"child-device","@id":"c8y-1","@health":"device/child01/service/agent"}"#,
+                true,
+            ),
             (r#"{"name":"child01"}"#, false),
             (r#"{"@type":"gateway"}"#, false),
             (r#"{"@type":"child-device","@parent":5}"#, false),
@@ -99,13 +139,23 @@ fn twin_health_and_meta_schemas() {
     agree(
         "twin.schema.json",
         "te/device/main///twin/x",
-        &[(r#"{"family":"Debian"}"#, true), (r#""service""#, true), ("true", true), ("null", true), ("[1]", true), ("4.5", true)],
+        &[
+            (r#"{"family":"Debian"}"#, true),
+            (r#""service""#, true),
+            ("true", true),
+            ("null", true),
+            ("[1]", true),
+            ("4.5", true),
+        ],
     );
     agree(
         "health.schema.json",
         "te/device/main///status/health",
         &[
-            (r#"{"pid":7579,"status":"up","time":1795219644.3183434}"#, true),
+            (
+                r#"{"pid":7579,"status":"up","time":1795219644.3183434}"#,
+                true,
+            ),
             (r#"{"pid":4703,"status":"down"}"#, true),
             (r#"{"status":"up","time":"2021-01-01T05:30:45Z"}"#, true),
             ("1", true),
@@ -121,7 +171,10 @@ fn twin_health_and_meta_schemas() {
         "measurement-meta.schema.json",
         "te/device/main///m/battery/meta",
         &[
-            (r#"{"temperature":{"unit":"°C","precision":"±0.1°C"},"voltage":{"unit":"V","min":0,"max":20}}"#, true),
+            (
+                r#"{"temperature":{"unit":"°C","precision":"±0.1°C"},"voltage":{"unit":"V","min":0,"max":20}}"#,
+                true,
+            ),
             (r#"{"Climate.Temperature":{"unit":"°C"}}"#, true),
             (r#"{"x":"free text"}"#, true),
             ("{}", true),

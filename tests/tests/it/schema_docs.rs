@@ -37,11 +37,19 @@ fn schema_docs_list_every_column_of_every_table() {
         let page = table.markdown();
         let schema = table.schema();
         for field in schema.fields() {
-            assert!(page.contains(&format!("| `{}` |", field.name())), "{table}: {}", field.name());
+            assert!(
+                page.contains(&format!("| `{}` |", field.name())),
+                "{table}: {}",
+                field.name()
+            );
         }
     }
-    let index = std::fs::read_to_string(schemas_dir().join("README.md")).expect("schemas/README.md");
+    let index =
+        std::fs::read_to_string(schemas_dir().join("README.md")).expect("schemas/README.md");
     for table in Table::ALL {
-        assert!(index.contains(&format!("({}.md)", table.name())), "schemas/README.md lacks {table}");
+        assert!(
+            index.contains(&format!("({}.md)", table.name())),
+            "schemas/README.md lacks {table}"
+        );
     }
 }

@@ -7,11 +7,24 @@ use twinlake_model::{
 
 use crate::support::{RECEIVED, batch_rows, parse, rows_of};
 
-fn measurement(time: &str, entity: &str, mtype: &str, series: &str, value: f64) -> serde_json::Value {
+fn measurement(
+    time: &str,
+    entity: &str,
+    mtype: &str,
+    series: &str,
+    value: f64,
+) -> serde_json::Value {
     json!({"time": time, "entity": entity, "type": mtype, "series": series, "value": value, "properties": null})
 }
 
-fn registration(entity: &str, kind: &str, parent: &str, name: Option<&str>, etype: Option<&str>, attributes: serde_json::Value) -> serde_json::Value {
+fn registration(
+    entity: &str,
+    kind: &str,
+    parent: &str,
+    name: Option<&str>,
+    etype: Option<&str>,
+    attributes: serde_json::Value,
+) -> serde_json::Value {
     json!({
         "time": RECEIVED, "entity": entity, "change": "registered", "kind": kind, "parent": parent,
         "external_id": null, "name": name, "type": etype, "health_endpoint": null,
@@ -51,12 +64,24 @@ fn ex01_agent_service_registration() {
 
 #[test]
 fn ex01_service_default_parent_rules() {
-    let parent = |topic: &str| rows_of("entity_changes", topic, r#"{"@type":"service"}"#)[0]["parent"].clone();
-    assert_eq!(parent("te/device/main/service/tedge-agent"), "device/main//");
-    assert_eq!(parent("te/device/child01/service/nodered"), "device/child01//");
+    let parent = |topic: &str| {
+        rows_of("entity_changes", topic, r#"{"@type":"service"}"#)[0]["parent"].clone()
+    };
+    assert_eq!(
+        parent("te/device/main/service/tedge-agent"),
+        "device/main//"
+    );
+    assert_eq!(
+        parent("te/device/child01/service/nodered"),
+        "device/child01//"
+    );
     // A custom-schema service has no default-scheme device: its parent is the main device.
     assert_eq!(parent("te/factory01/hallA/packaging/svc"), "device/main//");
-    let main = rows_of("entity_changes", "te/device/main//", r#"{"@type":"device"}"#);
+    let main = rows_of(
+        "entity_changes",
+        "te/device/main//",
+        r#"{"@type":"device"}"#,
+    );
     assert_eq!(main[0]["parent"], serde_json::Value::Null);
     assert_eq!(main[0]["kind"], "device");
 }
@@ -64,8 +89,16 @@ fn ex01_service_default_parent_rules() {
 #[test]
 fn ex02_twin_string_fragment() {
     assert_eq!(
-        rows_of("twin_changes", "te/device/main/service/tedge-agent/twin/type", r#""service""#),
-        vec![twin("device/main/service/tedge-agent", "type", r#""service""#)]
+        rows_of(
+            "twin_changes",
+            "te/device/main/service/tedge-agent/twin/type",
+            r#""service""#
+        ),
+        vec![twin(
+            "device/main/service/tedge-agent",
+            "type",
+            r#""service""#
+        )]
     );
 }
 
@@ -106,9 +139,15 @@ fn ex05_ex06_commands_and_config_are_valid_but_not_stored() {
         parse("te/device/main///cmd/software_list", r#"{"types":[]}"#),
         Parsed::NotStored(NotStored::CommandCapability)
     );
-    assert_eq!(parse("te/device/main///cmd/restart", "{}"), Parsed::NotStored(NotStored::CommandCapability));
     assert_eq!(
-        parse("te/device/main///cmd/restart/c8y-mapper-1", r#"{"status":"init"}"#),
+        parse("te/device/main///cmd/restart", "{}"),
+        Parsed::NotStored(NotStored::CommandCapability)
+    );
+    assert_eq!(
+        parse(
+            "te/device/main///cmd/restart/c8y-mapper-1",
+            r#"{"status":"init"}"#
+        ),
         Parsed::NotStored(NotStored::Command)
     );
     assert_eq!(
@@ -118,8 +157,14 @@ fn ex05_ex06_commands_and_config_are_valid_but_not_stored() {
         ),
         Parsed::NotStored(NotStored::Config)
     );
-    assert_eq!(parse("te/device/main///signal/sync", "{}"), Parsed::NotStored(NotStored::Signal));
-    assert_eq!(parse("te/errors", "anything at all"), Parsed::NotStored(NotStored::MapperErrors));
+    assert_eq!(
+        parse("te/device/main///signal/sync", "{}"),
+        Parsed::NotStored(NotStored::Signal)
+    );
+    assert_eq!(
+        parse("te/errors", "anything at all"),
+        Parsed::NotStored(NotStored::MapperErrors)
+    );
 }
 
 #[test]
@@ -158,12 +203,20 @@ fn ex08_child_device_registration_and_its_twin_name() {
         )]
     );
     assert_eq!(
-        rows_of("twin_changes", "te/device/child01///twin/name", r#""child01""#),
+        rows_of(
+            "twin_changes",
+            "te/device/child01///twin/name",
+            r#""child01""#
+        ),
         vec![twin("device/child01//", "name", r#""child01""#)]
     );
     // The short form of the id is the same entity.
     assert_eq!(
-        rows_of("entity_changes", "te/device/child01", r#"{"@type":"child-device"}"#)[0]["entity"],
+        rows_of(
+            "entity_changes",
+            "te/device/child01",
+            r#"{"@type":"child-device"}"#
+        )[0]["entity"],
         "device/child01//"
     );
 }
@@ -208,7 +261,10 @@ fn ex10_service_of_a_child() {
 
 #[test]
 fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
-    let Parsed::Data(message) = parse("te/device/auto01/service/collectd/m/cpu_usage", r#"{"percent":12.5}"#) else {
+    let Parsed::Data(message) = parse(
+        "te/device/auto01/service/collectd/m/cpu_usage",
+        r#"{"percent":12.5}"#,
+    ) else {
         panic!("measurement expected");
     };
     assert_eq!(message.entity.as_str(), "device/auto01/service/collectd");
@@ -220,7 +276,11 @@ fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
         builders.append_entity_change(&entity, &change);
     }
     let batches = builders.finish().unwrap();
-    let changes = &batches.iter().find(|(t, _)| t.name() == "entity_changes").unwrap().1;
+    let changes = &batches
+        .iter()
+        .find(|(t, _)| t.name() == "entity_changes")
+        .unwrap()
+        .1;
     let auto = |entity: &str, kind: &str, parent: &str, name: &str| {
         json!({
             "time": RECEIVED, "entity": entity, "change": "auto_registered", "kind": kind,
@@ -232,13 +292,28 @@ fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
         batch_rows(changes),
         vec![
             auto("device/auto01//", "child-device", "device/main//", "auto01"),
-            auto("device/auto01/service/collectd", "service", "device/auto01//", "collectd"),
+            auto(
+                "device/auto01/service/collectd",
+                "service",
+                "device/auto01//",
+                "collectd"
+            ),
         ]
     );
-    let measurements = &batches.iter().find(|(t, _)| t.name() == "measurements").unwrap().1;
+    let measurements = &batches
+        .iter()
+        .find(|(t, _)| t.name() == "measurements")
+        .unwrap()
+        .1;
     assert_eq!(
         batch_rows(measurements),
-        vec![measurement(RECEIVED, "device/auto01/service/collectd", "cpu_usage", "percent", 12.5)]
+        vec![measurement(
+            RECEIVED,
+            "device/auto01/service/collectd",
+            "cpu_usage",
+            "percent",
+            12.5
+        )]
     );
 }
 
@@ -247,13 +322,24 @@ fn ex11_auto_registration_never_applies_to_main_device_or_custom_schemas() {
     let at = twinlake_model::Timestamp::from_unix_nanos(0);
     let ids = ["device/main//", "factory01/hallA/packaging/belt001"];
     for id in ids {
-        assert!(auto_registrations(&EntityTopicId::parse(id).unwrap(), at).is_empty(), "{id}");
+        assert!(
+            auto_registrations(&EntityTopicId::parse(id).unwrap(), at).is_empty(),
+            "{id}"
+        );
     }
-    let main_service = auto_registrations(&EntityTopicId::parse("device/main/service/x").unwrap(), at);
-    assert_eq!(main_service.len(), 1, "a service of main registers only the service");
+    let main_service =
+        auto_registrations(&EntityTopicId::parse("device/main/service/x").unwrap(), at);
+    assert_eq!(
+        main_service.len(),
+        1,
+        "a service of main registers only the service"
+    );
     let child = auto_registrations(&EntityTopicId::parse("device/auto02//").unwrap(), at);
     assert_eq!(child.len(), 1);
-    assert_eq!(child[0].1.registration.as_ref().unwrap().name.as_deref(), Some("auto02"));
+    assert_eq!(
+        child[0].1.registration.as_ref().unwrap().name.as_deref(),
+        Some("auto02")
+    );
 }
 
 #[test]
@@ -279,19 +365,41 @@ fn ex12_grouped_measurement_with_rfc3339_time() {
 #[test]
 fn ex13_unix_float_time_is_read_to_milliseconds() {
     assert_eq!(
-        rows_of("measurements", "te/device/child01///m/environment", r#"{"time":1702373722.123,"humidity":55}"#),
-        vec![measurement("2023-12-12T09:35:22.123Z", "device/child01//", "environment", "humidity", 55.0)]
+        rows_of(
+            "measurements",
+            "te/device/child01///m/environment",
+            r#"{"time":1702373722.123,"humidity":55}"#
+        ),
+        vec![measurement(
+            "2023-12-12T09:35:22.123Z",
+            "device/child01//",
+            "environment",
+            "humidity",
+            55.0
+        )]
     );
-    let rows = rows_of("measurements", "te/device/child01///m/environment", r#"{"time":1702373722.123456,"h":1}"#);
+    let rows = rows_of(
+        "measurements",
+        "te/device/child01///m/environment",
+        r#"{"time":1702373722.123456,"h":1}"#,
+    );
     assert_eq!(rows[0]["time"], "2023-12-12T09:35:22.123Z");
-    let rows = rows_of("measurements", "te/device/child01///m/environment", r#"{"time":1702373722,"h":1}"#);
+    let rows = rows_of(
+        "measurements",
+        "te/device/child01///m/environment",
+        r#"{"time":1702373722,"h":1}"#,
+    );
     assert_eq!(rows[0]["time"], "2023-12-12T09:35:22Z");
 }
 
 #[test]
 fn ex14_properties_pass_through_and_are_not_values() {
     assert_eq!(
-        rows_of("measurements", "te/device/main///m/props", r#"{"x":1,"properties":{"sensor":"DS18B20","ok":false}}"#),
+        rows_of(
+            "measurements",
+            "te/device/main///m/props",
+            r#"{"x":1,"properties":{"sensor":"DS18B20","ok":false}}"#
+        ),
         vec![json!({
             "time": RECEIVED, "entity": "device/main//", "type": "props", "series": "x", "value": 1.0,
             "properties": r#"{"sensor":"DS18B20","ok":false}"#,
@@ -302,14 +410,22 @@ fn ex14_properties_pass_through_and_are_not_values() {
 #[test]
 fn ex15_unicode_keys_and_extreme_values() {
     assert_eq!(
-        rows_of("measurements", "te/device/main///m/unicode", r#"{"température":21.5,"ÄÖÜ_°":{"µ":1}}"#),
+        rows_of(
+            "measurements",
+            "te/device/main///m/unicode",
+            r#"{"température":21.5,"ÄÖÜ_°":{"µ":1}}"#
+        ),
         vec![
             measurement(RECEIVED, "device/main//", "unicode", "température", 21.5),
             measurement(RECEIVED, "device/main//", "unicode", "ÄÖÜ_°.µ", 1.0),
         ]
     );
     assert_eq!(
-        rows_of("measurements", "te/device/main///m/unicode", r#"{"big":1e308,"small":-1.5e-7}"#),
+        rows_of(
+            "measurements",
+            "te/device/main///m/unicode",
+            r#"{"big":1e308,"small":-1.5e-7}"#
+        ),
         vec![
             measurement(RECEIVED, "device/main//", "unicode", "big", 1e308),
             measurement(RECEIVED, "device/main//", "unicode", "small", -1.5e-7),
@@ -319,9 +435,7 @@ fn ex15_unicode_keys_and_extreme_values() {
 
 #[test]
 fn ex16_measurement_meta_units_per_series() {
-    let meta = |series: &str, unit: Option<&str>, attributes: Option<&str>| {
-        json!({"time": RECEIVED, "entity": "device/main//", "type": "battery_reading", "series": series, "unit": unit, "attributes": attributes})
-    };
+    let meta = |series: &str, unit: Option<&str>, attributes: Option<&str>| json!({"time": RECEIVED, "entity": "device/main//", "type": "battery_reading", "series": series, "unit": unit, "attributes": attributes});
     assert_eq!(
         rows_of(
             "measurement_meta",
@@ -334,14 +448,20 @@ fn ex16_measurement_meta_units_per_series() {
             meta("current", Some("A"), None),
         ]
     );
-    let dotted = rows_of("measurement_meta", "te/device/main///m/env/meta", r#"{"Climate.Temperature":{"unit":"°C"}}"#);
+    let dotted = rows_of(
+        "measurement_meta",
+        "te/device/main///m/env/meta",
+        r#"{"Climate.Temperature":{"unit":"°C"}}"#,
+    );
     assert_eq!(dotted[0]["series"], "Climate.Temperature");
     assert_eq!(dotted[0]["unit"], "°C");
     // An empty retained payload clears the metadata: one row with a null series.
     let cleared = rows_of("measurement_meta", "te/device/main///m/env/meta", "");
     assert_eq!(
         cleared,
-        vec![json!({"time": RECEIVED, "entity": "device/main//", "type": "env", "series": null, "unit": null, "attributes": null})]
+        vec![
+            json!({"time": RECEIVED, "entity": "device/main//", "type": "env", "series": null, "unit": null, "attributes": null})
+        ]
     );
 }
 
@@ -361,11 +481,16 @@ fn ex17_events_with_custom_fragments_and_empty_payload() {
     );
     assert_eq!(
         rows_of("events", "te/device/main///e/no_payload", ""),
-        vec![json!({"time": RECEIVED, "entity": "device/main//", "type": "no_payload", "text": "no_payload", "attributes": null})]
+        vec![
+            json!({"time": RECEIVED, "entity": "device/main//", "type": "no_payload", "text": "no_payload", "attributes": null})
+        ]
     );
     // A `type` member overrides the topic's type.
     let rows = rows_of("events", "te/device/main///e/login", r#"{"type":"logout"}"#);
-    assert_eq!((rows[0]["type"].as_str(), rows[0]["text"].as_str()), (Some("logout"), Some("logout")));
+    assert_eq!(
+        (rows[0]["type"].as_str(), rows[0]["text"].as_str()),
+        (Some("logout"), Some("logout"))
+    );
 }
 
 #[test]
@@ -400,7 +525,11 @@ fn ex18_alarm_defaults() {
             "severity": "minor", "text": "door_open", "status": "raised", "attributes": null,
         })]
     );
-    let fatal = rows_of("alarms", "te/device/main///a/door_open", r#"{"severity":"fatal","type":"door_forced"}"#);
+    let fatal = rows_of(
+        "alarms",
+        "te/device/main///a/door_open",
+        r#"{"severity":"fatal","type":"door_forced"}"#,
+    );
     assert_eq!(fatal[0]["severity"], "minor");
     assert_eq!(fatal[0]["type"], "door_forced");
     assert_eq!(fatal[0]["attributes"], r#"{"severity":"fatal"}"#);
@@ -409,32 +538,62 @@ fn ex18_alarm_defaults() {
 #[test]
 fn ex19_twin_object_and_boolean() {
     assert_eq!(
-        rows_of("twin_changes", "te/device/main///twin/device_OS", r#"{"family":"Debian","version":"11"}"#),
-        vec![twin("device/main//", "device_OS", r#"{"family":"Debian","version":"11"}"#)]
+        rows_of(
+            "twin_changes",
+            "te/device/main///twin/device_OS",
+            r#"{"family":"Debian","version":"11"}"#
+        ),
+        vec![twin(
+            "device/main//",
+            "device_OS",
+            r#"{"family":"Debian","version":"11"}"#
+        )]
     );
     assert_eq!(
-        rows_of("twin_changes", "te/device/child01///twin/maintenanceMode", "true"),
+        rows_of(
+            "twin_changes",
+            "te/device/child01///twin/maintenanceMode",
+            "true"
+        ),
         vec![twin("device/child01//", "maintenanceMode", "true")]
     );
     // An empty payload deletes the fragment.
     assert_eq!(
-        rows_of("twin_changes", "te/device/child01///twin/maintenanceMode", ""),
-        vec![json!({"time": RECEIVED, "entity": "device/child01//", "fragment": "maintenanceMode", "value": null})]
+        rows_of(
+            "twin_changes",
+            "te/device/child01///twin/maintenanceMode",
+            ""
+        ),
+        vec![
+            json!({"time": RECEIVED, "entity": "device/child01//", "fragment": "maintenanceMode", "value": null})
+        ]
     );
 }
 
 #[test]
 fn ex20_health_down_and_bridge_bare_values() {
     assert_eq!(
-        rows_of("health", "te/device/main/service/tedge-mapper-c8y/status/health", r#"{"pid":4703,"status":"down"}"#),
-        vec![json!({"time": RECEIVED, "entity": "device/main/service/tedge-mapper-c8y", "status": "down", "pid": 4703, "attributes": null})]
+        rows_of(
+            "health",
+            "te/device/main/service/tedge-mapper-c8y/status/health",
+            r#"{"pid":4703,"status":"down"}"#
+        ),
+        vec![
+            json!({"time": RECEIVED, "entity": "device/main/service/tedge-mapper-c8y", "status": "down", "pid": 4703, "attributes": null})
+        ]
     );
     let bridge = "te/device/main/service/mosquitto-c8y-bridge/status/health";
     assert_eq!(rows_of("health", bridge, "1")[0]["status"], "up");
     assert_eq!(rows_of("health", bridge, "0")[0]["status"], "down");
     // An object without a status string is `unknown`, as thin-edge treats it.
-    assert_eq!(rows_of("health", bridge, r#"{"pid":1}"#)[0]["status"], "unknown");
-    assert_eq!(rows_of("health", bridge, "")[0]["status"], serde_json::Value::Null);
+    assert_eq!(
+        rows_of("health", bridge, r#"{"pid":1}"#)[0]["status"],
+        "unknown"
+    );
+    assert_eq!(
+        rows_of("health", bridge, "")[0]["status"],
+        serde_json::Value::Null
+    );
 }
 
 #[test]
@@ -456,7 +615,11 @@ fn ex21_custom_schema_registration_and_telemetry() {
         )]
     );
     assert_eq!(
-        rows_of("measurements", "te/factory01/hallA/packaging/belt001/m/speed", r#"{"rpm":1200}"#),
+        rows_of(
+            "measurements",
+            "te/factory01/hallA/packaging/belt001/m/speed",
+            r#"{"rpm":1200}"#
+        ),
         vec![measurement(RECEIVED, entity, "speed", "rpm", 1200.0)]
     );
 }
@@ -470,7 +633,10 @@ fn registration_external_id_health_endpoint_and_deregistration() {
     );
     assert_eq!(rows[0]["external_id"], "c8y-child02");
     assert_eq!(rows[0]["health_endpoint"], "device/child02/service/agent");
-    assert_eq!(rows[0]["parent"], "device/child01//", "a short parent id is padded");
+    assert_eq!(
+        rows[0]["parent"], "device/child01//",
+        "a short parent id is padded"
+    );
     assert_eq!(rows[0]["attributes"], serde_json::Value::Null);
     assert_eq!(
         rows_of("entity_changes", "te/device/child02//", ""),

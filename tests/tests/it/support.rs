@@ -15,7 +15,12 @@ pub(crate) fn received_at() -> Timestamp {
 }
 
 pub(crate) fn parse(topic: &str, payload: &str) -> Parsed {
-    parse_message(&TopicRoot::default(), topic.as_bytes(), payload.as_bytes(), received_at())
+    parse_message(
+        &TopicRoot::default(),
+        topic.as_bytes(),
+        payload.as_bytes(),
+        received_at(),
+    )
 }
 
 /// The table and rows one message becomes, through the same builders ingest uses.
@@ -35,7 +40,10 @@ pub(crate) fn rows(topic: &str, payload: &str) -> (String, Vec<Value>) {
 /// Rows of the table a message must go to.
 pub(crate) fn rows_of(table: &str, topic: &str, payload: &str) -> Vec<Value> {
     let (actual, rows) = rows(topic, payload);
-    assert_eq!(actual, table, "{topic} {payload:?} went to {actual}: {rows:?}");
+    assert_eq!(
+        actual, table,
+        "{topic} {payload:?} went to {actual}: {rows:?}"
+    );
     rows
 }
 
@@ -60,7 +68,9 @@ fn cell(column: &dyn Array, row: usize) -> Value {
         DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
         DataType::Float64 => Value::from(column.as_primitive::<Float64Type>().value(row)),
         DataType::Int64 => Value::from(column.as_primitive::<Int64Type>().value(row)),
-        DataType::Binary => Value::from(String::from_utf8_lossy(column.as_binary::<i32>().value(row)).into_owned()),
+        DataType::Binary => {
+            Value::from(String::from_utf8_lossy(column.as_binary::<i32>().value(row)).into_owned())
+        }
         DataType::Timestamp(_, _) => {
             let nanos = column.as_primitive::<TimestampNanosecondType>().value(row);
             Value::from(Timestamp::from_unix_nanos(nanos).to_rfc3339())

@@ -111,9 +111,9 @@ fn take_entity_id(
     let Some(text) = take_string(KIND, object, key)? else {
         return Ok(None);
     };
-    EntityTopicId::parse(&text)
-        .map(Some)
-        .map_err(|error| RejectReason::payload(KIND, format!("`{key}` is not an entity topic id: {error}")))
+    EntityTopicId::parse(&text).map(Some).map_err(|error| {
+        RejectReason::payload(KIND, format!("`{key}` is not an entity topic id: {error}"))
+    })
 }
 
 pub(crate) fn parse_registration(
@@ -139,7 +139,9 @@ pub(crate) fn parse_registration(
         Some(Value::String(text)) => EntityKind::parse(&text).ok_or_else(|| {
             RejectReason::payload(
                 KIND,
-                format!("`@type` is {text:?}: it must be \"device\", \"child-device\" or \"service\""),
+                format!(
+                    "`@type` is {text:?}: it must be \"device\", \"child-device\" or \"service\""
+                ),
             )
         })?,
         Some(other) => {
@@ -176,7 +178,10 @@ pub(crate) fn parse_registration(
 /// and `device/<d>/service/<s>` a service of `device/<d>//` (with that device registered first
 /// when it is not the main device). Callers keep the ones for entities they do not know yet.
 /// The main device and custom-scheme ids are never auto-registered.
-pub fn auto_registrations(entity: &EntityTopicId, time: Timestamp) -> Vec<(EntityTopicId, EntityChange)> {
+pub fn auto_registrations(
+    entity: &EntityTopicId,
+    time: Timestamp,
+) -> Vec<(EntityTopicId, EntityChange)> {
     let auto = |kind, parent: EntityTopicId, name: &str| EntityChange {
         time,
         change: ChangeKind::AutoRegistered,
@@ -194,18 +199,31 @@ pub fn auto_registrations(entity: &EntityTopicId, time: Timestamp) -> Vec<(Entit
         None | Some(DefaultScheme::MainDevice) => Vec::new(),
         Some(DefaultScheme::ChildDevice { device }) => vec![(
             entity.clone(),
-            auto(EntityKind::ChildDevice, EntityTopicId::main_device(), device),
+            auto(
+                EntityKind::ChildDevice,
+                EntityTopicId::main_device(),
+                device,
+            ),
         )],
         Some(DefaultScheme::Service { device, service }) => {
-            let device_id = entity.default_device().unwrap_or_else(EntityTopicId::main_device);
+            let device_id = entity
+                .default_device()
+                .unwrap_or_else(EntityTopicId::main_device);
             let mut changes = Vec::with_capacity(2);
             if device_id != EntityTopicId::main_device() {
                 changes.push((
                     device_id.clone(),
-                    auto(EntityKind::ChildDevice, EntityTopicId::main_device(), device),
+                    auto(
+                        EntityKind::ChildDevice,
+                        EntityTopicId::main_device(),
+                        device,
+                    ),
                 ));
             }
-            changes.push((entity.clone(), auto(EntityKind::Service, device_id, service)));
+            changes.push((
+                entity.clone(),
+                auto(EntityKind::Service, device_id, service),
+            ));
             changes
         }
     }

@@ -197,6 +197,12 @@ mod tests {
             }
         );
         let Alarm { state, .. } = parse_alarm("hot", r#"{"severity":"critical"}"#, NOW).unwrap();
-        assert!(matches!(state, AlarmState::Raised { severity: Severity::Critical, .. }));
+        assert!(matches!(
+            state,
+            AlarmState::Raised {
+                severity: Severity::Critical,
+                ..
+            }
+        ));
     }
 }

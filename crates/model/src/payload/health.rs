@@ -23,7 +23,10 @@ pub struct HealthStatus {
     pub attributes: Option<String>,
 }
 
-pub(crate) fn parse_health(payload: &str, received_at: Timestamp) -> Result<HealthStatus, RejectReason> {
+pub(crate) fn parse_health(
+    payload: &str,
+    received_at: Timestamp,
+) -> Result<HealthStatus, RejectReason> {
     let bare = |status: &str| HealthStatus {
         time: received_at,
         status: Some(status.to_owned()),

@@ -47,7 +47,9 @@ pub(crate) enum MeasurementError {
     EmptyGroup(String),
     #[error("{0:?} is not a finite number")]
     NotFinite(String),
-    #[error("{key:?} is subnormal ({value:e}); thin-edge rejects numbers below the normal f64 range")]
+    #[error(
+        "{key:?} is subnormal ({value:e}); thin-edge rejects numbers below the normal f64 range"
+    )]
     Subnormal { key: String, value: f64 },
     #[error(
         "no numeric value: a measurement must hold at least one number (string values are ignored, `time` and `properties` are not values)"
@@ -126,7 +128,9 @@ impl<'de> Visitor<'de> for RootVisitor<'_, '_> {
                     let time = map.next_value_seed(TimeSeed)?;
                     match time {
                         Ok(time) => self.out.time = Some(time),
-                        Err(error) => return Err(fail(self.failure, MeasurementError::Time(error))),
+                        Err(error) => {
+                            return Err(fail(self.failure, MeasurementError::Time(error)));
+                        }
                     }
                 }
                 "properties" => {
@@ -182,7 +186,10 @@ impl ValueSeed<'_, '_, '_> {
 
     fn unsupported<E: de::Error>(self, found: &'static str) -> E {
         let key = self.series();
-        fail(self.failure, MeasurementError::UnsupportedValue { key, found })
+        fail(
+            self.failure,
+            MeasurementError::UnsupportedValue { key, found },
+        )
     }
 }
 
@@ -208,7 +215,10 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_> {
         }
         if value.is_subnormal() {
             let key = self.series();
-            return Err(fail(self.failure, MeasurementError::Subnormal { key, value }));
+            return Err(fail(
+                self.failure,
+                MeasurementError::Subnormal { key, value },
+            ));
         }
         let series = self.series();
         self.out.push(SeriesValue { series, value });
@@ -320,24 +330,48 @@ mod tests {
             error(r#"{"a":{"b":{"c":1}}}"#),
             MeasurementError::TooDeep { group, key } if group == "a" && key == "b"
         ));
-        assert_eq!(error(r#"{"g":{}}"#), MeasurementError::EmptyGroup("g".to_owned()));
-        assert!(matches!(error(r#"{"x":null}"#), MeasurementError::UnsupportedValue { found: "null", .. }));
-        assert!(matches!(error(r#"{"x":[1,2]}"#), MeasurementError::UnsupportedValue { found: "an array", .. }));
-        assert!(matches!(error(r#"{"g":{"x":false}}"#), MeasurementError::UnsupportedValue { key, .. } if key == "g.x"));
-        assert!(matches!(error(r#"{"x":2.2250738585072014e-309}"#), MeasurementError::Subnormal { .. }));
+        assert_eq!(
+            error(r#"{"g":{}}"#),
+            MeasurementError::EmptyGroup("g".to_owned())
+        );
+        assert!(matches!(
+            error(r#"{"x":null}"#),
+            MeasurementError::UnsupportedValue { found: "null", .. }
+        ));
+        assert!(matches!(
+            error(r#"{"x":[1,2]}"#),
+            MeasurementError::UnsupportedValue {
+                found: "an array",
+                ..
+            }
+        ));
+        assert!(
+            matches!(error(r#"{"g":{"x":false}}"#), MeasurementError::UnsupportedValue { key, .. } if key == "g.x")
+        );
+        assert!(matches!(
+            error(r#"{"x":2.2250738585072014e-309}"#),
+            MeasurementError::Subnormal { .. }
+        ));
         assert!(matches!(error(r#"{"x":1e400}"#), MeasurementError::Json(_)));
         assert!(matches!(error("hello"), MeasurementError::Json(_)));
         assert!(matches!(error("[1]"), MeasurementError::Json(_)));
-        assert!(matches!(error(r#"{"x":1} trailing"#), MeasurementError::Json(_)));
+        assert!(matches!(
+            error(r#"{"x":1} trailing"#),
+            MeasurementError::Json(_)
+        ));
         assert_eq!(error("{}"), MeasurementError::NoValue);
     }
 
     #[test]
     fn time_and_properties_are_reserved_at_the_root_only() {
-        let parsed =
-            parse_measurement(r#"{"time":1702373722,"x":1,"properties":{"ok":false},"g":{"time":5}}"#)
-                .unwrap();
-        assert_eq!(parsed.time, Some(Timestamp::from_unix_seconds(1702373722).unwrap()));
+        let parsed = parse_measurement(
+            r#"{"time":1702373722,"x":1,"properties":{"ok":false},"g":{"time":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.time,
+            Some(Timestamp::from_unix_seconds(1702373722).unwrap())
+        );
         assert_eq!(parsed.properties.as_deref(), Some(r#"{"ok":false}"#));
         assert_eq!(parsed.values.len(), 2);
         assert_eq!(parsed.values[1].series, "g.time");

@@ -21,7 +21,10 @@ pub(crate) fn payload_text(kind: PayloadKind, payload: &[u8]) -> Result<&str, Re
 }
 
 /// Reads a payload that must be a JSON object.
-pub(crate) fn payload_object(kind: PayloadKind, payload: &str) -> Result<Map<String, Value>, RejectReason> {
+pub(crate) fn payload_object(
+    kind: PayloadKind,
+    payload: &str,
+) -> Result<Map<String, Value>, RejectReason> {
     crate::json::parse_object(payload).map_err(|problem| RejectReason::payload(kind, problem))
 }
 

@@ -12,7 +12,11 @@ pub struct TwinChange {
     pub value: Option<String>,
 }
 
-pub(crate) fn parse_twin(fragment: &str, payload: &str, received_at: Timestamp) -> Result<TwinChange, RejectReason> {
+pub(crate) fn parse_twin(
+    fragment: &str,
+    payload: &str,
+    received_at: Timestamp,
+) -> Result<TwinChange, RejectReason> {
     let value = if payload.is_empty() {
         None
     } else {
