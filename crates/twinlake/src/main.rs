@@ -1,6 +1,6 @@
 //! The `twinlake` command: the CLI over the crates, holding no logic of its own.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -89,33 +89,44 @@ fn check(
             ExitCode::SUCCESS
         }
         Parsed::Rejected(rejection) => {
-            println!(
-                "rejected ({}): {}",
+            print_out(&format!(
+                "rejected ({}): {}\n",
                 rejection.reason.code(),
                 rejection.reason
-            );
+            ));
             builders.append_rejection(&rejection);
             ExitCode::from(1)
         }
         Parsed::NotStored(kind) => {
-            println!(
-                "valid thin-edge message ({}), not stored by Twinlake",
+            print_out(&format!(
+                "valid thin-edge message ({}), not stored by Twinlake\n",
                 kind.as_str()
-            );
+            ));
             return Ok(ExitCode::SUCCESS);
         }
         Parsed::OutsideRoot => {
-            println!(
-                "not a thin-edge message: the topic is not under '{}/'",
+            print_out(&format!(
+                "not a thin-edge message: the topic is not under '{}/'\n",
                 root.as_str()
-            );
+            ));
             return Ok(ExitCode::SUCCESS);
         }
     };
     for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
         let rendered =
             arrow_cast::pretty::pretty_format_batches(&[batch]).map_err(|e| e.to_string())?;
-        println!("{table}:\n{rendered}");
+        print_out(&format!("{table}:\n{rendered}\n"));
     }
     Ok(code)
+}
+
+/// Prints to standard output; a reader that went away (`twinlake check … | head`) ends the
+/// output quietly instead of panicking.
+fn print_out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(text.as_bytes())
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: writing to standard output: {error}");
+    }
 }

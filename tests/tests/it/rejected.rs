@@ -199,6 +199,13 @@ fn invalid_registrations() {
         "invalid_payload",
         &["entity registration", "JSON object"],
     );
+    // A measurement topic missing the id's empty segments reads as a registration: say so.
+    assert_rejected(
+        "te/device/child01/m/temperature",
+        r#"{"t":21.5}"#,
+        "invalid_payload",
+        &["`@type` is missing", "te/device/child01///m/temperature"],
+    );
 }
 
 #[test]

@@ -116,6 +116,22 @@ fn take_entity_id(
     })
 }
 
+/// A topic like `te/device/child01/m/temp` lacks the two empty segments of a device id, so its
+/// channel was read as part of the entity id and it looks like a registration. Say so.
+fn missing_segments_hint(entity: &EntityTopicId) -> String {
+    match entity.segments() {
+        [
+            first,
+            second,
+            channel @ ("m" | "e" | "a" | "twin" | "status" | "cmd"),
+            rest,
+        ] => format!(
+            "; if this was meant for the {channel}/ channel of {first}/{second}//, the topic lacks the id's two empty segments: write te/{first}/{second}///{channel}/{rest}"
+        ),
+        _ => String::new(),
+    }
+}
+
 pub(crate) fn parse_registration(
     entity: &EntityTopicId,
     payload: &str,
@@ -131,10 +147,11 @@ pub(crate) fn parse_registration(
     let mut object = payload_object(KIND, payload)?;
     let kind = match object.shift_remove("@type") {
         None => {
-            return Err(RejectReason::payload(
-                KIND,
-                "`@type` is missing: it must be \"device\", \"child-device\" or \"service\"",
-            ));
+            let problem = format!(
+                "`@type` is missing: it must be \"device\", \"child-device\" or \"service\"{}",
+                missing_segments_hint(entity)
+            );
+            return Err(RejectReason::payload(KIND, problem));
         }
         Some(Value::String(text)) => EntityKind::parse(&text).ok_or_else(|| {
             RejectReason::payload(
