@@ -135,56 +135,63 @@ pub fn parse_message(
         Err(error) => return reject(RejectReason::Topic(error)),
     };
     let body = match channel_body(channel, &entity, payload, received_at) {
-        Ok(Ok(body)) => body,
-        Ok(Err(not_stored)) => return Parsed::NotStored(not_stored),
+        Ok(ChannelContent::Body(body)) => body,
+        Ok(ChannelContent::NotStored(kind)) => return Parsed::NotStored(kind),
         Err(reason) => return reject(reason),
     };
     Parsed::Data(Message { entity, body })
 }
 
-type ChannelOutcome = Result<Result<MessageBody, NotStored>, RejectReason>;
+/// What a channel's payload becomes, before it is paired with its entity.
+enum ChannelContent {
+    Body(MessageBody),
+    NotStored(NotStored),
+}
 
 fn channel_body(
     channel: Channel<'_>,
     entity: &EntityTopicId,
     payload: &[u8],
     now: Timestamp,
-) -> ChannelOutcome {
+) -> Result<ChannelContent, RejectReason> {
     let text = |kind| payload_text(kind, payload);
-    let body =
-        match channel {
-            Channel::Measurement { measurement_type } => MessageBody::Measurement(measurement(
-                measurement_type,
-                text(PayloadKind::Measurement)?,
-                now,
-            )?),
-            Channel::MeasurementMeta { measurement_type } => MessageBody::MeasurementMeta(
-                parse_meta(measurement_type, text(PayloadKind::MeasurementMeta)?, now)?,
-            ),
-            Channel::Event { event_type } => {
-                MessageBody::Event(parse_event(event_type, text(PayloadKind::Event)?, now)?)
-            }
-            Channel::Alarm { alarm_type } => {
-                MessageBody::Alarm(parse_alarm(alarm_type, text(PayloadKind::Alarm)?, now)?)
-            }
-            Channel::Registration => MessageBody::EntityChange(parse_registration(
-                entity,
-                text(PayloadKind::Registration)?,
-                now,
-            )?),
-            Channel::Twin { fragment } => {
-                MessageBody::TwinChange(parse_twin(fragment, text(PayloadKind::Twin)?, now)?)
-            }
-            Channel::Health => MessageBody::Health(parse_health(text(PayloadKind::Health)?, now)?),
-            Channel::EventMeta { .. } => return Ok(Err(NotStored::EventMeta)),
-            Channel::AlarmMeta { .. } => return Ok(Err(NotStored::AlarmMeta)),
-            Channel::CommandCapability { .. } => return Ok(Err(NotStored::CommandCapability)),
-            Channel::Command { .. } => return Ok(Err(NotStored::Command)),
-            Channel::Signal { .. } => return Ok(Err(NotStored::Signal)),
-            Channel::Status { .. } => return Ok(Err(NotStored::Status)),
-            Channel::Config => return Ok(Err(NotStored::Config)),
-        };
-    Ok(Ok(body))
+    let body = match channel {
+        Channel::Measurement { measurement_type } => MessageBody::Measurement(measurement(
+            measurement_type,
+            text(PayloadKind::Measurement)?,
+            now,
+        )?),
+        Channel::MeasurementMeta { measurement_type } => MessageBody::MeasurementMeta(parse_meta(
+            measurement_type,
+            text(PayloadKind::MeasurementMeta)?,
+            now,
+        )?),
+        Channel::Event { event_type } => {
+            MessageBody::Event(parse_event(event_type, text(PayloadKind::Event)?, now)?)
+        }
+        Channel::Alarm { alarm_type } => {
+            MessageBody::Alarm(parse_alarm(alarm_type, text(PayloadKind::Alarm)?, now)?)
+        }
+        Channel::Registration => MessageBody::EntityChange(parse_registration(
+            entity,
+            text(PayloadKind::Registration)?,
+            now,
+        )?),
+        Channel::Twin { fragment } => {
+            MessageBody::TwinChange(parse_twin(fragment, text(PayloadKind::Twin)?, now)?)
+        }
+        Channel::Health => MessageBody::Health(parse_health(text(PayloadKind::Health)?, now)?),
+        Channel::EventMeta { .. } => return Ok(ChannelContent::NotStored(NotStored::EventMeta)),
+        Channel::AlarmMeta { .. } => return Ok(ChannelContent::NotStored(NotStored::AlarmMeta)),
+        Channel::CommandCapability { .. } => {
+            return Ok(ChannelContent::NotStored(NotStored::CommandCapability));
+        }
+        Channel::Command { .. } => return Ok(ChannelContent::NotStored(NotStored::Command)),
+        Channel::Signal { .. } => return Ok(ChannelContent::NotStored(NotStored::Signal)),
+        Channel::Status { .. } => return Ok(ChannelContent::NotStored(NotStored::Status)),
+        Channel::Config => return Ok(ChannelContent::NotStored(NotStored::Config)),
+    };
+    Ok(ChannelContent::Body(body))
 }
 
 fn measurement(
