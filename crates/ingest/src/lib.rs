@@ -1,7 +1,23 @@
-//! Twinlake's MQTT ingest (not built yet: the ingest issue builds it).
+//! Twinlake's MQTT ingest.
 //!
-//! It will own the MQTT client (rumqttc) and the embedded broker (rumqttd), batching of parsed
-//! messages, acknowledging each message only after the WAL record holding it is fsynced, and
-//! backpressure when the memory or disk budget is reached.
+//! This crate owns the way in: the embedded MQTT broker (rumqttd) that `serve` starts by
+//! default, the MQTT client (rumqttc) that subscribes to `<root>/#` with QoS 1 and a persistent
+//! session, batching of parsed messages into group commits, acknowledging each message only
+//! after the WAL record holding it is fsynced, dropping retained messages the broker replays
+//! unchanged, and backpressure (no more reading, no more acknowledging) when the in-flight or
+//! hot-buffer budget is reached.
 //!
-//! It must not know Parquet or the table format: it hands rows to the `store` crate.
+//! It must not know Parquet or the table format: committed rows go to the `store` crate's hot
+//! buffer, which owns what happens to them next.
+
+mod broker;
+mod endpoint;
+mod metrics;
+mod pipeline;
+mod retained;
+
+pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
+pub use endpoint::{EndpointError, MqttEndpoint};
+pub use metrics::IngestMetrics;
+pub use pipeline::{DEFAULT_MAX_PACKET_BYTES, IngestConfig, IngestError, run_ingest};
+pub use retained::{RETAINED_TABLE, RetainedState, restore_from_wal};

@@ -1,7 +1,13 @@
-//! Twinlake's SQL engine (not built yet: the ingest and hierarchy issues build it).
+//! Twinlake's SQL engine.
 //!
-//! It will own the DataFusion session: table providers over hot and persisted data, the twin
-//! hierarchy views and functions (`entities`, `entity_history`, `descendants(...)`, `latest`,
-//! ...) and the read-only SQL policy.
+//! This crate owns the DataFusion session: every table of Twinlake registered as a table
+//! provider over the hot buffer (and, once persistence exists, the persisted files), the
+//! read-only SQL policy (no DDL, no DML, no `SET`), and the limits a query runs within (memory,
+//! time). The twin hierarchy views and functions come with the hierarchy issue.
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
+
+mod engine;
+mod hot_table;
+
+pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput};

@@ -1,6 +1,13 @@
-//! Twinlake's network interfaces (not built yet: the ingest and Grafana issues build it).
+//! Twinlake's network interfaces.
 //!
-//! It will own the axum HTTP API (`/api/v1/query`, `/health`, `/metrics`), the PostgreSQL wire
-//! protocol for Grafana and SQL clients, authentication and metrics.
+//! This crate owns the HTTP API: `GET|POST /api/v1/query` answering SQL in JSON, NDJSON, CSV,
+//! Arrow IPC or Parquet, `GET /health`, and `GET /metrics` in the Prometheus text format. The
+//! PostgreSQL wire protocol for Grafana comes with its own issue.
 //!
-//! It must not hold storage logic: it asks the `query` crate.
+//! It must not hold storage logic: it asks the `query` crate and encodes the answer.
+
+mod format;
+mod http;
+
+pub use format::ResultFormat;
+pub use http::{HttpState, router, serve_http};

@@ -1,7 +1,12 @@
-//! Twinlake's storage (not built yet: the ingest and persistence issues build it).
+//! Twinlake's storage.
 //!
-//! It will own the in-memory hot buffer of each table, persistence to Parquet in Delta Lake
-//! tables on object storage (a local directory or S3), compaction, retention and the per-file
-//! roaring bitmap index of entity ids.
+//! This crate owns the hot buffer: the rows of every table since start (and, once persistence
+//! exists, since the last persist), in memory as Arrow batches, readable by queries while ingest
+//! appends to them. Persistence to Parquet in Delta Lake tables, compaction, retention and the
+//! roaring file index come with the persistence issue.
 //!
 //! It must not parse payloads: rows arrive as Arrow batches built by the `model` crate.
+
+mod hot;
+
+pub use hot::{HotBuffer, HotTableStats};

@@ -1,10 +1,14 @@
 //! The `twinlake` command: the CLI over the crates, holding no logic of its own.
 
-use std::io::{Read, Write};
+mod check;
+mod query;
+mod serve;
+mod simulate;
+
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run Twinlake: MQTT ingest (embedded broker by default), the WAL, and SQL over HTTP.
+    Serve(serve::ServeOptions),
+    /// Run SQL against a running Twinlake and print the result.
+    Query(query::QueryArgs),
+    /// Publish a simulated fleet of thin-edge devices: the demo and the load generator.
+    Simulate(simulate::SimulateArgs),
     /// Show the rows one thin-edge MQTT message becomes, or why Twinlake rejects it.
     ///
     /// Exits with 0 when the message becomes data or is valid traffic Twinlake does not keep,
@@ -39,85 +49,47 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let outcome = match cli.command {
         Command::Check {
             topic,
             payload,
             topic_root,
             received_at,
-        } => match check(
+        } => check::check(
             &topic,
             payload.as_deref(),
             &topic_root,
             received_at.as_deref(),
-        ) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
-            }
-        },
+        ),
+        Command::Serve(options) => run_async(serve::serve(options)).map(|()| ExitCode::SUCCESS),
+        Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn check(
-    topic: &str,
-    payload: Option<&str>,
-    root: &str,
-    received_at: Option<&str>,
-) -> Result<ExitCode, String> {
-    let root = TopicRoot::new(root).map_err(|e| e.to_string())?;
-    let received_at = match received_at {
-        Some(text) => Timestamp::parse_rfc3339(text).map_err(|e| format!("--received-at: {e}"))?,
-        None => Timestamp::now(),
-    };
-    let payload = match payload {
-        Some("-") => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| format!("reading the payload from standard input: {e}"))?;
-            bytes
-        }
-        Some(text) => text.as_bytes().to_vec(),
-        None => Vec::new(),
-    };
-    let mut builders = TableBuilders::new();
-    let code = match parse_message(&root, topic.as_bytes(), &payload, received_at) {
-        Parsed::Data(message) => {
-            builders.append(&message);
-            ExitCode::SUCCESS
-        }
-        Parsed::Rejected(rejection) => {
-            print_out(&format!(
-                "rejected ({}): {}\n",
-                rejection.reason.code(),
-                rejection.reason
-            ));
-            builders.append_rejection(&rejection);
-            ExitCode::from(1)
-        }
-        Parsed::NotStored(kind) => {
-            print_out(&format!(
-                "valid thin-edge message ({}), not stored by Twinlake\n",
-                kind.as_str()
-            ));
-            return Ok(ExitCode::SUCCESS);
-        }
-        Parsed::OutsideRoot => {
-            print_out(&format!(
-                "not a thin-edge message: the topic is not under '{}/'\n",
-                root.as_str()
-            ));
-            return Ok(ExitCode::SUCCESS);
-        }
-    };
-    for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
-        let rendered =
-            arrow_cast::pretty::pretty_format_batches(&[batch]).map_err(|e| e.to_string())?;
-        print_out(&format!("{table}:\n{rendered}\n"));
-    }
-    Ok(code)
+/// Runs a command on a multi-threaded runtime, with logs on standard error (`RUST_LOG` filters
+/// them; default `info`).
+fn run_async<F: std::future::Future<Output = Result<(), String>>>(
+    command: F,
+) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?
+        .block_on(command)
 }
 
 /// Prints to standard output; a reader that went away (`twinlake check … | head`) ends the

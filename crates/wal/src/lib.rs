@@ -1,8 +1,131 @@
-//! The write-ahead log of Twinlake (not built yet: the ingest issue builds it).
+//! The write-ahead log of Twinlake: what makes a message durable before it is acknowledged.
 //!
-//! It will own segment files of records, each the zstd-compressed Arrow IPC encoding of the rows
-//! of one group commit, with a length and a CRC32C so that a torn tail is found; group commit
-//! (one fsync releases every waiter of the commit window); replay on start; and truncation of
-//! segments whose rows are persisted.
+//! This crate owns segment files of records. A record holds the rows of one group commit as the
+//! Arrow IPC encoding of one batch per table, zstd-compressed, behind a length and a CRC32C so
+//! that a torn tail is found on replay. One writer thread does all file I/O: it gathers the
+//! appends that arrive within the commit window into one record, writes it, fsyncs, and only
+//! then releases every waiter. Segments rotate by size; replay reads records in order, stops at
+//! the first bad one and truncates the torn tail; segments whose records are all persisted
+//! elsewhere are deleted on request.
 //!
-//! It must not know about MQTT or SQL: it stores batches of the `model` crate's tables.
+//! It must not know about MQTT or SQL: it stores named Arrow batches and gives them back.
+
+mod record;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+
+pub use record::RecordId;
+pub use segment::{Replay, ReplayStats};
+pub use writer::{PendingAppend, Wal};
+
+/// Whether a commit waits for the data to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fsync every group commit before releasing its waiters: the durability contract.
+    #[default]
+    Always,
+    /// Write without fsync: a crash of the machine (not just the process) can lose
+    /// acknowledged data. An explicit opt-out, logged loudly at open.
+    Never,
+}
+
+/// Called with the duration of each fsync, e.g. to feed a latency histogram.
+pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// How the log is kept.
+#[derive(Clone)]
+pub struct WalConfig {
+    /// The directory of the segment files; created if missing.
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+    /// How long the first append of a group waits for others to share its fsync.
+    pub commit_window: Duration,
+    pub sync: SyncMode,
+    /// zstd level of records: low, because the WAL is on the ingest path.
+    pub zstd_level: i32,
+    pub fsync_observer: Option<FsyncObserver>,
+}
+
+impl std::fmt::Debug for WalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalConfig")
+            .field("dir", &self.dir)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("commit_window", &self.commit_window)
+            .field("sync", &self.sync)
+            .field("zstd_level", &self.zstd_level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 * 1024 * 1024,
+            commit_window: Duration::from_millis(2),
+            sync: SyncMode::Always,
+            zstd_level: 1,
+            fsync_observer: None,
+        }
+    }
+}
+
+/// Rows for the log: one batch per table name.
+pub type TableBatches = Vec<(String, RecordBatch)>;
+
+/// Counters of the log, readable at any time.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Bytes currently held in segment files.
+    pub bytes: AtomicU64,
+    pub segments: AtomicU64,
+    pub records_written: AtomicU64,
+    pub appends: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+impl WalStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What can go wrong with the log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding a WAL record: {0}")]
+    Encode(#[source] arrow_schema::ArrowError),
+    #[error(
+        "the WAL stopped accepting writes after an earlier failure ({0}); restart Twinlake to replay it"
+    )]
+    Poisoned(String),
+    #[error("the WAL is closed")]
+    Closed,
+}
+
+impl WalError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

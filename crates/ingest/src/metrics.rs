@@ -1,0 +1,101 @@
+//! What ingest counts, in the Prometheus registry served at `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Ingest's counters; cheap to clone (every metric is shared).
+#[derive(Debug, Clone)]
+pub struct IngestMetrics {
+    pub messages: Counter,
+    pub rows: Family<Labels, Counter>,
+    pub rejected: Family<Labels, Counter>,
+    pub not_stored: Family<Labels, Counter>,
+    pub retained_duplicates: Counter,
+    pub acks_pending: Gauge,
+    pub wal_bytes: Gauge,
+    pub fsync_seconds: Histogram,
+    pub hot_bytes: Gauge,
+    /// 1 while ingest has stopped reading because a budget is reached.
+    pub backpressure: Gauge,
+    pub backpressure_episodes: Counter,
+}
+
+impl IngestMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            messages: Counter::default(),
+            rows: Family::default(),
+            rejected: Family::default(),
+            not_stored: Family::default(),
+            retained_duplicates: Counter::default(),
+            acks_pending: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            hot_bytes: Gauge::default(),
+            backpressure: Gauge::default(),
+            backpressure_episodes: Counter::default(),
+        };
+        let prefix = registry.sub_registry_with_prefix("twinlake");
+        prefix.register(
+            "mqtt_messages_received",
+            "MQTT messages received",
+            metrics.messages.clone(),
+        );
+        prefix.register("rows", "Rows committed, per table", metrics.rows.clone());
+        prefix.register(
+            "rejected",
+            "Messages stored in `rejected`, per reason code",
+            metrics.rejected.clone(),
+        );
+        prefix.register(
+            "not_stored",
+            "Valid thin-edge messages Twinlake does not keep (commands, signals, ...), per channel",
+            metrics.not_stored.clone(),
+        );
+        prefix.register(
+            "retained_duplicates",
+            "Retained messages replayed by the broker unchanged, not stored again",
+            metrics.retained_duplicates.clone(),
+        );
+        prefix.register(
+            "acks_pending",
+            "Messages received but not yet acknowledged",
+            metrics.acks_pending.clone(),
+        );
+        prefix.register(
+            "wal_bytes",
+            "Bytes in WAL segment files",
+            metrics.wal_bytes.clone(),
+        );
+        prefix.register(
+            "wal_fsync_seconds",
+            "Duration of WAL fsyncs",
+            metrics.fsync_seconds.clone(),
+        );
+        prefix.register(
+            "hot_bytes",
+            "Memory held by in-memory rows",
+            metrics.hot_bytes.clone(),
+        );
+        prefix.register(
+            "ingest_backpressure",
+            "1 while ingest stops reading because the in-flight or hot-buffer budget is reached",
+            metrics.backpressure.clone(),
+        );
+        prefix.register(
+            "ingest_backpressure_episodes",
+            "Times ingest stopped reading for a budget",
+            metrics.backpressure_episodes.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn label(name: &str, value: &str) -> Labels {
+        vec![(name.to_owned(), value.to_owned())]
+    }
+}

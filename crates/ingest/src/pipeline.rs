@@ -1,0 +1,434 @@
+//! The ingest pipeline: MQTT reader → batcher (parse, group) → WAL → acker (hot buffer, PUBACK).
+//!
+//! Three tasks joined by FIFO channels keep acknowledgements in the order messages arrived, as
+//! MQTT requires, while the next group is parsed during the current group's fsync:
+//!
+//! - the reader polls the MQTT connection and hands each publish on with an in-flight permit;
+//!   when the in-flight or hot-buffer budget is reached it stops reading, which stops the broker
+//!   from sending (backpressure) instead of dropping anything;
+//! - the batcher parses messages into Arrow rows and, every `batch_window` or `batch_max_messages`,
+//!   submits them to the WAL as one record;
+//! - the acker waits for each record's fsync, moves its rows to the hot buffer (so an
+//!   acknowledged message is queryable), then acknowledges its messages and frees their permits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use twinlake_model::{
+    Parsed, Rejection, Table, TableBuilders, Timestamp, TopicRoot, parse_message,
+};
+use twinlake_store::HotBuffer;
+use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
+
+use crate::endpoint::{EndpointError, MqttEndpoint};
+use crate::metrics::IngestMetrics;
+use crate::retained::{RETAINED_TABLE, RetainedLog, RetainedState, is_retained_kind};
+
+/// The largest MQTT packet ingest and the embedded broker accept by default.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
+
+/// How ingest runs; every limit is here, with its default in [`IngestConfig::new`].
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub endpoint: MqttEndpoint,
+    pub topic_root: TopicRoot,
+    /// Larger payloads become `rejected` rows holding their first bytes and their size.
+    pub max_payload_bytes: usize,
+    /// The largest MQTT packet accepted at all; above it the broker connection fails, so keep
+    /// it well above `max_payload_bytes`.
+    pub max_packet_bytes: usize,
+    /// Messages received but not yet acknowledged; at the limit ingest stops reading.
+    pub max_inflight_messages: usize,
+    /// Memory of the in-memory rows; at the limit ingest stops reading until it drops.
+    pub hot_budget_bytes: usize,
+    /// A group is committed when it holds this many messages...
+    pub batch_max_messages: usize,
+    /// ... or when its first message has waited this long.
+    pub batch_window: Duration,
+    /// Keep topics with unknown channels out of `rejected` (they are still counted).
+    pub ignore_unknown_channels: bool,
+}
+
+impl IngestConfig {
+    pub fn new(endpoint: MqttEndpoint) -> Self {
+        Self {
+            endpoint,
+            topic_root: TopicRoot::default(),
+            max_payload_bytes: 256 * 1024,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            max_inflight_messages: 20_000,
+            hot_budget_bytes: 2 * 1024 * 1024 * 1024,
+            batch_max_messages: 5_000,
+            batch_window: Duration::from_millis(5),
+            ignore_unknown_channels: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("the WAL failed, so nothing more can be acknowledged: {0}")]
+    Wal(#[from] WalError),
+    #[error("storing rows: {0}")]
+    Store(#[from] arrow_schema::ArrowError),
+    #[error("acknowledging to the MQTT broker: {0}")]
+    Ack(#[from] rumqttc::ClientError),
+    #[error("an ingest task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A message with its place in the in-flight budget.
+struct Received {
+    publish: Publish,
+    received_at: Timestamp,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One group commit on its way to the acker.
+struct Commit {
+    append: Option<PendingAppend>,
+    rows: Vec<(Table, arrow_array::RecordBatch)>,
+    messages: Vec<Received>,
+}
+
+/// Runs ingest until `shutdown` turns true: then it stops taking messages, commits and
+/// acknowledges what it holds, and disconnects. Messages it did not take stay with the broker.
+pub async fn run_ingest(
+    config: IngestConfig,
+    wal: Arc<Wal>,
+    hot: Arc<HotBuffer>,
+    retained: RetainedState,
+    metrics: IngestMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
+    // Room for one acknowledgement per in-flight message, so queuing an ack never waits.
+    let request_capacity = config.max_inflight_messages + 1024;
+    let options = config
+        .endpoint
+        .options(config.max_packet_bytes, request_capacity)?;
+    let (client, eventloop) = AsyncClient::new(options, request_capacity);
+    let permits = Arc::new(Semaphore::new(config.max_inflight_messages));
+    let (to_batcher, from_reader) = mpsc::unbounded_channel();
+    let (to_acker, from_batcher) = mpsc::unbounded_channel();
+    tracing::info!(
+        host = %config.endpoint.host,
+        port = config.endpoint.port,
+        client_id = %config.endpoint.client_id,
+        filter = %config.topic_root.subscription_filter(),
+        "ingest connecting"
+    );
+
+    let reader = tokio::spawn(read(
+        eventloop,
+        client.clone(),
+        to_batcher,
+        Arc::clone(&permits),
+        Arc::clone(&hot),
+        config.clone(),
+        metrics.clone(),
+    ));
+    let batcher = tokio::spawn(batch(
+        from_reader,
+        to_acker,
+        Arc::clone(&wal),
+        config.clone(),
+        retained,
+        metrics.clone(),
+        shutdown,
+    ));
+    let acked = acknowledge(
+        from_batcher,
+        client.clone(),
+        wal,
+        hot,
+        permits.clone(),
+        config,
+        metrics,
+    )
+    .await;
+    permits.close();
+    if let Err(error) = client.disconnect().await {
+        tracing::debug!(%error, "MQTT disconnect request not delivered");
+    }
+    let batched = batcher.await?;
+    reader.await?;
+    acked.and(batched)
+}
+
+async fn read(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    to_batcher: mpsc::UnboundedSender<Received>,
+    permits: Arc<Semaphore>,
+    hot: Arc<HotBuffer>,
+    config: IngestConfig,
+    metrics: IngestMetrics,
+) {
+    let filter = config.topic_root.subscription_filter();
+    let mut last_error_log = None::<Instant>;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let received_at = Timestamp::now();
+                wait_for_hot_budget(&hot, &config, &metrics, &permits).await;
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    // Shutting down: the message stays unacknowledged, so the broker keeps it.
+                    continue;
+                };
+                metrics
+                    .acks_pending
+                    .set((config.max_inflight_messages - permits.available_permits()) as i64);
+                let received = Received {
+                    publish,
+                    received_at,
+                    _permit: permit,
+                };
+                // A closed batcher means shutdown: the message is left to the broker.
+                let _ = to_batcher.send(received);
+            }
+            Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
+                tracing::info!(
+                    session_present = connack.session_present,
+                    "connected to the MQTT broker"
+                );
+                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(%error, %filter, "could not subscribe");
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => tracing::info!(%filter, "subscribed"),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => {
+                if permits.is_closed() {
+                    break;
+                }
+                // rumqttc reconnects on the next poll; log at most every 10 s while it retries.
+                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(%error, "MQTT connection lost; reconnecting");
+                    last_error_log = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Holds the reader while the in-memory rows exceed their budget.
+async fn wait_for_hot_budget(
+    hot: &HotBuffer,
+    config: &IngestConfig,
+    metrics: &IngestMetrics,
+    permits: &Semaphore,
+) {
+    if hot.bytes() <= config.hot_budget_bytes {
+        return;
+    }
+    tracing::warn!(
+        hot_bytes = hot.bytes(),
+        budget = config.hot_budget_bytes,
+        "hot-buffer budget reached: ingest stops reading until memory is freed"
+    );
+    metrics.backpressure.set(1);
+    metrics.backpressure_episodes.inc();
+    while hot.bytes() > config.hot_budget_bytes && !permits.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metrics.backpressure.set(0);
+    tracing::info!("hot-buffer budget free again: ingest resumes");
+}
+
+/// The rows of one group commit being assembled.
+struct Group {
+    builders: TableBuilders,
+    retained_log: RetainedLog,
+    messages: Vec<Received>,
+    deadline: Option<Instant>,
+}
+
+async fn batch(
+    mut from_reader: mpsc::UnboundedReceiver<Received>,
+    to_acker: mpsc::UnboundedSender<Commit>,
+    wal: Arc<Wal>,
+    config: IngestConfig,
+    mut retained: RetainedState,
+    metrics: IngestMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
+    let mut group = Group {
+        builders: TableBuilders::new(),
+        retained_log: RetainedLog::default(),
+        messages: Vec::new(),
+        deadline: None,
+    };
+    loop {
+        let deadline = group.deadline;
+        let next = tokio::select! {
+            received = from_reader.recv() => received,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                submit(&mut group, &wal, &to_acker)?;
+                continue;
+            }
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        let Some(received) = next else {
+            break;
+        };
+        add(&mut group, received, &config, &mut retained, &metrics);
+        if group.messages.len() >= config.batch_max_messages {
+            submit(&mut group, &wal, &to_acker)?;
+        }
+    }
+    // Stop taking messages; those still queued are dropped unacknowledged and the broker keeps
+    // them. What this group holds is committed and acknowledged.
+    from_reader.close();
+    submit(&mut group, &wal, &to_acker)
+}
+
+fn add(
+    group: &mut Group,
+    received: Received,
+    config: &IngestConfig,
+    retained: &mut RetainedState,
+    metrics: &IngestMetrics,
+) {
+    metrics.messages.inc();
+    group
+        .deadline
+        .get_or_insert_with(|| Instant::now() + config.batch_window);
+    let publish = &received.publish;
+    let topic = publish.topic.as_bytes();
+    let payload = publish.payload.as_ref();
+    if payload.len() > config.max_payload_bytes {
+        let keep = 1024.min(config.max_payload_bytes);
+        let rejection = Rejection::payload_too_large(
+            topic,
+            payload,
+            config.max_payload_bytes,
+            keep,
+            received.received_at,
+        );
+        reject(group, &rejection, metrics);
+        group.messages.push(received);
+        return;
+    }
+    match parse_message(&config.topic_root, topic, payload, received.received_at) {
+        Parsed::Data(message) => {
+            if is_retained_kind(message.table()) {
+                if publish.retain && retained.is_unchanged(topic, payload) {
+                    metrics.retained_duplicates.inc();
+                    group.messages.push(received);
+                    return;
+                }
+                let topic = Bytes::copy_from_slice(topic);
+                retained.record(topic.clone(), publish.payload.clone());
+                group.retained_log.push(topic, publish.payload.clone());
+            }
+            group.builders.append(&message);
+        }
+        Parsed::Rejected(rejection) => {
+            if config.ignore_unknown_channels && rejection.reason.is_unknown_channel() {
+                metrics
+                    .not_stored
+                    .get_or_create(&IngestMetrics::label("channel", "unknown"))
+                    .inc();
+            } else {
+                reject(group, &rejection, metrics);
+            }
+        }
+        Parsed::NotStored(kind) => {
+            metrics
+                .not_stored
+                .get_or_create(&IngestMetrics::label("channel", kind.as_str()))
+                .inc();
+        }
+        Parsed::OutsideRoot => {
+            metrics
+                .not_stored
+                .get_or_create(&IngestMetrics::label("channel", "outside_root"))
+                .inc();
+        }
+    }
+    group.messages.push(received);
+}
+
+fn reject(group: &mut Group, rejection: &Rejection, metrics: &IngestMetrics) {
+    tracing::debug!(topic = %rejection.topic, reason = %rejection.reason, "message rejected");
+    metrics
+        .rejected
+        .get_or_create(&IngestMetrics::label("reason", rejection.reason.code()))
+        .inc();
+    group.builders.append_rejection(rejection);
+}
+
+/// Hands the group to the WAL and the acker. On error its messages stay unacknowledged, so
+/// the broker keeps them.
+fn submit(
+    group: &mut Group,
+    wal: &Wal,
+    to_acker: &mpsc::UnboundedSender<Commit>,
+) -> Result<(), IngestError> {
+    group.deadline = None;
+    if group.messages.is_empty() {
+        return Ok(());
+    }
+    let messages = std::mem::take(&mut group.messages);
+    let rows = group.builders.finish()?;
+    let retained_batch = group.retained_log.take_batch()?;
+    let mut tables: Vec<(String, arrow_array::RecordBatch)> = rows
+        .iter()
+        .map(|(table, batch)| (table.name().to_owned(), batch.clone()))
+        .collect();
+    tables.extend(retained_batch.map(|batch| (RETAINED_TABLE.to_owned(), batch)));
+    let append = if tables.is_empty() {
+        None
+    } else {
+        Some(wal.submit(tables)?)
+    };
+    // A closed acker has failed; its error is the one reported.
+    let _ = to_acker.send(Commit {
+        append,
+        rows,
+        messages,
+    });
+    Ok(())
+}
+
+async fn acknowledge(
+    mut from_batcher: mpsc::UnboundedReceiver<Commit>,
+    client: AsyncClient,
+    wal: Arc<Wal>,
+    hot: Arc<HotBuffer>,
+    permits: Arc<Semaphore>,
+    config: IngestConfig,
+    metrics: IngestMetrics,
+) -> Result<(), IngestError> {
+    while let Some(commit) = from_batcher.recv().await {
+        if let Some(append) = commit.append {
+            append.await?;
+        }
+        for (table, batch) in commit.rows {
+            metrics
+                .rows
+                .get_or_create(&IngestMetrics::label("table", table.name()))
+                .inc_by(batch.num_rows() as u64);
+            hot.append(table, batch)?;
+        }
+        for received in commit.messages {
+            client.ack(&received.publish).await?;
+        }
+        metrics
+            .acks_pending
+            .set((config.max_inflight_messages - permits.available_permits()) as i64);
+        metrics
+            .wal_bytes
+            .set(WalStats::get(&wal.stats().bytes) as i64);
+        metrics.hot_bytes.set(hot.bytes() as i64);
+    }
+    Ok(())
+}

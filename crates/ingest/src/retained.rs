@@ -1,0 +1,139 @@
+//! Retained messages the broker replays at every (re)connect: the last stored payload of each
+//! retained topic, so that an unchanged replay is recognised and not stored again.
+//!
+//! The state is rebuilt on start from an internal WAL table, `_retained`, that records every
+//! stored retained payload along with the rows it produced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::BinaryBuilder;
+use arrow_array::cast::AsArray;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use twinlake_model::Table;
+use twinlake_store::HotBuffer;
+use twinlake_wal::Replay;
+
+/// The WAL table holding `(topic, payload)` of stored retained messages.
+pub const RETAINED_TABLE: &str = "_retained";
+
+fn retained_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Binary, false),
+        Field::new("payload", DataType::Binary, false),
+    ]))
+}
+
+/// The tables whose messages thin-edge publishes retained, so the broker replays them.
+pub(crate) fn is_retained_kind(table: Table) -> bool {
+    matches!(
+        table,
+        Table::EntityChanges
+            | Table::TwinChanges
+            | Table::Alarms
+            | Table::Health
+            | Table::MeasurementMeta
+    )
+}
+
+/// The last stored payload of every retained topic.
+#[derive(Debug, Default)]
+pub struct RetainedState {
+    last: HashMap<Bytes, Bytes>,
+}
+
+impl RetainedState {
+    /// True when `payload` on `topic` is exactly what was last stored for it.
+    pub(crate) fn is_unchanged(&self, topic: &[u8], payload: &[u8]) -> bool {
+        self.last
+            .get(topic)
+            .is_some_and(|last| last.as_ref() == payload)
+    }
+
+    /// Remembers a stored retained message; an empty payload clears the topic, as it does in
+    /// the broker.
+    pub(crate) fn record(&mut self, topic: Bytes, payload: Bytes) {
+        if payload.is_empty() {
+            self.last.remove(&topic);
+        } else {
+            self.last.insert(topic, payload);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    fn apply(&mut self, batch: &RecordBatch) {
+        let topics = batch.column(0).as_binary::<i32>();
+        let payloads = batch.column(1).as_binary::<i32>();
+        for row in 0..batch.num_rows() {
+            self.record(
+                Bytes::copy_from_slice(topics.value(row)),
+                Bytes::copy_from_slice(payloads.value(row)),
+            );
+        }
+    }
+}
+
+/// Collects the retained messages of one group commit for the `_retained` WAL table.
+#[derive(Debug, Default)]
+pub(crate) struct RetainedLog {
+    topics: Vec<Bytes>,
+    payloads: Vec<Bytes>,
+}
+
+impl RetainedLog {
+    pub(crate) fn push(&mut self, topic: Bytes, payload: Bytes) {
+        self.topics.push(topic);
+        self.payloads.push(payload);
+    }
+
+    pub(crate) fn take_batch(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        if self.topics.is_empty() {
+            return Ok(None);
+        }
+        let column = |values: Vec<Bytes>| -> ArrayRef {
+            let mut builder = BinaryBuilder::new();
+            for value in values {
+                builder.append_value(value);
+            }
+            Arc::new(builder.finish())
+        };
+        let topics = column(std::mem::take(&mut self.topics));
+        let payloads = column(std::mem::take(&mut self.payloads));
+        RecordBatch::try_new(retained_schema(), vec![topics, payloads]).map(Some)
+    }
+}
+
+/// Puts the rows of replayed WAL records back into the hot buffer and rebuilds the retained
+/// state. Returns the state and how many rows were restored.
+pub fn restore_from_wal(
+    replay: &Replay,
+    hot: &HotBuffer,
+) -> Result<(RetainedState, usize), ArrowError> {
+    let mut retained = RetainedState::default();
+    let mut rows = 0;
+    for (_, tables) in &replay.records {
+        for (name, batch) in tables {
+            if name == RETAINED_TABLE {
+                retained.apply(batch);
+                continue;
+            }
+            match Table::from_name(name) {
+                Some(table) => {
+                    rows += batch.num_rows();
+                    hot.append(table, batch.clone())?;
+                }
+                None => tracing::warn!(table = %name, "WAL record for an unknown table skipped"),
+            }
+        }
+    }
+    Ok((retained, rows))
+}

@@ -1,0 +1,598 @@
+//! `twinlake simulate`: a fleet of thin-edge devices in one process.
+//!
+//! The fleet is what a site gateway running thin-edge publishes for the vehicles behind it:
+//! depots as child devices of the main device, trucks as child devices of their depot, sensors
+//! as child devices of their truck (every second sensor with a nested probe), and services on
+//! each truck, all registered with retained messages and `@parent`. Trucks carry twin data
+//! (model, capacity, firmware, home depot) and send a 10-value grouped reading per round with
+//! plausible physics; engine overheat and low fuel raise alarms that clear again; doors, trips,
+//! refuelling and firmware updates are events; services report health and sometimes go down.
+//! With the same `--seed` (and `--start`) the same messages are published.
+
+use std::time::Duration;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::json;
+use tokio::time::Instant;
+use twinlake_model::Timestamp;
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// Number of trucks.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Sensors (child devices) per truck; every second one has a nested probe.
+    #[arg(long, default_value_t = 2)]
+    children_per_device: usize,
+    /// Services on every truck, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "tedge-agent,collectd")]
+    services: Vec<String>,
+    /// Trucks per depot.
+    #[arg(long, default_value_t = 5)]
+    devices_per_depot: usize,
+    /// Messages per second across the fleet; 0 publishes as fast as the broker takes them.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// How long to publish, e.g. 30s, 5m, 1h; 0 runs until Ctrl-C.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many rounds (one reading of every device per round) instead.
+    #[arg(long)]
+    rounds: Option<u64>,
+    #[arg(
+        long,
+        env = "TWINLAKE_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    mqtt_url: String,
+    /// MQTT QoS of telemetry (registrations, twin and health are always QoS 1, alarms QoS 2 as
+    /// thin-edge's docs publish them, downgraded to this QoS when it is lower).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Seed of every random choice: the same seed gives the same fleet and readings.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Time of the first round (RFC 3339); rounds then advance by --step instead of following
+    /// the clock, so the data is fully reproducible.
+    #[arg(long)]
+    start: Option<String>,
+    /// Simulated time between rounds, with --start.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    step: Duration,
+    /// thin-edge's topic root.
+    #[arg(long, default_value = "te")]
+    topic_root: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.trim().split_at(
+        text.trim()
+            .find(|c: char| c.is_alphabetic())
+            .unwrap_or(text.trim().len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+const MODELS: [(&str, f64); 4] = [
+    ("Volvo FH16", 26_000.0),
+    ("Scania R500", 24_000.0),
+    ("MAN TGX", 22_000.0),
+    ("DAF XF", 20_000.0),
+];
+
+/// One message to publish.
+struct Outgoing {
+    topic: String,
+    payload: String,
+    retain: bool,
+    qos: QoS,
+}
+
+struct Truck {
+    id: String,
+    sensors: Vec<Sensor>,
+    speed: f64,
+    heading: f64,
+    lat: f64,
+    lon: f64,
+    engine_temperature: f64,
+    fuel: f64,
+    load: f64,
+    firmware_patch: u32,
+    overheating: bool,
+    low_fuel: bool,
+    stopped_rounds: u32,
+    services_down: Vec<bool>,
+}
+
+struct Sensor {
+    id: String,
+    probe: Option<String>,
+    temperature: f64,
+    humidity: f64,
+}
+
+struct Fleet {
+    root: String,
+    trucks: Vec<Truck>,
+    depots: usize,
+    services: Vec<String>,
+    rng: StdRng,
+    telemetry_qos: QoS,
+}
+
+fn qos_of(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+impl Fleet {
+    fn new(args: &SimulateArgs) -> Self {
+        let mut rng = StdRng::seed_from_u64(args.seed);
+        let trucks = (0..args.devices)
+            .map(|t| {
+                let id = format!("truck{:04}", t + 1);
+                let sensors = (0..args.children_per_device)
+                    .map(|s| Sensor {
+                        id: format!("{id}-sensor{}", s + 1),
+                        probe: (s % 2 == 1).then(|| format!("{id}-sensor{}-probe", s + 1)),
+                        temperature: rng.random_range(2.0..8.0),
+                        humidity: rng.random_range(30.0..60.0),
+                    })
+                    .collect();
+                Truck {
+                    id,
+                    sensors,
+                    speed: rng.random_range(0.0..90.0),
+                    heading: rng.random_range(0.0..std::f64::consts::TAU),
+                    lat: 48.0 + rng.random_range(-1.0..1.0),
+                    lon: 11.0 + rng.random_range(-1.0..1.0),
+                    engine_temperature: rng.random_range(80.0..92.0),
+                    fuel: rng.random_range(20.0..100.0),
+                    load: rng.random_range(0.0..1.0),
+                    firmware_patch: 1,
+                    overheating: false,
+                    low_fuel: false,
+                    stopped_rounds: 0,
+                    services_down: vec![false; args.services.len()],
+                }
+            })
+            .collect::<Vec<_>>();
+        Self {
+            root: args.topic_root.clone(),
+            depots: args.devices.div_ceil(args.devices_per_depot.max(1)),
+            trucks,
+            services: args.services.clone(),
+            rng,
+            telemetry_qos: qos_of(args.qos),
+        }
+    }
+
+    fn depot_of(&self, truck: usize) -> usize {
+        truck % self.depots.max(1) + 1
+    }
+
+    fn retained(&self, topic: String, payload: serde_json::Value) -> Outgoing {
+        Outgoing {
+            topic: format!("{}/{topic}", self.root),
+            payload: payload.to_string(),
+            retain: true,
+            qos: QoS::AtLeastOnce,
+        }
+    }
+
+    fn live(&self, topic: String, payload: serde_json::Value) -> Outgoing {
+        Outgoing {
+            topic: format!("{}/{topic}", self.root),
+            payload: payload.to_string(),
+            retain: false,
+            qos: self.telemetry_qos,
+        }
+    }
+
+    /// Registrations, twin data and metadata: what thin-edge publishes retained at start.
+    fn registrations(&self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for depot in 1..=self.depots {
+            out.push(self.retained(
+                format!("device/depot{depot:02}//"),
+                json!({"@type": "child-device", "name": format!("depot{depot:02}"), "type": "Depot"}),
+            ));
+        }
+        for (index, truck) in self.trucks.iter().enumerate() {
+            let id = &truck.id;
+            let depot = format!("depot{:02}", self.depot_of(index));
+            let (model, capacity) = MODELS[index % MODELS.len()];
+            out.push(self.retained(
+                format!("device/{id}//"),
+                json!({"@type": "child-device", "@parent": format!("device/{depot}//"), "@id": format!("fleet-{id}"), "name": id, "type": "Truck"}),
+            ));
+            out.push(self.retained(format!("device/{id}///twin/model"), json!(model)));
+            out.push(self.retained(
+                format!("device/{id}///twin/capacity"),
+                json!({"kg": capacity}),
+            ));
+            out.push(self.retained(format!("device/{id}///twin/firmware"), self.firmware(truck)));
+            out.push(self.retained(format!("device/{id}///twin/home"), json!({"depot": depot})));
+            out.push(self.retained(
+                format!("device/{id}///m/telemetry/meta"),
+                json!({
+                    "engine.rpm": {"unit": "rpm"}, "engine.temperature": {"unit": "°C", "max": 120},
+                    "engine.oil_pressure": {"unit": "bar"}, "fuel.level": {"unit": "%"}, "fuel.rate": {"unit": "l/h"},
+                    "gps.lat": {"unit": "°"}, "gps.lon": {"unit": "°"}, "gps.alt": {"unit": "m"},
+                    "gps.speed": {"unit": "km/h"}, "load": {"unit": "ratio", "min": 0, "max": 1}
+                }),
+            ));
+            for sensor in &truck.sensors {
+                out.push(self.retained(
+                    format!("device/{}//", sensor.id),
+                    json!({"@type": "child-device", "@parent": format!("device/{id}//"), "name": sensor.id, "type": "ColdChainSensor"}),
+                ));
+                if let Some(probe) = &sensor.probe {
+                    out.push(self.retained(
+                        format!("device/{probe}//"),
+                        json!({"@type": "child-device", "@parent": format!("device/{}//", sensor.id), "name": probe, "type": "Probe"}),
+                    ));
+                }
+            }
+            for service in &self.services {
+                out.push(self.retained(
+                    format!("device/{id}/service/{service}"),
+                    json!({"@type": "service", "@parent": format!("device/{id}//"), "name": service, "type": "service"}),
+                ));
+            }
+        }
+        out
+    }
+
+    fn firmware(&self, truck: &Truck) -> serde_json::Value {
+        json!({"name": "vehicle-fw", "version": format!("2.3.{}", truck.firmware_patch)})
+    }
+
+    /// One round: every device reports once at `at`, `dt` seconds after the last round.
+    fn round(&mut self, at: Timestamp, dt: f64) -> Vec<Outgoing> {
+        let time = at.to_rfc3339();
+        let mut out = Vec::new();
+        for index in 0..self.trucks.len() {
+            self.advance(index, dt, &time, &mut out);
+        }
+        out
+    }
+
+    fn advance(&mut self, index: usize, dt: f64, time: &str, out: &mut Vec<Outgoing>) {
+        let rng = &mut self.rng;
+        let mut events = Vec::new();
+        let truck = &mut self.trucks[index];
+        let id = truck.id.clone();
+
+        // Driving: stops now and then (doors open, load changes), otherwise a bounded random walk.
+        if truck.stopped_rounds > 0 {
+            truck.stopped_rounds -= 1;
+            truck.speed = 0.0;
+            if truck.stopped_rounds == 0 {
+                events.push((
+                    "trip_started",
+                    json!({"text": "Trip started", "time": time}),
+                ));
+            }
+        } else if rng.random_bool(0.02) {
+            truck.stopped_rounds = rng.random_range(3..12);
+            truck.speed = 0.0;
+            truck.load = rng.random_range(0.0..1.0);
+            events.push((
+                "door_opened",
+                json!({"text": "Rear door opened", "time": time, "door": "rear"}),
+            ));
+        } else {
+            truck.speed = (truck.speed + rng.random_range(-8.0..8.0)).clamp(5.0, 110.0);
+        }
+        truck.heading += rng.random_range(-0.2..0.2);
+        let km = truck.speed * dt / 3600.0;
+        truck.lat += km / 111.0 * truck.heading.cos();
+        truck.lon += km / 74.0 * truck.heading.sin();
+        // Engine heat follows speed and load, with the odd excursion that trips the alarm.
+        let target = 78.0
+            + truck.speed * 0.1
+            + truck.load * 12.0
+            + if rng.random_bool(0.01) { 30.0 } else { 0.0 };
+        truck.engine_temperature +=
+            (target - truck.engine_temperature) * 0.3 + rng.random_range(-1.0..1.0);
+        let rate = if truck.speed > 0.0 {
+            18.0 + truck.load * 14.0
+        } else {
+            1.5
+        };
+        truck.fuel = (truck.fuel - rate * dt / 3600.0 * 0.5).max(0.0);
+        if truck.fuel < 4.0 {
+            truck.fuel = 100.0;
+            events.push((
+                "refuelled",
+                json!({"text": "Tank refilled", "time": time, "litres": 600}),
+            ));
+        }
+        let rpm = if truck.speed > 0.0 {
+            900.0 + truck.speed * 14.0 + rng.random_range(-50.0..50.0)
+        } else {
+            650.0
+        };
+        out.push(Outgoing {
+            topic: format!("{}/device/{id}///m/telemetry", self.root),
+            payload: json!({
+                "time": time,
+                "engine": {"rpm": round(rpm, 0), "temperature": round(truck.engine_temperature, 1), "oil_pressure": round(2.0 + rpm / 2500.0, 2)},
+                "fuel": {"level": round(truck.fuel, 2), "rate": round(rate, 1)},
+                "gps": {"lat": round(truck.lat, 6), "lon": round(truck.lon, 6), "alt": round(500.0 + truck.lat.fract() * 100.0, 1), "speed": round(truck.speed, 1)},
+                "load": round(truck.load, 3)
+            })
+            .to_string(),
+            retain: false,
+            qos: self.telemetry_qos,
+        });
+
+        // Alarms: raised past a threshold, cleared with hysteresis, retained like thin-edge's.
+        let mut alarms = Vec::new();
+        if !truck.overheating && truck.engine_temperature > 105.0 {
+            truck.overheating = true;
+            alarms.push(("engine_overheat", Some(json!({"severity": "major", "text": format!("Engine temperature {:.1} °C", truck.engine_temperature), "time": time}))));
+        } else if truck.overheating && truck.engine_temperature < 95.0 {
+            truck.overheating = false;
+            alarms.push(("engine_overheat", None));
+        }
+        if !truck.low_fuel && truck.fuel < 10.0 {
+            truck.low_fuel = true;
+            alarms.push((
+                "low_fuel",
+                Some(json!({"severity": "warning", "text": "Fuel below 10 %", "time": time})),
+            ));
+        } else if truck.low_fuel && truck.fuel > 20.0 {
+            truck.low_fuel = false;
+            alarms.push(("low_fuel", None));
+        }
+
+        // Firmware updates are rare; they change the twin and leave an event.
+        let mut firmware = None;
+        if rng.random_bool(0.002) {
+            truck.firmware_patch += 1;
+            firmware = Some(truck.firmware_patch);
+            events.push(("firmware_updated", json!({"text": "Firmware updated", "time": time, "version": format!("2.3.{}", truck.firmware_patch)})));
+        }
+
+        let mut sensor_readings = Vec::new();
+        for sensor in &mut truck.sensors {
+            sensor.temperature = (sensor.temperature
+                + rng.random_range(-0.3..0.3)
+                + if truck.stopped_rounds > 0 { 0.2 } else { -0.05 })
+            .clamp(-25.0, 25.0);
+            sensor.humidity = (sensor.humidity + rng.random_range(-1.0..1.0)).clamp(10.0, 95.0);
+            let vibration = truck.speed / 40.0;
+            sensor_readings.push((
+                sensor.id.clone(),
+                json!({
+                    "time": time,
+                    "temperature": round(sensor.temperature, 2),
+                    "humidity": round(sensor.humidity, 1),
+                    "vibration": {"x": round(vibration * rng.random_range(0.8..1.2), 3), "y": round(vibration * rng.random_range(0.8..1.2), 3), "z": round(9.81 + vibration * rng.random_range(-0.1..0.1), 3)}
+                }),
+            ));
+            if let Some(probe) = &sensor.probe {
+                sensor_readings.push((probe.clone(), json!({"time": time, "temperature": round(sensor.temperature + rng.random_range(-0.5..0.5), 2)})));
+            }
+        }
+
+        let mut health = Vec::new();
+        for (service_index, down) in truck.services_down.iter_mut().enumerate() {
+            let flip = if *down {
+                rng.random_bool(0.3)
+            } else {
+                rng.random_bool(0.003)
+            };
+            if flip {
+                *down = !*down;
+                health.push((service_index, *down));
+            }
+        }
+        let collectd = json!({"time": time, "cpu": {"percent-active": round(rng.random_range(2.0..40.0), 1)}, "memory": {"percent-used": round(rng.random_range(20.0..70.0), 1)}});
+
+        for (event_type, payload) in events {
+            out.push(self.live(format!("device/{id}///e/{event_type}"), payload));
+        }
+        for (alarm_type, payload) in alarms {
+            let qos = match self.telemetry_qos {
+                QoS::AtMostOnce => QoS::AtMostOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            out.push(Outgoing {
+                topic: format!("{}/device/{id}///a/{alarm_type}", self.root),
+                payload: payload.map(|p| p.to_string()).unwrap_or_default(),
+                retain: true,
+                qos,
+            });
+        }
+        if firmware.is_some() {
+            let payload = self.firmware(&self.trucks[index]);
+            out.push(self.retained(format!("device/{id}///twin/firmware"), payload));
+        }
+        for (sensor, payload) in sensor_readings {
+            out.push(self.live(format!("device/{sensor}///m/environment"), payload));
+        }
+        if self.services.iter().any(|s| s == "collectd") {
+            out.push(self.live(format!("device/{id}/service/collectd/m/"), collectd));
+        }
+        for (service_index, down) in health {
+            let service = &self.services[service_index];
+            let status = if down {
+                json!({"status": "down"})
+            } else {
+                json!({"status": "up", "pid": 1000 + service_index, "time": time})
+            };
+            out.push(self.retained(
+                format!("device/{id}/service/{service}/status/health"),
+                status,
+            ));
+        }
+    }
+
+    fn initial_health(&self, time: &str) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for truck in &self.trucks {
+            for (index, service) in self.services.iter().enumerate() {
+                out.push(self.retained(
+                    format!("device/{}/service/{service}/status/health", truck.id),
+                    json!({"status": "up", "pid": 1000 + index, "time": time}),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
+    let endpoint = twinlake_ingest::MqttEndpoint::parse(
+        &args.mqtt_url,
+        format!("twinlake-simulate-{}", args.seed),
+    )
+    .map_err(|e| e.to_string())?;
+    let start = args
+        .start
+        .as_deref()
+        .map(Timestamp::parse_rfc3339)
+        .transpose()
+        .map_err(|e| format!("--start: {e}"))?;
+    let mut options = MqttOptions::new(&endpoint.client_id, &endpoint.host, endpoint.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000)
+        .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    if let Some(user) = &endpoint.username {
+        options.set_credentials(user, endpoint.password.clone().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (acked_tx, mut acked) = tokio::sync::watch::channel(0u64);
+    let network = tokio::spawn(async move {
+        let mut count = 0u64;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
+                    count += 1;
+                    let _ = acked_tx.send(count);
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => return Err(format!("MQTT connection to the broker: {error}")),
+            }
+        }
+    });
+
+    let mut fleet = Fleet::new(&args);
+    let mut published = 0u64;
+    let mut needs_ack = 0u64;
+    let began = Instant::now();
+    let mut publish = |message: Outgoing| {
+        let client = client.clone();
+        published += 1;
+        if message.qos != QoS::AtMostOnce {
+            needs_ack += 1;
+        }
+        async move {
+            client
+                .publish(message.topic, message.qos, message.retain, message.payload)
+                .await
+                .map_err(|e| format!("publishing: {e}"))
+        }
+    };
+    let first_time = start.unwrap_or_else(Timestamp::now);
+    let mut setup = fleet.registrations();
+    setup.extend(fleet.initial_health(&first_time.to_rfc3339()));
+    for message in setup {
+        publish(message).await?;
+    }
+    let step = args.step.as_secs_f64();
+    let mut round_index = 0u64;
+    let mut telemetry = 0u64;
+    let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    tracing::info!(
+        trucks = args.devices,
+        depots = fleet.depots,
+        rate = args.rate,
+        "simulating"
+    );
+    loop {
+        if args.rounds.is_some_and(|rounds| round_index >= rounds) {
+            break;
+        }
+        if args.rounds.is_none() && !args.duration.is_zero() && began.elapsed() >= args.duration {
+            break;
+        }
+        let (at, dt) = match start {
+            Some(start) => (
+                Timestamp::from_unix_nanos(
+                    start.unix_nanos() + (round_index as f64 * step * 1e9) as i64,
+                ),
+                step,
+            ),
+            None => (Timestamp::now(), step),
+        };
+        for message in fleet.round(at, dt) {
+            publish(message).await?;
+            telemetry += 1;
+            if let Some(pace) = pace {
+                let due = began + pace.mul_f64(telemetry as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        round_index += 1;
+    }
+    // Wait until the broker has acknowledged everything sent with QoS 1 or 2.
+    let all_acknowledged = tokio::time::timeout(
+        Duration::from_secs(60),
+        acked.wait_for(|count| *count >= needs_ack),
+    )
+    .await
+    .is_ok_and(|waited| waited.is_ok());
+    let acknowledged = *acked.borrow();
+    let _ = client.disconnect().await;
+    match network.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Err(format!("MQTT task: {error}")),
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    tracing::info!(
+        published,
+        acknowledged,
+        rounds = round_index,
+        seconds = format!("{seconds:.1}"),
+        per_second = format!("{:.0}", published as f64 / seconds),
+        "simulation done"
+    );
+    if !all_acknowledged {
+        return Err(format!(
+            "the broker acknowledged {acknowledged} of {needs_ack} messages within 60 s"
+        ));
+    }
+    Ok(())
+}

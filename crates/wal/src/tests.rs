@@ -1,0 +1,237 @@
+//! The log against real files: round trips, group commit, rotation, truncation, and a torn
+//! tail at every byte offset of the last record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+
+use crate::{RecordId, SyncMode, TableBatches, Wal, WalConfig, WalStats};
+
+fn batch(values: &[i64]) -> RecordBatch {
+    let ids: ArrayRef = Arc::new(Int64Array::from(values.to_vec()));
+    let names: ArrayRef = Arc::new(StringArray::from_iter_values(
+        values.iter().map(|v| format!("row-{v}")),
+    ));
+    RecordBatch::try_from_iter([("id", ids), ("name", names)]).unwrap()
+}
+
+fn tables(values: &[i64]) -> TableBatches {
+    vec![
+        ("measurements".to_owned(), batch(values)),
+        ("events".to_owned(), batch(&[values[0] * 10])),
+    ]
+}
+
+fn config(dir: &std::path::Path) -> WalConfig {
+    let mut config = WalConfig::new(dir);
+    config.commit_window = Duration::from_millis(1);
+    config
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every value of the `id` columns of the replayed records, in order.
+fn replayed_ids(dir: &std::path::Path) -> (Vec<i64>, crate::ReplayStats) {
+    let (wal, replay) = Wal::open(config(dir)).unwrap();
+    wal.close();
+    let ids = replay
+        .records
+        .iter()
+        .flat_map(|(_, tables)| tables.iter().filter(|(name, _)| name == "measurements"))
+        .flat_map(|(_, batch)| {
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            column.values().to_vec()
+        })
+        .collect();
+    (ids, replay.stats)
+}
+
+#[test]
+fn appended_records_replay_in_order_with_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (wal, replay) = Wal::open(config(dir.path())).unwrap();
+    assert!(replay.records.is_empty());
+    let first = rt.block_on(wal.append(tables(&[1, 2, 3]))).unwrap();
+    let second = rt.block_on(wal.append(tables(&[4]))).unwrap();
+    assert_eq!(second, RecordId(first.0 + 1));
+    wal.close();
+
+    let (wal, replay) = Wal::open(config(dir.path())).unwrap();
+    assert_eq!(replay.records.len(), 2);
+    let (id, record) = &replay.records[0];
+    assert_eq!(*id, first);
+    assert_eq!(record, &tables(&[1, 2, 3]));
+    assert_eq!(replay.records[1].1, tables(&[4]));
+    // Ids continue after a reopen.
+    assert_eq!(
+        rt.block_on(wal.append(tables(&[5]))).unwrap(),
+        RecordId(second.0 + 1)
+    );
+}
+
+#[test]
+fn concurrent_appends_share_records_and_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = config(dir.path());
+    config.commit_window = Duration::from_millis(20);
+    let (wal, _) = Wal::open(config).unwrap();
+    let wal = Arc::new(wal);
+    let appends = 200;
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..appends)
+            .map(|i| {
+                let wal = Arc::clone(&wal);
+                tokio::spawn(async move { wal.append(tables(&[i])).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    });
+    let stats = wal.stats();
+    let records = WalStats::get(&stats.records_written);
+    assert_eq!(WalStats::get(&stats.appends), appends as u64);
+    assert!(
+        records < appends as u64 / 4,
+        "{records} records for {appends} appends: no group commit"
+    );
+    assert_eq!(WalStats::get(&stats.fsyncs), records);
+    wal.close();
+    let (mut ids, _) = replayed_ids(dir.path());
+    ids.sort_unstable();
+    assert_eq!(ids, (0..appends).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_last_record_is_cut_at_every_byte_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    rt.block_on(wal.append(tables(&[1, 2]))).unwrap();
+    rt.block_on(wal.append(tables(&[3]))).unwrap();
+    let size_before_last = WalStats::get(&wal.stats().bytes);
+    rt.block_on(wal.append(tables(&[4, 5, 6]))).unwrap();
+    let size_after_last = WalStats::get(&wal.stats().bytes);
+    wal.close();
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let whole = std::fs::read(&segment).unwrap();
+    assert_eq!(whole.len() as u64, size_after_last);
+
+    for cut in size_before_last..size_after_last {
+        let case = tempfile::tempdir().unwrap();
+        let path = case.path().join(segment.file_name().unwrap());
+        std::fs::write(&path, &whole[..cut as usize]).unwrap();
+        let (ids, stats) = replayed_ids(case.path());
+        assert_eq!(ids, vec![1, 2, 3], "cut at {cut}");
+        assert_eq!(stats.torn_bytes, cut - size_before_last, "cut at {cut}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            size_before_last,
+            "tail truncated (cut at {cut})"
+        );
+        // The log goes on after the cut, and the next replay sees old and new records.
+        let (wal, _) = Wal::open(config(case.path())).unwrap();
+        rt.block_on(wal.append(tables(&[7]))).unwrap();
+        wal.close();
+        assert_eq!(
+            replayed_ids(case.path()).0,
+            vec![1, 2, 3, 7],
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_record_fails_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    rt.block_on(wal.append(tables(&[1]))).unwrap();
+    rt.block_on(wal.append(tables(&[2]))).unwrap();
+    wal.close();
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (ids, stats) = replayed_ids(dir.path());
+    assert_eq!(ids, vec![1]);
+    assert!(stats.torn_bytes > 0);
+}
+
+#[test]
+fn segments_rotate_by_size_and_truncation_drops_whole_persisted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut config = config(dir.path());
+    config.segment_bytes = 600;
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(rt.block_on(wal.append(tables(&[i]))).unwrap());
+    }
+    let segments = WalStats::get(&wal.stats().segments);
+    assert!(segments > 3, "{segments} segments");
+    let removed = rt.block_on(wal.truncate_through(ids[9])).unwrap();
+    assert!(removed > 0);
+    wal.close();
+    let (replayed, _) = replayed_ids(dir.path());
+    // Everything after the truncation point is kept; only whole segments at or below it went.
+    assert!(
+        replayed.ends_with(&(10..20).collect::<Vec<_>>()),
+        "{replayed:?}"
+    );
+    assert!(replayed.len() < 20, "{replayed:?}");
+    // Truncating everything still keeps ids growing.
+    let (wal, _) = Wal::open(config).unwrap();
+    rt.block_on(wal.truncate_through(RecordId(u64::MAX)))
+        .unwrap();
+    let next = rt.block_on(wal.append(tables(&[99]))).unwrap();
+    assert!(next > ids[19], "{next:?} after {:?}", ids[19]);
+}
+
+#[test]
+fn sync_never_still_writes_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut config = config(dir.path());
+    config.sync = SyncMode::Never;
+    let (wal, _) = Wal::open(config).unwrap();
+    rt.block_on(wal.append(tables(&[1]))).unwrap();
+    assert_eq!(WalStats::get(&wal.stats().fsyncs), 0);
+    wal.close();
+    assert_eq!(replayed_ids(dir.path()).0, vec![1]);
+}
+
+#[test]
+fn appends_after_close_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    wal.close();
+    let result = runtime().block_on(wal.append(tables(&[1])));
+    assert!(matches!(result, Err(crate::WalError::Closed)), "{result:?}");
+}

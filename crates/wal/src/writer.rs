@@ -1,0 +1,325 @@
+//! The writer thread and the handle callers append through.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::record::{self, RecordId};
+use crate::segment::{self, ActiveSegment, Replay, SegmentInfo};
+use crate::{SyncMode, TableBatches, WalConfig, WalError, WalStats};
+
+enum Command {
+    Append {
+        tables: TableBatches,
+        done: oneshot::Sender<Result<RecordId, WalError>>,
+    },
+    Truncate {
+        through: RecordId,
+        done: oneshot::Sender<Result<usize, WalError>>,
+    },
+    Close,
+}
+
+/// Rows queued by [`Wal::submit`]: resolves with their record's id once it is on disk.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<RecordId, WalError>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<RecordId, WalError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(WalError::Closed)))
+    }
+}
+
+/// The open log. Appends from any task are group-committed by one writer thread, which does
+/// all the file I/O so that fsync never blocks the async runtime.
+#[derive(Debug)]
+pub struct Wal {
+    commands: Mutex<Option<Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<WalStats>,
+}
+
+impl Wal {
+    /// Opens the log in `config.dir`, replaying what it holds: the records come back in order,
+    /// a torn tail is cut off, and new records continue the id sequence.
+    pub fn open(config: WalConfig) -> Result<(Self, Replay), WalError> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| WalError::io(&config.dir, e))?;
+        let (replay, mut closed) = segment::replay(&config.dir)?;
+        tracing::info!(
+            dir = %config.dir.display(),
+            segments = replay.stats.segments,
+            records = replay.stats.records,
+            bytes = replay.stats.bytes,
+            torn_bytes = replay.stats.torn_bytes,
+            "WAL replayed"
+        );
+        if config.sync == SyncMode::Never {
+            tracing::warn!(
+                "WAL sync = \"never\": records are not fsynced, so a machine crash can lose acknowledged messages"
+            );
+        }
+        let next = next_record_id(&closed, &replay);
+        // An empty segment left by a crash right after creation is reused under the same name.
+        if let Some(empty) = closed.last().filter(|s| s.last.is_none()) {
+            std::fs::remove_file(&empty.path).map_err(|e| WalError::io(&empty.path, e))?;
+            closed.pop();
+        }
+        let active = ActiveSegment::create(&config.dir, next)?;
+        let stats = Arc::new(WalStats::default());
+        let state = WriterState {
+            config,
+            active,
+            closed,
+            next,
+            poisoned: None,
+            stats: Arc::clone(&stats),
+        };
+        state.publish_sizes();
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("twinlake-wal".to_owned())
+            .spawn(move || state.run(receiver))
+            .map_err(|e| WalError::io(PathBuf::from("<wal writer thread>"), e))?;
+        Ok((
+            Self {
+                commands: Mutex::new(Some(commands)),
+                writer: Mutex::new(Some(writer)),
+                stats,
+            },
+            replay,
+        ))
+    }
+
+    /// Appends rows; resolves once the record holding them is on disk (fsynced with
+    /// `SyncMode::Always`). Rows appended together stay in one record.
+    pub async fn append(&self, tables: TableBatches) -> Result<RecordId, WalError> {
+        self.submit(tables)?.await
+    }
+
+    /// Queues rows for the next group commit now, and returns what resolves once they are on
+    /// disk. Records are written in the order of `submit` calls, so a caller that must release
+    /// its work in order (MQTT acknowledgements) submits in that order.
+    pub fn submit(&self, tables: TableBatches) -> Result<PendingAppend, WalError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::Append { tables, done })?;
+        Ok(PendingAppend(result))
+    }
+
+    /// Deletes the closed segments whose records all have ids up to `through` (their rows are
+    /// persisted elsewhere). Returns how many segments went.
+    pub async fn truncate_through(&self, through: RecordId) -> Result<usize, WalError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::Truncate { through, done })?;
+        result.await.map_err(|_| WalError::Closed)?
+    }
+
+    pub fn stats(&self) -> &Arc<WalStats> {
+        &self.stats
+    }
+
+    /// Commits what is queued and stops the writer. Later appends fail with `Closed`.
+    pub fn close(&self) {
+        if let Some(commands) = self.commands.lock().ok().and_then(|mut c| c.take()) {
+            // The writer may already be gone; then there is nothing left to flush.
+            let _ = commands.send(Command::Close);
+        }
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take())
+            && writer.join().is_err()
+        {
+            tracing::error!("the WAL writer thread panicked");
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<(), WalError> {
+        let commands = self.commands.lock().map_err(|_| WalError::Closed)?;
+        commands
+            .as_ref()
+            .ok_or(WalError::Closed)?
+            .send(command)
+            .map_err(|_| WalError::Closed)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn next_record_id(closed: &[SegmentInfo], replay: &Replay) -> RecordId {
+    let after_records = replay.records.last().map_or(0, |(id, _)| id.0 + 1);
+    // An empty segment still tells where the sequence stood, even after truncation removed
+    // every segment with records: ids must never go back.
+    let after_segments = closed
+        .iter()
+        .filter_map(|s| s.path.file_stem()?.to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    RecordId(after_records.max(after_segments))
+}
+
+struct WriterState {
+    config: WalConfig,
+    active: ActiveSegment,
+    closed: Vec<SegmentInfo>,
+    next: RecordId,
+    poisoned: Option<String>,
+    stats: Arc<WalStats>,
+}
+
+type AppendWaiter = oneshot::Sender<Result<RecordId, WalError>>;
+
+/// The commands gathered within one commit window.
+#[derive(Default)]
+struct Group {
+    appends: Vec<(TableBatches, AppendWaiter)>,
+    truncations: Vec<(RecordId, oneshot::Sender<Result<usize, WalError>>)>,
+    closing: bool,
+}
+
+impl Group {
+    fn add(&mut self, command: Command) {
+        match command {
+            Command::Append { tables, done } => self.appends.push((tables, done)),
+            Command::Truncate { through, done } => self.truncations.push((through, done)),
+            Command::Close => self.closing = true,
+        }
+    }
+}
+
+impl WriterState {
+    fn run(mut self, commands: Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut group = Group::default();
+            group.add(first);
+            let deadline = Instant::now() + self.config.commit_window;
+            while !group.closing {
+                match commands.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(command) => group.add(command),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => group.closing = true,
+                }
+            }
+            self.commit(group.appends);
+            for (through, done) in group.truncations {
+                // The caller may have stopped waiting; the truncation happened regardless.
+                let _ = done.send(self.truncate(through));
+            }
+            if group.closing {
+                break;
+            }
+        }
+        tracing::info!(records = self.next.0, "WAL closed");
+    }
+
+    /// Writes one record for all `appends` and releases their waiters.
+    fn commit(&mut self, appends: Vec<(TableBatches, AppendWaiter)>) {
+        if appends.is_empty() {
+            return;
+        }
+        let mut waiters = Vec::with_capacity(appends.len());
+        let mut tables = Vec::new();
+        for (batches, done) in appends {
+            tables.extend(batches);
+            waiters.push(done);
+        }
+        let result = self.write_record(&tables);
+        self.stats
+            .appends
+            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        for done in waiters {
+            // A waiter that went away (its task was cancelled) still had its rows written.
+            let _ = done.send(match &result {
+                Ok(id) => Ok(*id),
+                Err(error) => Err(WalError::Poisoned(error.clone())),
+            });
+        }
+    }
+
+    fn write_record(&mut self, tables: &TableBatches) -> Result<RecordId, String> {
+        if let Some(reason) = &self.poisoned {
+            return Err(reason.clone());
+        }
+        let id = self.next;
+        let framed =
+            record::encode(id, tables, self.config.zstd_level).map_err(|e| e.to_string())?;
+        let written = self.active.append(&framed, id).and_then(|()| self.sync());
+        if let Err(error) = written {
+            // After a failed write or fsync the file's tail is unknown and the page cache cannot
+            // be trusted; writing on could put acknowledged records behind garbage.
+            let reason = error.to_string();
+            tracing::error!(%reason, "WAL write failed; no further writes are accepted");
+            self.poisoned = Some(reason.clone());
+            return Err(reason);
+        }
+        self.next = RecordId(id.0 + 1);
+        self.stats.records_written.fetch_add(1, Ordering::Relaxed);
+        if self.active.info.bytes >= self.config.segment_bytes
+            && let Err(error) = self.rotate()
+        {
+            let reason = error.to_string();
+            tracing::error!(%reason, "WAL segment rotation failed; no further writes are accepted");
+            self.poisoned = Some(reason);
+        }
+        self.publish_sizes();
+        Ok(id)
+    }
+
+    fn sync(&self) -> Result<(), WalError> {
+        if self.config.sync == SyncMode::Never {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.active.sync()?;
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(observe) = &self.config.fsync_observer {
+            observe(started.elapsed());
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let next = ActiveSegment::create(&self.config.dir, self.next)?;
+        let finished = std::mem::replace(&mut self.active, next);
+        self.closed.push(finished.info);
+        Ok(())
+    }
+
+    fn truncate(&mut self, through: RecordId) -> Result<usize, WalError> {
+        let mut removed = 0;
+        // Closed segments are in id order, so the removable ones are a prefix.
+        while let Some(oldest) = self.closed.first() {
+            if oldest.last.is_some_and(|last| last > through) {
+                break;
+            }
+            std::fs::remove_file(&oldest.path).map_err(|e| WalError::io(&oldest.path, e))?;
+            self.closed.remove(0);
+            removed += 1;
+        }
+        if removed > 0 {
+            segment::sync_dir(&self.config.dir)?;
+        }
+        self.publish_sizes();
+        Ok(removed)
+    }
+
+    fn publish_sizes(&self) {
+        let bytes = self.closed.iter().map(|s| s.bytes).sum::<u64>() + self.active.info.bytes;
+        self.stats.bytes.store(bytes, Ordering::Relaxed);
+        self.stats
+            .segments
+            .store(self.closed.len() as u64 + 1, Ordering::Relaxed);
+    }
+}
