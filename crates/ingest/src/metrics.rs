@@ -23,6 +23,8 @@ pub struct IngestMetrics {
     /// 1 while ingest has stopped reading because a budget is reached.
     pub backpressure: Gauge,
     pub backpressure_episodes: Counter,
+    /// 1 while ingest is connected to the broker and subscribed.
+    pub subscribed: Gauge,
 }
 
 impl IngestMetrics {
@@ -39,6 +41,7 @@ impl IngestMetrics {
             hot_bytes: Gauge::default(),
             backpressure: Gauge::default(),
             backpressure_episodes: Counter::default(),
+            subscribed: Gauge::default(),
         };
         let prefix = registry.sub_registry_with_prefix("twinlake");
         prefix.register(
@@ -91,6 +94,11 @@ impl IngestMetrics {
             "ingest_backpressure_episodes",
             "Times ingest stopped reading for a budget",
             metrics.backpressure_episodes.clone(),
+        );
+        prefix.register(
+            "mqtt_subscribed",
+            "1 while ingest is connected to the MQTT broker and subscribed to the topic root",
+            metrics.subscribed.clone(),
         );
         metrics
     }

@@ -107,8 +107,11 @@ pub async fn run_ingest(
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    // Room for one acknowledgement per in-flight message, so queuing an ack never waits.
-    let request_capacity = config.max_inflight_messages + 1024;
+    // Queuing an acknowledgement must never wait: acks are only sent while the reader polls,
+    // and the reader may be waiting for the acker (in-flight permits) or for memory (hot
+    // budget); a full queue would deadlock the two. Queued acks cost a few bytes and the queue
+    // grows only as needed, so the bound is generous.
+    let request_capacity = 4 * config.max_inflight_messages + 100_000;
     let options = config
         .endpoint
         .options(config.max_packet_bytes, request_capacity)?;
@@ -201,10 +204,14 @@ async fn read(
                     tracing::error!(%error, %filter, "could not subscribe");
                 }
             }
-            Ok(Event::Incoming(Incoming::SubAck(_))) => tracing::info!(%filter, "subscribed"),
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                metrics.subscribed.set(1);
+                tracing::info!(%filter, "subscribed");
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => {
+                metrics.subscribed.set(0);
                 if permits.is_closed() {
                     break;
                 }
@@ -226,7 +233,8 @@ async fn wait_for_hot_budget(
     metrics: &IngestMetrics,
     permits: &Semaphore,
 ) {
-    if hot.bytes() <= config.hot_budget_bytes {
+    // Once shutting down (permits closed) nothing more is taken, so there is nothing to wait for.
+    if hot.bytes() <= config.hot_budget_bytes || permits.is_closed() {
         return;
     }
     tracing::warn!(

@@ -1,0 +1,338 @@
+//! Processes and clients for the end-to-end tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, stopped on drop.
+pub(crate) struct Mosquitto {
+    pub(crate) port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed: apt-get install -y mosquitto (.ci/run does it)");
+        wait_for_port(port, "mosquitto");
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mosquitto"))
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which broker Twinlake ingests from.
+#[derive(Debug, Clone)]
+pub(crate) enum Broker {
+    /// The embedded broker, on this port.
+    Embedded(u16),
+    External(String),
+}
+
+/// A `twinlake serve` process with its own data directory and ports.
+pub(crate) struct Twinlake {
+    pub(crate) http: String,
+    pub(crate) mqtt_url: String,
+    data_dir: PathBuf,
+    broker: Broker,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Twinlake {
+    pub(crate) fn start(data_dir: &Path, broker: Broker, extra: &[&str]) -> Self {
+        let mqtt_url = match &broker {
+            Broker::Embedded(port) => format!("mqtt://127.0.0.1:{port}"),
+            Broker::External(url) => url.clone(),
+        };
+        let mut twinlake = Self {
+            http: String::new(),
+            mqtt_url,
+            data_dir: data_dir.to_owned(),
+            broker,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+        };
+        twinlake.spawn();
+        twinlake
+    }
+
+    fn spawn(&mut self) {
+        let http_port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match &self.broker {
+            Broker::Embedded(port) => command
+                .arg("--mqtt-listen")
+                .arg(format!("127.0.0.1:{port}")),
+            Broker::External(url) => command.arg("--mqtt-url").arg(url),
+        };
+        self.child = Some(command.spawn().expect("start twinlake serve"));
+        self.http = format!("http://127.0.0.1:{http_port}");
+        wait_for_port(http_port, "twinlake");
+        self.wait_until_subscribed();
+    }
+
+    fn wait_until_subscribed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.metric("twinlake_mqtt_subscribed") == Some(1.0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "twinlake did not subscribe to the broker"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A value from `/metrics` (the full sample name, labels included).
+    pub(crate) fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::blocking_get(&format!("{}/metrics", self.http))?;
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                line.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Stops with SIGTERM (graceful: commits and acknowledges what it holds) and waits.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "twinlake exited with {status} after SIGTERM"
+            );
+        }
+    }
+
+    /// Kills with SIGKILL: no chance to flush anything.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// Runs SQL and returns the rows as JSON objects; panics with the server's error.
+    pub(crate) fn query(&self, sql: &str) -> Vec<Value> {
+        let (status, body) = reqwest::blocking_post(&format!("{}/api/v1/query", self.http), sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        serde_json::from_str::<Vec<Value>>(&body).unwrap_or_else(|e| panic!("{sql}: {e}: {body}"))
+    }
+
+    pub(crate) fn count(&self, sql: &str) -> i64 {
+        self.query(sql)[0]
+            .as_object()
+            .and_then(|row| row.values().next())
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| panic!("{sql} gave no count"))
+    }
+
+    /// Waits until `sql` (a count) reaches at least `expected`; returns the last count.
+    pub(crate) fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.count(sql);
+            if count >= expected || Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Twinlake {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal blocking HTTP helpers, so that tests need no async runtime of their own for HTTP.
+mod reqwest {
+    pub(crate) fn blocking_get(url: &str) -> Option<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async { ::reqwest::get(url).await.ok()?.text().await.ok() })
+    }
+
+    pub(crate) fn blocking_post(url: &str, sql: &str) -> (u16, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = ::reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    }
+}
+
+/// One message for [`publish`].
+pub(crate) struct Message {
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) retain: bool,
+    pub(crate) qos: QoS,
+}
+
+pub(crate) fn message(topic: &str, payload: &str, retain: bool, qos: u8) -> Message {
+    Message {
+        topic: topic.to_owned(),
+        payload: payload.as_bytes().to_vec(),
+        retain,
+        qos: match qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        },
+    }
+}
+
+/// Publishes the messages in order with a real MQTT client and waits until the broker has
+/// acknowledged every QoS 1/2 message.
+pub(crate) fn publish(mqtt_url: &str, messages: Vec<Message>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let url = url_parts(mqtt_url);
+        let mut options = MqttOptions::new(format!("e2e-publisher-{}", free_port()), url.0, url.1);
+        options
+            .set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024)
+            .set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let expected = messages.iter().filter(|m| m.qos != QoS::AtMostOnce).count();
+        let sender = tokio::spawn(async move {
+            for m in messages {
+                client
+                    .publish(m.topic, m.qos, m.retain, m.payload)
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < expected {
+            match tokio::time::timeout(Duration::from_secs(20), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher lost its connection: {e}"),
+                Err(_) => panic!("the broker acknowledged only {acked} of {expected} messages"),
+            }
+        }
+        let client = sender.await.unwrap();
+        client.disconnect().await.unwrap();
+        while let Ok(Ok(event)) =
+            tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await
+        {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    });
+}
+
+pub(crate) fn url_parts(url: &str) -> (String, u16) {
+    let rest = url.strip_prefix("mqtt://").unwrap();
+    let (host, port) = rest.rsplit_once(':').unwrap();
+    (host.to_owned(), port.parse().unwrap())
+}
