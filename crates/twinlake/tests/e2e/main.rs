@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `twinlake` binary, a real MQTT broker (the embedded one and
 //! Mosquitto), a real MQTT client publishing, and SQL over HTTP to check what was stored.
 
+// In a test harness a panic is the failure report, helpers included.
+#![allow(clippy::unwrap_used)]
+
 mod durability;
 mod spec;
 mod support;
