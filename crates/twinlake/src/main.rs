@@ -1,5 +1,6 @@
 //! The `twinlake` command: the CLI over the crates, holding no logic of its own.
 
+mod bench;
 mod check;
 mod query;
 mod serve;
@@ -29,6 +30,15 @@ enum Command {
     Query(query::QueryArgs),
     /// Publish a simulated fleet of thin-edge devices: the demo and the load generator.
     Simulate(simulate::SimulateArgs),
+    /// Benchmarks that start their own broker and server (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Run only the embedded MQTT broker (the benchmark's reference point).
+    #[command(hide = true)]
+    EmbeddedBroker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: std::net::SocketAddr,
+    },
     /// Show the rows one thin-edge MQTT message becomes, or why Twinlake rejects it.
     ///
     /// Exits with 0 when the message becomes data or is valid traffic Twinlake does not keep,
@@ -64,6 +74,17 @@ fn main() -> ExitCode {
         Command::Serve(options) => run_async(serve::serve(options)).map(|()| ExitCode::SUCCESS),
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
+        Command::Bench(command) => run_async(bench::bench(command)).map(|()| ExitCode::SUCCESS),
+        Command::EmbeddedBroker { listen } => run_async(async move {
+            twinlake_ingest::EmbeddedBroker::start(
+                listen,
+                twinlake_ingest::DEFAULT_MAX_PACKET_BYTES,
+            )
+            .map_err(|e| e.to_string())?;
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        })
+        .map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,
