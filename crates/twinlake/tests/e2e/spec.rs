@@ -343,6 +343,30 @@ fn spec_examples_through_the_embedded_broker() {
     // After a restart the rows come back from the WAL, unchanged.
     twinlake.restart();
     check_spec_rows(&twinlake);
+
+    // Over the payload limit (256 KiB by default): a `rejected` row with the first KiB and the size.
+    let big = format!("{{\"x\":1,\"pad\":\"{}\"}}", "a".repeat(300 * 1024));
+    publish(
+        &twinlake.mqtt_url,
+        vec![message("te/device/main///m/huge", &big, false, 1)],
+    );
+    let oversized = "SELECT count(*) FROM rejected WHERE reason_code = 'payload_too_large'";
+    assert_eq!(
+        twinlake.wait_for_count(oversized, 1, std::time::Duration::from_secs(10)),
+        1
+    );
+    let row = &twinlake.query(
+        "SELECT topic, payload, reason FROM rejected WHERE reason_code = 'payload_too_large'",
+    )[0];
+    assert_eq!(row["topic"], "te/device/main///m/huge");
+    let kept = row["payload"].as_str().unwrap();
+    assert_eq!(kept.len(), 2 * 1024, "the first KiB, shown as hex");
+    assert!(kept.starts_with(&hex("{\"x\":1")));
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&big.len().to_string()) && reason.contains("262144"),
+        "{reason}"
+    );
 }
 
 #[test]
