@@ -47,15 +47,7 @@ impl ResultFormat {
     ) -> Result<Vec<u8>, ArrowError> {
         match self {
             Self::Json => {
-                let batches = with_text_times(batches)?;
-                let mut writer = arrow_json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, arrow_json::writer::JsonArray>(Vec::new());
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-                writer.finish()?;
-                let bytes = writer.into_inner();
+                let bytes = json::<arrow_json::writer::JsonArray>(batches)?;
                 // With no rows at all the writer writes nothing; an empty result is still an array.
                 Ok(if bytes.is_empty() {
                     b"[]".to_vec()
@@ -63,17 +55,7 @@ impl ResultFormat {
                     bytes
                 })
             }
-            Self::Ndjson => {
-                let batches = with_text_times(batches)?;
-                let mut writer = arrow_json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, arrow_json::writer::LineDelimited>(Vec::new());
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-                writer.finish()?;
-                Ok(writer.into_inner())
-            }
+            Self::Ndjson => json::<arrow_json::writer::LineDelimited>(batches),
             Self::Csv => {
                 let batches = with_text_times(batches)?;
                 let mut writer = arrow_csv::WriterBuilder::new()
@@ -107,6 +89,19 @@ impl ResultFormat {
             }
         }
     }
+}
+
+/// JSON rows in `F`'s layout (array or lines), nulls written out, times as text.
+fn json<F: arrow_json::writer::JsonFormat>(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let batches = with_text_times(batches)?;
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, F>(Vec::new());
+    for batch in &batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner())
 }
 
 /// Time columns as RFC 3339 text in UTC with the `Z` suffix and only the fraction digits needed

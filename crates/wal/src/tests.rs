@@ -29,6 +29,15 @@ fn config(dir: &std::path::Path) -> WalConfig {
     config
 }
 
+/// The oldest segment file in `dir`.
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,11 +138,7 @@ fn a_torn_last_record_is_cut_at_every_byte_offset() {
     rt.block_on(wal.append(tables(&[4, 5, 6]))).unwrap();
     let size_after_last = WalStats::get(&wal.stats().bytes);
     wal.close();
-    let segment = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .min()
-        .unwrap();
+    let segment = first_segment(dir.path());
     let whole = std::fs::read(&segment).unwrap();
     assert_eq!(whole.len() as u64, size_after_last);
 
@@ -169,11 +174,7 @@ fn a_flipped_bit_in_the_last_record_fails_its_checksum() {
     rt.block_on(wal.append(tables(&[1]))).unwrap();
     rt.block_on(wal.append(tables(&[2]))).unwrap();
     wal.close();
-    let segment = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .min()
-        .unwrap();
+    let segment = first_segment(dir.path());
     let mut bytes = std::fs::read(&segment).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 0x10;
