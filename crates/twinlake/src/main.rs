@@ -101,7 +101,12 @@ fn run_async<F: std::future::Future<Output = Result<(), String>>>(
     command: F,
 ) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        // rumqttd reports every ordinary client disconnect as an error from these two modules.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off",
+            )
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
