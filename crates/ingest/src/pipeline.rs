@@ -45,9 +45,9 @@ pub struct IngestConfig {
     pub max_inflight_messages: usize,
     /// Memory of the in-memory rows; at the limit ingest stops reading until it drops.
     pub hot_budget_bytes: usize,
-    /// A group is committed when it holds this many messages...
+    /// A group is committed when no further message is waiting, when it holds this many
+    /// messages, or when its first message has waited `batch_window`, whichever comes first.
     pub batch_max_messages: usize,
-    /// ... or when its first message has waited this long.
     pub batch_window: Duration,
     /// Keep topics with unknown channels out of `rejected` (they are still counted).
     pub ignore_unknown_channels: bool,
@@ -288,7 +288,11 @@ async fn batch(
             break;
         };
         add(&mut group, received, &config, &mut retained, &metrics);
-        if group.messages.len() >= config.batch_max_messages {
+        // Commit as soon as nothing more is waiting: a broker that sends only a few unacknowledged
+        // messages at a time (rumqttd: 100) waits for this commit before sending more, so
+        // holding the group for the window would only add latency. Under a flood the queue never
+        // empties and groups grow to `batch_max_messages`.
+        if group.messages.len() >= config.batch_max_messages || from_reader.is_empty() {
             submit(&mut group, &wal, &to_acker)?;
         }
     }

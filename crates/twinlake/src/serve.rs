@@ -57,7 +57,8 @@ pub(crate) struct ServeOptions {
     /// `always` fsyncs every group commit before acknowledging; `never` does not (unsafe) [default: always].
     #[arg(long, env = "TWINLAKE_WAL_SYNC")]
     pub(crate) wal_sync: Option<String>,
-    /// How long a group commit waits for more messages, in milliseconds [default: 2].
+    /// How long a group commit waits for more messages, in milliseconds; at 0 a group is what
+    /// arrives during the previous fsync [default: 0].
     #[arg(long, env = "TWINLAKE_WAL_COMMIT_WINDOW_MS")]
     pub(crate) wal_commit_window_ms: Option<u64>,
     /// Payloads above this size are stored in `rejected` with their first bytes [default: 262144].
@@ -145,7 +146,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let metrics = IngestMetrics::register(&mut registry);
     let mut wal_config = WalConfig::new(data_dir.join("wal"));
     wal_config.sync = sync;
-    wal_config.commit_window = Duration::from_millis(options.wal_commit_window_ms.unwrap_or(2));
+    wal_config.commit_window = options
+        .wal_commit_window_ms
+        .map_or(wal_config.commit_window, Duration::from_millis);
     let fsync_seconds = metrics.fsync_seconds.clone();
     wal_config.fsync_observer = Some(Arc::new(move |took: Duration| {
         fsync_seconds.observe(took.as_secs_f64())
