@@ -103,6 +103,18 @@ impl IngestMetrics {
         metrics
     }
 
+    /// Messages taken from the broker (holding an in-flight permit) and not yet acknowledged.
+    pub(crate) fn set_acks_pending(&self, max_inflight: usize, permits: &tokio::sync::Semaphore) {
+        self.acks_pending
+            .set(max_inflight.saturating_sub(permits.available_permits()) as i64);
+    }
+
+    pub(crate) fn count_not_stored(&self, channel: &str) {
+        self.not_stored
+            .get_or_create(&Self::label("channel", channel))
+            .inc();
+    }
+
     pub(crate) fn label(name: &str, value: &str) -> Labels {
         vec![(name.to_owned(), value.to_owned())]
     }

@@ -184,9 +184,7 @@ async fn read(
                     // Shutting down: the message stays unacknowledged, so the broker keeps it.
                     continue;
                 };
-                metrics
-                    .acks_pending
-                    .set((config.max_inflight_messages - permits.available_permits()) as i64);
+                metrics.set_acks_pending(config.max_inflight_messages, &permits);
                 let received = Received {
                     publish,
                     received_at,
@@ -345,25 +343,16 @@ fn add(
         }
         Parsed::Rejected(rejection) => {
             if config.ignore_unknown_channels && rejection.reason.is_unknown_channel() {
-                metrics
-                    .not_stored
-                    .get_or_create(&IngestMetrics::label("channel", "unknown"))
-                    .inc();
+                metrics.count_not_stored("unknown");
             } else {
                 reject(group, &rejection, metrics);
             }
         }
         Parsed::NotStored(kind) => {
-            metrics
-                .not_stored
-                .get_or_create(&IngestMetrics::label("channel", kind.as_str()))
-                .inc();
+            metrics.count_not_stored(kind.as_str());
         }
         Parsed::OutsideRoot => {
-            metrics
-                .not_stored
-                .get_or_create(&IngestMetrics::label("channel", "outside_root"))
-                .inc();
+            metrics.count_not_stored("outside_root");
         }
     }
     group.messages.push(received);
@@ -434,9 +423,7 @@ async fn acknowledge(
         for received in commit.messages {
             client.ack(&received.publish).await?;
         }
-        metrics
-            .acks_pending
-            .set((config.max_inflight_messages - permits.available_permits()) as i64);
+        metrics.set_acks_pending(config.max_inflight_messages, &permits);
         metrics
             .wal_bytes
             .set(WalStats::get(&wal.stats().bytes) as i64);

@@ -9,6 +9,7 @@ pub(crate) mod twin;
 
 use serde_json::{Map, Value};
 
+use crate::json::kind_of;
 use crate::reject::{PayloadKind, RejectReason};
 use crate::time::{Timestamp, time_from_json};
 
@@ -25,7 +26,17 @@ pub(crate) fn payload_object(
     kind: PayloadKind,
     payload: &str,
 ) -> Result<Map<String, Value>, RejectReason> {
-    crate::json::parse_object(payload).map_err(|problem| RejectReason::payload(kind, problem))
+    match serde_json::from_str::<Value>(payload) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err(RejectReason::payload(
+            kind,
+            format!("the payload must be a JSON object, not {}", kind_of(&other)),
+        )),
+        Err(error) => Err(RejectReason::payload(
+            kind,
+            format!("invalid JSON: {error}"),
+        )),
+    }
 }
 
 /// Takes `time` out of `object`: the payload's own time, or the receive time when absent.
@@ -46,5 +57,12 @@ pub(crate) fn take_string(
     object: &mut Map<String, Value>,
     key: &str,
 ) -> Result<Option<String>, RejectReason> {
-    crate::json::take_string(object, key).map_err(|problem| RejectReason::payload(kind, problem))
+    match object.shift_remove(key) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(RejectReason::payload(
+            kind,
+            format!("`{key}` must be a string, not {}", kind_of(&other)),
+        )),
+    }
 }
