@@ -414,3 +414,26 @@ fn spec_examples_through_mosquitto_and_retained_replays_are_not_stored_twice() {
         2
     );
 }
+
+#[test]
+fn spec_examples_through_mosquitto_over_tls_with_a_password() {
+    let mosquitto = Mosquitto::start_with_tls();
+    let tls = mosquitto.tls.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = tls.ca_file.display().to_string();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::External(format!("mqtts://127.0.0.1:{}", tls.port)),
+        &[
+            "--mqtt-ca-file",
+            &ca_file,
+            "--mqtt-username",
+            tls.username,
+            "--mqtt-password",
+            tls.password,
+        ],
+    );
+    // Devices publish on the plain listener; Twinlake reads them through the TLS one.
+    publish(&mosquitto.url(), spec_messages());
+    check_spec_rows(&twinlake);
+}

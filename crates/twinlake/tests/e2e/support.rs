@@ -27,25 +27,69 @@ fn wait_for_port(port: u16, what: &str) {
 /// A Mosquitto broker on a free loopback port, stopped on drop.
 pub(crate) struct Mosquitto {
     pub(crate) port: u16,
+    /// The TLS listener (which also requires a password), when started with [`Mosquitto::start_with_tls`].
+    pub(crate) tls: Option<TlsListener>,
     child: Child,
     _dir: tempfile::TempDir,
 }
+
+/// A Mosquitto listener that requires TLS and a username and password.
+pub(crate) struct TlsListener {
+    pub(crate) port: u16,
+    /// The CA certificate that signed the broker's certificate.
+    pub(crate) ca_file: PathBuf,
+    pub(crate) username: &'static str,
+    pub(crate) password: &'static str,
+}
+
+const MOSQUITTO_PLAIN: &str = "allow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n";
 
 impl Mosquitto {
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n"
-            ),
-        )
-        .unwrap();
+        let config = format!("listener {port} 127.0.0.1\n{MOSQUITTO_PLAIN}");
+        Self::spawn(dir, port, config, None)
+    }
+
+    /// A plain anonymous listener plus a TLS listener with password authentication, with a CA
+    /// and a broker certificate for 127.0.0.1 made by `openssl` for this broker only.
+    pub(crate) fn start_with_tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let tls_port = free_port();
+        make_certificates(dir.path());
+        let passwords = dir.path().join("passwords");
+        std::fs::write(&passwords, "").unwrap();
+        run(Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&passwords)
+            .args(["ingest", "s3cret"]));
+        let d = dir.path().display();
+        let config = format!(
+            "per_listener_settings true\n\
+             listener {port} 127.0.0.1\n{MOSQUITTO_PLAIN}\
+             listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwords\n\
+             cafile {d}/ca.pem\ncertfile {d}/broker.pem\nkeyfile {d}/broker.key\n"
+        );
+        let tls = TlsListener {
+            port: tls_port,
+            ca_file: dir.path().join("ca.pem"),
+            username: "ingest",
+            password: "s3cret",
+        };
+        make_readable_by_all(dir.path());
+        let mosquitto = Self::spawn(dir, port, config, Some(tls));
+        wait_for_port(tls_port, "mosquitto (TLS)");
+        mosquitto
+    }
+
+    fn spawn(dir: tempfile::TempDir, port: u16, config: String, tls: Option<TlsListener>) -> Self {
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, config).unwrap();
         let child = Command::new(mosquitto_binary())
             .arg("-c")
-            .arg(&config)
+            .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,6 +97,7 @@ impl Mosquitto {
         wait_for_port(port, "mosquitto");
         Self {
             port,
+            tls,
             child,
             _dir: dir,
         }
@@ -61,6 +106,81 @@ impl Mosquitto {
     pub(crate) fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+/// A CA (`ca.pem`) and a broker key and certificate for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "broker.key",
+        "-out",
+        "broker.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "broker.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "broker.pem",
+    ]);
+}
+
+/// Mosquitto started as root drops to its own user before it reads certificates and passwords.
+fn make_readable_by_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let readable = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    readable(dir, 0o755);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        readable(&entry.unwrap().path(), 0o644);
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run a test tool");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn mosquitto_binary() -> PathBuf {
