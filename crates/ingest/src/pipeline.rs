@@ -8,8 +8,12 @@
 //!   from sending (backpressure) instead of dropping anything;
 //! - the batcher parses messages into Arrow rows and, every `batch_window` or `batch_max_messages`,
 //!   submits them to the WAL as one record;
-//! - the acker waits for each record's fsync, moves its rows to the hot buffer (so an
+//! - the acker waits for each record's fsync, moves its rows to the live tables (so an
 //!   acknowledged message is queryable), then acknowledges its messages and frees their permits.
+//!
+//! After each persist the batcher writes a checkpoint of the retained state to the WAL (so it
+//! outlives the segments that held it), and once that is durable the acker deletes the WAL
+//! segments whose rows are all persisted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +25,8 @@ use tokio::time::Instant;
 use twinlake_model::{
     Parsed, Rejection, Table, TableBuilders, Timestamp, TopicRoot, parse_message,
 };
-use twinlake_store::HotBuffer;
-use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
+use twinlake_store::LiveTables;
+use twinlake_wal::{PendingAppend, RecordId, Wal, WalError, WalStats};
 
 use crate::endpoint::{EndpointError, MqttEndpoint};
 use crate::metrics::IngestMetrics;
@@ -95,6 +99,8 @@ struct Commit {
     append: Option<PendingAppend>,
     rows: Vec<(Table, arrow_array::RecordBatch)>,
     messages: Vec<Received>,
+    /// Once `append` is durable, delete the WAL segments up to this record.
+    truncate_through: Option<RecordId>,
 }
 
 /// Runs ingest until `shutdown` turns true: then it stops taking messages, commits and
@@ -102,7 +108,7 @@ struct Commit {
 pub async fn run_ingest(
     config: IngestConfig,
     wal: Arc<Wal>,
-    hot: Arc<HotBuffer>,
+    hot: Arc<LiveTables>,
     retained: RetainedState,
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
@@ -140,6 +146,7 @@ pub async fn run_ingest(
         from_reader,
         to_acker,
         Arc::clone(&wal),
+        Arc::clone(&hot),
         config.clone(),
         retained,
         metrics.clone(),
@@ -169,7 +176,7 @@ async fn read(
     client: AsyncClient,
     to_batcher: mpsc::UnboundedSender<Received>,
     permits: Arc<Semaphore>,
-    hot: Arc<HotBuffer>,
+    hot: Arc<LiveTables>,
     config: IngestConfig,
     metrics: IngestMetrics,
 ) {
@@ -226,7 +233,7 @@ async fn read(
 
 /// Holds the reader while the in-memory rows exceed their budget.
 async fn wait_for_hot_budget(
-    hot: &HotBuffer,
+    hot: &LiveTables,
     config: &IngestConfig,
     metrics: &IngestMetrics,
     permits: &Semaphore,
@@ -261,11 +268,13 @@ async fn batch(
     mut from_reader: mpsc::UnboundedReceiver<Received>,
     to_acker: mpsc::UnboundedSender<Commit>,
     wal: Arc<Wal>,
+    live: Arc<LiveTables>,
     config: IngestConfig,
     mut retained: RetainedState,
     metrics: IngestMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
+    let mut persisted = live.persist_generation();
     let mut group = Group {
         builders: TableBuilders::new(),
         retained_log: RetainedLog::default(),
@@ -278,6 +287,12 @@ async fn batch(
             received = from_reader.recv() => received,
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 submit(&mut group, &wal, &to_acker)?;
+                continue;
+            }
+            Ok(()) = persisted.changed() => {
+                // The group first: the checkpoint must not hold state of unsubmitted messages.
+                submit(&mut group, &wal, &to_acker)?;
+                checkpoint(&retained, &live, &wal, &to_acker)?;
                 continue;
             }
             _ = shutdown.wait_for(|stop| *stop) => None,
@@ -396,6 +411,30 @@ fn submit(
         append,
         rows,
         messages,
+        truncate_through: None,
+    });
+    Ok(())
+}
+
+/// Writes the whole retained state as one record, and asks the acker to delete the segments
+/// that only hold persisted rows once that record is durable: replay then still finds the
+/// last payload of every retained topic.
+fn checkpoint(
+    retained: &RetainedState,
+    live: &LiveTables,
+    wal: &Wal,
+    to_acker: &mpsc::UnboundedSender<Commit>,
+) -> Result<(), IngestError> {
+    let through = live.persisted_through();
+    let append = match retained.checkpoint_batch()? {
+        Some(batch) => Some(wal.submit(vec![(RETAINED_TABLE.to_owned(), batch)])?),
+        None => None,
+    };
+    let _ = to_acker.send(Commit {
+        append,
+        rows: Vec::new(),
+        messages: Vec::new(),
+        truncate_through: Some(through),
     });
     Ok(())
 }
@@ -404,21 +443,34 @@ async fn acknowledge(
     mut from_batcher: mpsc::UnboundedReceiver<Commit>,
     client: AsyncClient,
     wal: Arc<Wal>,
-    hot: Arc<HotBuffer>,
+    hot: Arc<LiveTables>,
     permits: Arc<Semaphore>,
     config: IngestConfig,
     metrics: IngestMetrics,
 ) -> Result<(), IngestError> {
     while let Some(commit) = from_batcher.recv().await {
-        if let Some(append) = commit.append {
-            append.await?;
+        let record = match commit.append {
+            Some(append) => Some(append.await?),
+            None => None,
+        };
+        if let Some(record) = record {
+            for (table, batch) in commit.rows {
+                metrics
+                    .rows
+                    .get_or_create(&IngestMetrics::label("table", table.name()))
+                    .inc_by(batch.num_rows() as u64);
+                hot.append(table, batch, record)?;
+            }
         }
-        for (table, batch) in commit.rows {
-            metrics
-                .rows
-                .get_or_create(&IngestMetrics::label("table", table.name()))
-                .inc_by(batch.num_rows() as u64);
-            hot.append(table, batch)?;
+        if let Some(through) = commit.truncate_through {
+            let segments = wal.truncate_through(through).await?;
+            if segments > 0 {
+                tracing::info!(
+                    segments,
+                    through = through.0,
+                    "WAL segments of persisted rows deleted"
+                );
+            }
         }
         for received in commit.messages {
             client.ack(&received.publish).await?;

@@ -13,7 +13,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use twinlake_model::Table;
-use twinlake_store::HotBuffer;
+use twinlake_store::LiveTables;
 use twinlake_wal::Replay;
 
 /// The WAL table holding `(topic, payload)` of stored retained messages.
@@ -70,6 +70,15 @@ impl RetainedState {
         self.last.is_empty()
     }
 
+    /// The whole state as one `_retained` batch, for a WAL checkpoint.
+    pub(crate) fn checkpoint_batch(&self) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut log = RetainedLog::default();
+        for (topic, payload) in &self.last {
+            log.push(topic.clone(), payload.clone());
+        }
+        log.take_batch()
+    }
+
     fn apply(&mut self, batch: &RecordBatch) {
         let topics = batch.column(0).as_binary::<i32>();
         let payloads = batch.column(1).as_binary::<i32>();
@@ -112,15 +121,17 @@ impl RetainedLog {
     }
 }
 
-/// Puts the rows of replayed WAL records back into the hot buffer and rebuilds the retained
-/// state. Returns the state and how many rows were restored.
+/// Puts the rows of replayed WAL records that are not persisted yet back into the live tables,
+/// and rebuilds the retained state. `persisted` gives, per table, the last WAL record whose
+/// rows of that table are in the lake. Returns the state and how many rows were restored.
 pub fn restore_from_wal(
     replay: &Replay,
-    hot: &HotBuffer,
+    live: &LiveTables,
+    persisted: &[(Table, Option<u64>)],
 ) -> Result<(RetainedState, usize), ArrowError> {
     let mut retained = RetainedState::default();
     let mut rows = 0;
-    for (_, tables) in &replay.records {
+    for (record, tables) in &replay.records {
         for (name, batch) in tables {
             if name == RETAINED_TABLE {
                 retained.apply(batch);
@@ -128,8 +139,14 @@ pub fn restore_from_wal(
             }
             match Table::from_name(name) {
                 Some(table) => {
+                    let done = persisted
+                        .iter()
+                        .any(|(t, through)| *t == table && through.is_some_and(|t| record.0 <= t));
+                    if done {
+                        continue;
+                    }
                     rows += batch.num_rows();
-                    hot.append(table, batch.clone())?;
+                    live.append(table, batch.clone(), *record)?;
                 }
                 None => tracing::warn!(table = %name, "WAL record for an unknown table skipped"),
             }

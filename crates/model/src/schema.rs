@@ -309,6 +309,34 @@ impl Table {
         }
     }
 
+    /// The column that orders the table in time: `time`, or `received_at` for `rejected`.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Self::Rejected => "received_at",
+            _ => "time",
+        }
+    }
+
+    /// The entity topic id column; `rejected` has none (its topic may not name an entity).
+    pub fn entity_column(self) -> Option<&'static str> {
+        match self {
+            Self::Rejected => None,
+            _ => Some("entity"),
+        }
+    }
+
+    /// The natural key, time last: persisted files are sorted by it, so that a scan of one
+    /// entity or series reads neighbouring rows.
+    pub fn sort_key(self) -> &'static [&'static str] {
+        match self {
+            Self::Measurements | Self::MeasurementMeta => &["entity", "type", "series", "time"],
+            Self::Events | Self::Alarms => &["entity", "type", "time"],
+            Self::EntityChanges | Self::Health => &["entity", "time"],
+            Self::TwinChanges => &["entity", "fragment", "time"],
+            Self::Rejected => &["topic", "received_at"],
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|table| table.name() == name)
     }

@@ -9,9 +9,9 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use twinlake_model::Table;
-use twinlake_store::HotBuffer;
+use twinlake_store::LiveTables;
 
-use crate::hot_table::HotTableProvider;
+use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 
 /// What a single query may use.
 #[derive(Debug, Clone)]
@@ -83,16 +83,25 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    pub fn new(hot: Arc<HotBuffer>, limits: QueryLimits) -> Result<Self, QueryError> {
+    /// An engine over `live`, reading committed files through `lake_store` (the object store
+    /// at the lake's root).
+    pub fn new(
+        live: Arc<LiveTables>,
+        lake_store: Arc<dyn object_store::ObjectStore>,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
+        let lake_url = url::Url::parse(LAKE_STORE_URL)
+            .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
+        runtime.register_object_store(&lake_url, lake_store);
         let context = SessionContext::new_with_config_rt(config, runtime);
         for table in Table::ALL {
             context.register_table(
                 table.name(),
-                Arc::new(HotTableProvider::new(table, Arc::clone(&hot))),
+                Arc::new(LakeTableProvider::new(table, Arc::clone(&live))),
             )?;
         }
         Ok(Self { context, limits })

@@ -1,12 +1,58 @@
-//! Twinlake's storage.
+//! Twinlake's storage: every table's rows in memory and in the lake.
 //!
-//! This crate owns the hot buffer: the rows of every table since start (and, once persistence
-//! exists, since the last persist), in memory as Arrow batches, readable by queries while ingest
-//! appends to them. Persistence to Parquet in Delta Lake tables, compaction, retention and the
-//! roaring file index come with the persistence issue.
+//! This crate owns the live tables (rows in memory that are not persisted yet, and the list of
+//! committed files, swapped together so a query never sees a row twice or misses one),
+//! persistence (sorted, deduplicated Parquet per UTC date, committed to one Delta Lake table
+//! per Twinlake table on a local directory or S3, with the last WAL record it holds), the
+//! durable entity ids and the roaring bitmaps that let queries skip files, and lake upkeep:
+//! compaction, retention and vacuum.
 //!
-//! It must not parse payloads: rows arrive as Arrow batches built by the `model` crate.
+//! It must not parse payloads (rows arrive as Arrow batches built by the `model` crate), plan
+//! queries (the `query` crate reads [`TableSnapshot`]s), or delete WAL segments (their owner
+//! does, once [`LiveTables::persisted_through`] has moved past them).
 
-mod hot;
+mod compact;
+mod entity_ids;
+mod file;
+mod lake;
+mod live;
+mod persist;
 
-pub use hot::{HotBuffer, HotTableStats};
+use std::path::PathBuf;
+
+pub use compact::{CompactionSettings, UpkeepReport, default_retention_days};
+pub use entity_ids::EntityIds;
+pub use file::{ParquetSettings, PersistedFile};
+pub use lake::{DATE_COLUMN, Lake, LakeConfig};
+pub use live::{FrozenRows, HotTableStats, LiveTables, TableSnapshot};
+pub use persist::{PersistSettings, Persister, StoreMetrics};
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("Delta Lake: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "the object store at {0} overwrote an object written with \"create only\": it does not \
+         honour conditional writes (If-None-Match), so two commits could claim the same Delta \
+         version. Use a store that does (AWS S3, MinIO, moto, s3s), or configure a locking \
+         provider (aws_s3_locking_provider = \"dynamodb\")"
+    )]
+    NoConditionalPut(String),
+    #[error("{0}")]
+    Corrupt(String),
+}

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run Twinlake: MQTT ingest (embedded broker by default), the WAL, and SQL over HTTP.
     Serve(serve::ServeOptions),
+    /// Compact the lake now: merge small files, apply retention, vacuum (run while serve is stopped).
+    Compact(serve::ServeOptions),
     /// Run SQL against a running Twinlake and print the result.
     Query(query::QueryArgs),
     /// Publish a simulated fleet of thin-edge devices: the demo and the load generator.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             received_at.as_deref(),
         ),
         Command::Serve(options) => run_async(serve::serve(options)).map(|()| ExitCode::SUCCESS),
+        Command::Compact(options) => run_async(serve::compact(options)).map(|()| ExitCode::SUCCESS),
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => run_async(bench::bench(command)).map(|()| ExitCode::SUCCESS),
@@ -101,10 +104,12 @@ fn run_async<F: std::future::Future<Output = Result<(), String>>>(
     command: F,
 ) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rumqttd reports every ordinary client disconnect as an error from these two modules.
+        // rumqttd reports every ordinary client disconnect as an error from these two modules;
+        // the Delta kernel logs an error for every table it opens before creating it. Twinlake
+        // reports the failures of both that matter itself.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off",
+                "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off,deltalake_core=warn,buoyant_kernel=off",
             )
         });
     tracing_subscriber::fmt()

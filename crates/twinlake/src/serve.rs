@@ -16,7 +16,9 @@ use twinlake_ingest::{
 use twinlake_model::TopicRoot;
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_server::{HttpState, serve_http};
-use twinlake_store::HotBuffer;
+use twinlake_store::{
+    CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
+};
 use twinlake_wal::{SyncMode, Wal, WalConfig};
 
 /// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
@@ -29,7 +31,7 @@ pub(crate) struct ServeOptions {
     #[arg(long, env = "TWINLAKE_CONFIG")]
     #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
-    /// Where the WAL (and later the local table store) lives [default: ./twinlake-data].
+    /// Where the WAL and, unless --store-url says otherwise, the lake live [default: ./twinlake-data].
     #[arg(long, env = "TWINLAKE_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Address of the embedded MQTT broker [default: 127.0.0.1:1883].
@@ -79,6 +81,58 @@ pub(crate) struct ServeOptions {
     /// Do not store messages on unknown channels in `rejected` (they are still counted).
     #[arg(long, env = "TWINLAKE_IGNORE_UNKNOWN_CHANNELS")]
     pub(crate) ignore_unknown_channels: Option<bool>,
+    /// Where the Delta Lake tables live: file:///path or s3://bucket/prefix [default: <data-dir>/lake].
+    #[arg(long, env = "TWINLAKE_STORE_URL")]
+    pub(crate) store_url: Option<String>,
+    /// S3 endpoint, for S3-compatible servers (e.g. http://127.0.0.1:9000) [default: AWS].
+    #[arg(long, env = "TWINLAKE_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1].
+    #[arg(long, env = "TWINLAKE_S3_REGION")]
+    pub(crate) s3_region: Option<String>,
+    /// Allow plain HTTP to the S3 endpoint.
+    #[arg(long, env = "TWINLAKE_S3_ALLOW_HTTP")]
+    pub(crate) s3_allow_http: Option<bool>,
+    /// Use virtual-hosted-style requests (bucket in the host name) instead of path style.
+    #[arg(long, env = "TWINLAKE_S3_VIRTUAL_HOSTED_STYLE")]
+    pub(crate) s3_virtual_hosted_style: Option<bool>,
+    /// S3 access key [default: AWS_ACCESS_KEY_ID].
+    #[arg(long, env = "TWINLAKE_S3_ACCESS_KEY_ID")]
+    pub(crate) s3_access_key_id: Option<String>,
+    /// S3 secret key [default: AWS_SECRET_ACCESS_KEY].
+    #[arg(long, env = "TWINLAKE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub(crate) s3_secret_access_key: Option<String>,
+    /// A Delta locking provider (`dynamodb`) for stores without conditional writes.
+    #[arg(long, env = "TWINLAKE_S3_LOCKING_PROVIDER")]
+    pub(crate) s3_locking_provider: Option<String>,
+    /// Persist a table once it holds this many rows in memory [default: 1000000].
+    #[arg(long, env = "TWINLAKE_PERSIST_MAX_ROWS")]
+    pub(crate) persist_max_rows: Option<usize>,
+    /// Persist a table once its rows take this much memory, in MiB [default: 128].
+    #[arg(long, env = "TWINLAKE_PERSIST_MAX_MB")]
+    pub(crate) persist_max_mb: Option<usize>,
+    /// Persist a table once its oldest row in memory is this old, in seconds [default: 600].
+    #[arg(long, env = "TWINLAKE_PERSIST_MAX_AGE_S")]
+    pub(crate) persist_max_age_s: Option<u64>,
+    /// Compaction merges small files toward this size, in MiB [default: 256].
+    #[arg(long, env = "TWINLAKE_COMPACT_TARGET_MB")]
+    pub(crate) compact_target_mb: Option<u64>,
+    /// Compaction merges at most this much Parquet at once, in MiB: bounds its memory [default: 128].
+    #[arg(long, env = "TWINLAKE_COMPACT_MAX_INPUT_MB")]
+    pub(crate) compact_max_input_mb: Option<u64>,
+    /// A partition is compacted once it has this many small files [default: 4].
+    #[arg(long, env = "TWINLAKE_COMPACT_MIN_FILES")]
+    pub(crate) compact_min_files: Option<usize>,
+    /// How often compaction, retention and vacuum run, in seconds [default: 600].
+    #[arg(long, env = "TWINLAKE_COMPACT_INTERVAL_S")]
+    pub(crate) compact_interval_s: Option<u64>,
+    /// Unreferenced files are deleted once this old, in seconds [default: 3600].
+    #[arg(long, env = "TWINLAKE_VACUUM_GRACE_S")]
+    pub(crate) vacuum_grace_s: Option<u64>,
+    /// Retention per table as TABLE=DAYS (repeatable; `none` keeps forever)
+    /// [default: rejected=30, others none].
+    #[arg(long, env = "TWINLAKE_RETENTION", value_delimiter = ',')]
+    pub(crate) retention: Option<Vec<String>>,
 }
 
 macro_rules! prefer {
@@ -116,19 +170,160 @@ impl ServeOptions {
             hot_budget_mb,
             query_timeout_s,
             query_memory_mb,
-            ignore_unknown_channels
+            ignore_unknown_channels,
+            store_url,
+            s3_endpoint,
+            s3_region,
+            s3_allow_http,
+            s3_virtual_hosted_style,
+            s3_access_key_id,
+            s3_secret_access_key,
+            s3_locking_provider,
+            persist_max_rows,
+            persist_max_mb,
+            persist_max_age_s,
+            compact_target_mb,
+            compact_max_input_mb,
+            compact_min_files,
+            compact_interval_s,
+            vacuum_grace_s,
+            retention
         ))
     }
 }
 
 const MIB: usize = 1024 * 1024;
 
+impl ServeOptions {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("twinlake-data"))
+    }
+
+    fn lake_config(&self) -> Result<LakeConfig, String> {
+        let Some(url) = &self.store_url else {
+            return LakeConfig::local(&self.data_dir().join("lake")).map_err(|e| e.to_string());
+        };
+        let url = url::Url::parse(url).map_err(|e| format!("--store-url {url}: {e}"))?;
+        if url.scheme() == "file" {
+            let path = url
+                .to_file_path()
+                .map_err(|()| format!("--store-url {url}: not a local path"))?;
+            return LakeConfig::local(&path).map_err(|e| e.to_string());
+        }
+        let mut storage_options = std::collections::HashMap::new();
+        let mut set = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                storage_options.insert(key.to_owned(), value);
+            }
+        };
+        set("aws_endpoint", self.s3_endpoint.clone());
+        set("aws_region", self.s3_region.clone());
+        set("aws_allow_http", self.s3_allow_http.map(|b| b.to_string()));
+        set(
+            "aws_virtual_hosted_style_request",
+            self.s3_virtual_hosted_style.map(|b| b.to_string()),
+        );
+        set("aws_access_key_id", self.s3_access_key_id.clone());
+        set("aws_secret_access_key", self.s3_secret_access_key.clone());
+        set("aws_s3_locking_provider", self.s3_locking_provider.clone());
+        Ok(LakeConfig {
+            url,
+            storage_options,
+        })
+    }
+
+    fn persist_settings(&self) -> PersistSettings {
+        let defaults = PersistSettings::default();
+        PersistSettings {
+            max_rows: self.persist_max_rows.unwrap_or(defaults.max_rows).max(1),
+            max_bytes: self
+                .persist_max_mb
+                .map_or(defaults.max_bytes, |mb| mb * MIB),
+            max_age: self
+                .persist_max_age_s
+                .map_or(defaults.max_age, Duration::from_secs),
+            parquet: defaults.parquet,
+        }
+    }
+
+    fn compaction_settings(&self) -> Result<CompactionSettings, String> {
+        let defaults = CompactionSettings::default();
+        let mb = |value: Option<u64>, default: u64| value.map_or(default, |mb| mb * MIB as u64);
+        let mut retention_days = defaults.retention_days;
+        for entry in self.retention.iter().flatten() {
+            let (table, days) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("--retention {entry}: use TABLE=DAYS"))?;
+            let table = twinlake_model::Table::from_name(table.trim())
+                .ok_or_else(|| format!("--retention {entry}: no table {table}"))?;
+            let days = match days.trim() {
+                "none" => None,
+                days => Some(
+                    days.trim_end_matches('d')
+                        .parse()
+                        .map_err(|e| format!("--retention {entry}: {e}"))?,
+                ),
+            };
+            for (t, d) in &mut retention_days {
+                if *t == table {
+                    *d = days;
+                }
+            }
+        }
+        Ok(CompactionSettings {
+            target_file_bytes: mb(self.compact_target_mb, defaults.target_file_bytes),
+            min_files: self.compact_min_files.unwrap_or(defaults.min_files),
+            max_input_bytes: mb(self.compact_max_input_mb, defaults.max_input_bytes),
+            vacuum_grace: self
+                .vacuum_grace_s
+                .map_or(defaults.vacuum_grace, Duration::from_secs),
+            retention_days,
+            interval: self
+                .compact_interval_s
+                .map_or(defaults.interval, Duration::from_secs)
+                .max(Duration::from_secs(1)),
+        })
+    }
+}
+
+/// `twinlake compact`: compaction, retention and vacuum of the lake now. Run it while `serve`
+/// is stopped (a running server keeps doing the same every --compact-interval-s).
+pub(crate) async fn compact(options: ServeOptions) -> Result<(), String> {
+    let options = options.with_config_file()?;
+    let settings = options.compaction_settings()?;
+    let lake = Lake::open(options.lake_config()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let live = Arc::new(LiveTables::new());
+    let mut registry = Registry::default();
+    let (persister, _) = Persister::start(
+        Arc::new(lake),
+        live,
+        options.persist_settings(),
+        StoreMetrics::new(&mut registry),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let report = persister
+        .upkeep(&settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "merged {} files into {}, dropped {} duplicate rows, expired {} files, vacuumed {} files",
+        report.files_merged,
+        report.files_written,
+        report.duplicates_dropped,
+        report.files_expired,
+        report.files_vacuumed
+    );
+    Ok(())
+}
+
 pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let options = options.with_config_file()?;
-    let data_dir = options
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("twinlake-data"));
+    let data_dir = options.data_dir();
     let topic_root = TopicRoot::new(
         options
             .topic_root
@@ -153,15 +348,32 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     wal_config.fsync_observer = Some(Arc::new(move |took: Duration| {
         fsync_seconds.observe(took.as_secs_f64())
     }));
+    let compaction = options.compaction_settings()?;
+    let lake_config = options.lake_config()?;
+    tracing::info!(lake = %lake_config.describe(), "opening the lake");
+    let lake = Arc::new(
+        Lake::open(lake_config)
+            .await
+            .map_err(|e| format!("opening the lake: {e}"))?,
+    );
+    let hot = Arc::new(LiveTables::new());
+    let (persister, persisted) = Persister::start(
+        Arc::clone(&lake),
+        Arc::clone(&hot),
+        options.persist_settings(),
+        StoreMetrics::new(&mut registry),
+    )
+    .await
+    .map_err(|e| format!("loading the lake: {e}"))?;
+    let persister = Arc::new(persister);
     let (wal, replay) = Wal::open(wal_config).map_err(|e| e.to_string())?;
-    let hot = Arc::new(HotBuffer::new());
-    let (retained, rows) =
-        restore_from_wal(&replay, &hot).map_err(|e| format!("restoring the WAL: {e}"))?;
+    let (retained, rows) = restore_from_wal(&replay, &hot, &persisted)
+        .map_err(|e| format!("restoring the WAL: {e}"))?;
     drop(replay);
     tracing::info!(
         rows,
         retained_topics = retained.len(),
-        "rows restored from the WAL"
+        "rows not yet persisted restored from the WAL"
     );
 
     let client_id = options
@@ -201,7 +413,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         timeout: Duration::from_secs(options.query_timeout_s.unwrap_or(60)),
         memory_bytes: options.query_memory_mb.unwrap_or(1024) * MIB,
     };
-    let engine = Arc::new(QueryEngine::new(Arc::clone(&hot), limits).map_err(|e| e.to_string())?);
+    let engine = Arc::new(
+        QueryEngine::new(Arc::clone(&hot), lake.store(), limits).map_err(|e| e.to_string())?,
+    );
     let http_listen = options
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -212,6 +426,8 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
 
     let (stop, stopped) = watch::channel(false);
     let wal = Arc::new(wal);
+    let persist_task = tokio::spawn(Arc::clone(&persister).run(stopped.clone()));
+    let upkeep_task = tokio::spawn(Arc::clone(&persister).run_upkeep(compaction, stopped.clone()));
     let mut ingest_task = tokio::spawn(run_ingest(
         ingest,
         Arc::clone(&wal),
@@ -243,6 +459,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     if let Ok(Err(error)) = http_task.await {
         tracing::warn!(%error, "HTTP server ended with an error");
     }
+    // Rows not persisted stay in the WAL and are replayed at the next start.
+    let _ = persist_task.await;
+    let _ = upkeep_task.await;
     wal.close();
     tracing::info!("stopped");
     outcome

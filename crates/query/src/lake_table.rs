@@ -1,0 +1,245 @@
+//! A table provider over one Twinlake table: its committed Parquet files and its rows in
+//! memory, read from one snapshot, so a persist or compaction committing meanwhile neither
+//! hides rows nor shows them twice.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use twinlake_model::Table;
+use twinlake_store::{EntityIds, LiveTables, PersistedFile};
+
+/// The URL under which the lake's object store is registered with DataFusion.
+pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
+
+#[derive(Debug)]
+pub(crate) struct LakeTableProvider {
+    table: Table,
+    live: Arc<LiveTables>,
+}
+
+impl LakeTableProvider {
+    pub(crate) fn new(table: Table, live: Arc<LiveTables>) -> Self {
+        Self { table, live }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for LakeTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.table.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Filters prune files but are applied again above the scan.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.live.snapshot(self.table);
+        let partitions = state.config().target_partitions().max(1);
+        let pruning = FilePruning::from_filters(self.table, filters, &self.live.entity_ids());
+        let files: Vec<&PersistedFile> = snapshot
+            .files
+            .iter()
+            .filter(|file| pruning.may_match(file))
+            .collect();
+        let mut inputs = Vec::new();
+        if !files.is_empty() {
+            inputs.push(self.parquet_scan(&files, partitions, projection, limit)?);
+        }
+        if !snapshot.batches.is_empty() || inputs.is_empty() {
+            let memory = MemTable::try_new(self.schema(), spread(snapshot.batches, partitions))?;
+            inputs.push(memory.scan(state, projection, filters, limit).await?);
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+impl LakeTableProvider {
+    fn parquet_scan(
+        &self,
+        files: &[&PersistedFile],
+        partitions: usize,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut groups = vec![Vec::new(); partitions.min(files.len())];
+        for (index, file) in files.iter().enumerate() {
+            let count = groups.len();
+            groups[index % count].push(PartitionedFile::new(file.path.clone(), file.size));
+        }
+        let source = Arc::new(ParquetSource::new(self.schema()).with_enable_page_index(true));
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// Deals batches round-robin into `count` partitions so that every core scans.
+fn spread(batches: Vec<RecordBatch>, count: usize) -> Vec<Vec<RecordBatch>> {
+    let count = count.max(1);
+    let mut partitions = vec![Vec::new(); count];
+    for (index, batch) in batches.into_iter().enumerate() {
+        partitions[index % count].push(batch);
+    }
+    partitions
+}
+
+/// What the filters say about the files that can hold matching rows: a time range and a set of
+/// entity ids, checked against each file's range and roaring bitmap before any file is opened.
+#[derive(Debug, Default)]
+pub(crate) struct FilePruning {
+    /// Inclusive bounds on the time column, in ns.
+    min_time: Option<i64>,
+    max_time: Option<i64>,
+    /// The ids of the entities the rows must belong to; None when not restricted.
+    entities: Option<roaring::RoaringBitmap>,
+}
+
+impl FilePruning {
+    pub(crate) fn from_filters(table: Table, filters: &[Expr], ids: &EntityIds) -> Self {
+        let mut pruning = Self::default();
+        for filter in filters {
+            pruning.add(table, filter, ids);
+        }
+        pruning
+    }
+
+    fn add(&mut self, table: Table, filter: &Expr, ids: &EntityIds) {
+        match filter {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::And => {
+                self.add(table, left, ids);
+                self.add(table, right, ids);
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+                        Some(op) => (c, op, v),
+                        None => return,
+                    },
+                    _ => return,
+                };
+                if column.name == table.time_column() {
+                    self.add_time_bound(op, value);
+                } else if Some(column.name.as_str()) == table.entity_column() && op == Operator::Eq
+                {
+                    self.restrict_entities([value], ids);
+                }
+            }
+            Expr::InList(list) if !list.negated => {
+                let Expr::Column(column) = list.expr.as_ref() else {
+                    return;
+                };
+                if Some(column.name.as_str()) != table.entity_column() {
+                    return;
+                }
+                let mut values = Vec::new();
+                for item in &list.list {
+                    let Expr::Literal(value, _) = item else {
+                        return;
+                    };
+                    values.push(value);
+                }
+                self.restrict_entities(values, ids);
+            }
+            _ => {}
+        }
+    }
+
+    fn add_time_bound(&mut self, op: Operator, value: &ScalarValue) {
+        let Some(ns) = timestamp_nanos(value) else {
+            return;
+        };
+        let (low, high) = match op {
+            Operator::Eq => (Some(ns), Some(ns)),
+            Operator::Gt => (ns.checked_add(1), None),
+            Operator::GtEq => (Some(ns), None),
+            Operator::Lt => (None, ns.checked_sub(1)),
+            Operator::LtEq => (None, Some(ns)),
+            _ => (None, None),
+        };
+        if let Some(low) = low {
+            self.min_time = Some(self.min_time.map_or(low, |m| m.max(low)));
+        }
+        if let Some(high) = high {
+            self.max_time = Some(self.max_time.map_or(high, |m| m.min(high)));
+        }
+    }
+
+    fn restrict_entities<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = &'a ScalarValue>,
+        ids: &EntityIds,
+    ) {
+        let mut wanted = roaring::RoaringBitmap::new();
+        for value in values {
+            match value {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::Utf8View(Some(s))
+                | ScalarValue::LargeUtf8(Some(s)) => {
+                    // An entity without an id is in no committed file.
+                    if let Some(id) = ids.id(s) {
+                        wanted.insert(id);
+                    }
+                }
+                // Some other literal: do not prune on it.
+                _ => return,
+            }
+        }
+        self.entities = Some(match self.entities.take() {
+            Some(current) => current & wanted,
+            None => wanted,
+        });
+    }
+
+    pub(crate) fn may_match(&self, file: &PersistedFile) -> bool {
+        if self.min_time.is_some_and(|min| file.max_time < min)
+            || self.max_time.is_some_and(|max| file.min_time > max)
+        {
+            return false;
+        }
+        match (&self.entities, &file.entities) {
+            (Some(wanted), Some(held)) => !wanted.is_disjoint(held),
+            _ => true,
+        }
+    }
+}
+
+fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}

@@ -1,0 +1,389 @@
+//! The lake: one Delta Lake table per Twinlake table under one root URL, on a local directory
+//! or S3, plus the durable entity ids of the pruning index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, DataType as DeltaType, Remove, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::Mutex;
+use twinlake_model::{ColumnType, Table};
+use url::Url;
+
+use crate::StoreError;
+use crate::file::PersistedFile;
+
+/// The Delta application id under which each commit records the last WAL record it holds.
+pub(crate) const WAL_APP_ID: &str = "twinlake-wal";
+
+/// The Delta partition column: the UTC date of the row's time.
+pub const DATE_COLUMN: &str = "date";
+
+/// Where the lake is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub url: Url,
+    /// object_store / deltalake options, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`,
+    /// `aws_access_key_id`; the usual `AWS_*` environment variables apply too.
+    pub storage_options: HashMap<String, String>,
+}
+
+impl LakeConfig {
+    /// A lake in a local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let url = Url::from_directory_path(&dir)
+            .map_err(|()| StoreError::Config(format!("{} is not a usable path", dir.display())))?;
+        Ok(Self {
+            url,
+            storage_options: HashMap::new(),
+        })
+    }
+
+    fn is_s3(&self) -> bool {
+        self.url.scheme() == "s3"
+    }
+
+    /// A Delta locking provider (e.g. DynamoDB) is configured, so commits do not rely on
+    /// conditional writes.
+    fn has_locking_provider(&self) -> bool {
+        self.storage_options
+            .keys()
+            .any(|key| key.eq_ignore_ascii_case("aws_s3_locking_provider"))
+    }
+
+    fn table_url(&self, name: &str) -> Result<Url, StoreError> {
+        let mut base = self.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        base.join(&format!("{name}/"))
+            .map_err(|e| StoreError::Config(format!("table URL for {name}: {e}")))
+    }
+}
+
+/// One Delta table and the commits made to it, one at a time.
+#[derive(Debug)]
+pub(crate) struct LakeTable {
+    pub(crate) name: &'static str,
+    pub(crate) delta: Mutex<DeltaTable>,
+}
+
+/// Every Delta table of Twinlake and the object store they live in.
+#[derive(Debug)]
+pub struct Lake {
+    config: LakeConfig,
+    /// The store rooted at the lake's URL: paths are `<table>/date=…/part-….parquet`.
+    store: Arc<dyn ObjectStore>,
+    tables: Vec<LakeTable>,
+    pub(crate) entity_ids: LakeTable,
+}
+
+impl Lake {
+    /// Opens the lake, creating missing tables. Refuses an S3 store that does not honour
+    /// conditional writes (on which two writers could both think they committed a version),
+    /// unless a locking provider is configured.
+    pub async fn open(config: LakeConfig) -> Result<Self, StoreError> {
+        deltalake::aws::register_handlers(None);
+        let store = root_store(&config)?;
+        if !config.has_locking_provider() {
+            check_conditional_put(store.as_ref(), &config.url).await?;
+        }
+        let mut tables = Vec::new();
+        for table in Table::ALL {
+            let columns = table_columns(table);
+            tables.push(open_table(&config, table.name(), columns, true).await?);
+        }
+        let entity_ids = open_table(
+            &config,
+            crate::entity_ids::TABLE_NAME,
+            crate::entity_ids::columns(),
+            false,
+        )
+        .await?;
+        Ok(Self {
+            config,
+            store,
+            tables,
+            entity_ids,
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.config.url
+    }
+
+    /// The object store at the lake's root, for readers of the files.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    pub(crate) fn table(&self, table: Table) -> &LakeTable {
+        &self.tables[table as usize]
+    }
+
+    /// The files of the table's current version.
+    pub async fn files(&self, table: Table) -> Result<Vec<PersistedFile>, StoreError> {
+        let lake_table = self.table(table);
+        let delta = lake_table.delta.lock().await;
+        files_of(&delta, lake_table.name)
+    }
+
+    /// The last WAL record whose rows of `table` are committed, if any.
+    pub async fn persisted_through(&self, table: Table) -> Result<Option<u64>, StoreError> {
+        let delta = self.table(table).delta.lock().await;
+        let version = delta
+            .snapshot()?
+            .transaction_version(delta.log_store().as_ref(), WAL_APP_ID)
+            .await?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()))
+    }
+
+    /// Writes a file's bytes at `path` (relative to the lake root).
+    pub(crate) async fn put(&self, path: &str, bytes: bytes::Bytes) -> Result<(), StoreError> {
+        self.store
+            .put(&Path::from(path), PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a file that was written but could not be committed.
+    pub(crate) async fn delete_uncommitted(&self, path: &str) {
+        if let Err(error) = self.store.delete(&Path::from(path)).await {
+            tracing::debug!(%error, path, "uncommitted file left for vacuum");
+        }
+    }
+}
+
+/// Commits actions to a table and returns its files afterwards. `through` records the last
+/// WAL record held, atomically with the files.
+pub(crate) async fn commit(
+    lake_table: &LakeTable,
+    delta: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    through: Option<u64>,
+) -> Result<Vec<PersistedFile>, StoreError> {
+    let mut properties = CommitProperties::default();
+    if let Some(through) = through {
+        let version = i64::try_from(through)
+            .map_err(|_| StoreError::Config("WAL record id beyond i64".to_owned()))?;
+        properties = properties.with_application_transaction(Transaction::new(WAL_APP_ID, version));
+    }
+    let state = delta.snapshot()?.clone();
+    CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(&state), delta.log_store(), operation)
+        .await?;
+    delta.update_incremental(None).await?;
+    files_of(delta, lake_table.name)
+}
+
+pub(crate) fn add_action(file: &PersistedFile, table_name: &str, stats: String) -> Action {
+    let relative = file
+        .path
+        .strip_prefix(&format!("{table_name}/"))
+        .unwrap_or(&file.path)
+        .to_owned();
+    Action::Add(Add {
+        path: relative,
+        partition_values: HashMap::from([(DATE_COLUMN.to_owned(), Some(file.date.clone()))]),
+        size: file.size as i64,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change: true,
+        stats: Some(stats),
+        tags: Some(file.tags()),
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    })
+}
+
+pub(crate) fn remove_action(file: &PersistedFile, table_name: &str, data_change: bool) -> Action {
+    let relative = file
+        .path
+        .strip_prefix(&format!("{table_name}/"))
+        .unwrap_or(&file.path)
+        .to_owned();
+    Action::Remove(Remove {
+        path: relative,
+        data_change,
+        deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        extended_file_metadata: Some(true),
+        size: Some(file.size as i64),
+        partition_values: Some(HashMap::from([(
+            DATE_COLUMN.to_owned(),
+            Some(file.date.clone()),
+        )])),
+        deletion_vector: None,
+        tags: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    })
+}
+
+pub(crate) fn write_operation() -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: Some(vec![DATE_COLUMN.to_owned()]),
+        predicate: None,
+    }
+}
+
+pub(crate) fn write_operation_unpartitioned() -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    }
+}
+
+#[allow(deprecated)] // `add_action` is the one accessor that gives a file's tags
+fn files_of(delta: &DeltaTable, table_name: &str) -> Result<Vec<PersistedFile>, StoreError> {
+    let Ok(state) = delta.snapshot() else {
+        return Ok(Vec::new());
+    };
+    state
+        .log_data()
+        .iter()
+        .map(|view| PersistedFile::from_add(table_name, &view.add_action()))
+        .collect()
+}
+
+async fn open_table(
+    config: &LakeConfig,
+    name: &'static str,
+    columns: Vec<StructField>,
+    partitioned: bool,
+) -> Result<LakeTable, StoreError> {
+    let url = config.table_url(name)?;
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
+    }
+    let mut delta =
+        DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone()).await?;
+    if delta.version().is_none() {
+        let mut create = delta
+            .create()
+            .with_table_name(name)
+            .with_columns(columns)
+            .with_save_mode(SaveMode::Ignore);
+        if partitioned {
+            create = create.with_partition_columns([DATE_COLUMN]);
+        }
+        delta = create.await?;
+        tracing::info!(table = name, "created Delta table");
+    }
+    Ok(LakeTable {
+        name,
+        delta: Mutex::new(delta),
+    })
+}
+
+/// The Delta columns of a table: its columns (times as Delta `timestamp`, microseconds, which
+/// every Delta reader understands) and the `date` partition column.
+fn table_columns(table: Table) -> Vec<StructField> {
+    let mut columns: Vec<StructField> = table
+        .columns()
+        .iter()
+        .map(|column| {
+            let data_type = match column.column_type {
+                ColumnType::Time => DeltaType::TIMESTAMP,
+                ColumnType::Text | ColumnType::Json => DeltaType::STRING,
+                ColumnType::Float => DeltaType::DOUBLE,
+                ColumnType::Integer => DeltaType::LONG,
+                ColumnType::Bytes => DeltaType::BINARY,
+            };
+            StructField::new(column.name, data_type, column.nullable)
+        })
+        .collect();
+    columns.push(StructField::new(DATE_COLUMN, DeltaType::DATE, false));
+    columns
+}
+
+fn root_store(config: &LakeConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    match config.url.scheme() {
+        "file" => {
+            let path = config
+                .url
+                .to_file_path()
+                .map_err(|()| StoreError::Config(format!("not a local path: {}", config.url)))?;
+            std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(&path)?,
+            ))
+        }
+        "s3" => {
+            let mut builder =
+                object_store::aws::AmazonS3Builder::from_env().with_url(config.url.as_str());
+            for (key, value) in &config.storage_options {
+                if let Ok(key) = key.to_ascii_lowercase().parse() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            let s3 = builder.build()?;
+            let prefix = config.url.path().trim_matches('/');
+            if prefix.is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(PrefixStore::new(s3, prefix)))
+            }
+        }
+        other => Err(StoreError::Config(format!(
+            "unsupported store URL scheme {other}: use file:///path or s3://bucket/prefix"
+        ))),
+    }
+}
+
+/// Writes a probe object twice with "create only": the second write must fail. A store that
+/// overwrites instead would let two commits claim the same Delta version.
+async fn check_conditional_put(store: &dyn ObjectStore, url: &Url) -> Result<(), StoreError> {
+    let probe = Path::from(format!(
+        "_twinlake/conditional-put-probe-{}",
+        std::process::id()
+    ));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let _ = store.delete(&probe).await;
+    store
+        .put_opts(&probe, PutPayload::from_static(b"1"), create())
+        .await?;
+    let second = store
+        .put_opts(&probe, PutPayload::from_static(b"2"), create())
+        .await;
+    let _ = store.delete(&probe).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+        Ok(_) => Err(StoreError::NoConditionalPut(url.to_string())),
+    }
+}
+
+impl LakeConfig {
+    /// For logs: the URL without credentials.
+    pub fn describe(&self) -> String {
+        let kind = if self.is_s3() { "S3" } else { "local" };
+        format!("{kind} lake at {}", self.url)
+    }
+}

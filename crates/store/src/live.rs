@@ -1,0 +1,386 @@
+//! Every table as queries see it: the list of committed Parquet files plus the rows in memory
+//! that are not persisted yet, swapped together so that no row is seen twice or missed.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
+use tokio::sync::watch;
+use twinlake_model::Table;
+use twinlake_wal::RecordId;
+
+use crate::PersistedFile;
+use crate::entity_ids::EntityIds;
+
+/// Small batches (one per group commit) are merged once this many rows have gathered, so a
+/// scan reads a few large batches instead of thousands of tiny ones.
+const MERGE_ROWS: usize = 64 * 1024;
+
+/// Rows in memory, in WAL record order.
+#[derive(Debug, Default)]
+struct HotRows {
+    /// Merged batches of about `MERGE_ROWS` rows each.
+    sealed: Vec<RecordBatch>,
+    /// Recent batches, merged into one sealed batch once they hold `MERGE_ROWS` rows.
+    recent: Vec<RecordBatch>,
+    recent_rows: usize,
+    rows: usize,
+    bytes: usize,
+    /// The WAL records the rows came from.
+    first_record: Option<RecordId>,
+    last_record: Option<RecordId>,
+    /// When the oldest row arrived: the age that triggers a persist.
+    since: Option<Instant>,
+}
+
+impl HotRows {
+    fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.sealed.iter().chain(self.recent.iter())
+    }
+}
+
+#[derive(Debug, Default)]
+struct LiveTable {
+    /// The files of the table's latest Delta version that Twinlake has loaded.
+    files: Arc<[PersistedFile]>,
+    /// Rows being persisted: still read by queries until the files holding them are committed.
+    frozen: Option<HotRows>,
+    /// Rows arriving now.
+    active: HotRows,
+}
+
+/// What a table holds in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HotTableStats {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// What a query reads of one table: the committed files and the in-memory rows that are not
+/// in them, taken at one instant.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub files: Arc<[PersistedFile]>,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Rows taken out of the active set to be written to files.
+#[derive(Debug)]
+pub struct FrozenRows {
+    pub table: Table,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// The last WAL record whose rows of this table are in `batches`: rows of this table in
+    /// records up to it are persisted once the files are committed.
+    pub through: RecordId,
+}
+
+/// Every table's committed files and in-memory rows. Appends, snapshots and swaps may come
+/// from any thread; a snapshot is cheap (batches and file lists are reference-counted).
+#[derive(Debug)]
+pub struct LiveTables {
+    tables: Vec<RwLock<LiveTable>>,
+    bytes: AtomicUsize,
+    /// The last WAL record whose rows were appended.
+    last_record: AtomicU64,
+    /// Bumped after each persist commit, so the WAL owner knows when to look for segments it
+    /// may delete.
+    persisted: watch::Sender<u64>,
+    entity_ids: RwLock<Arc<EntityIds>>,
+}
+
+impl Default for LiveTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LiveTables {
+    pub fn new() -> Self {
+        Self {
+            tables: Table::ALL.iter().map(|_| RwLock::default()).collect(),
+            bytes: AtomicUsize::new(0),
+            last_record: AtomicU64::new(0),
+            persisted: watch::Sender::new(0),
+            entity_ids: RwLock::default(),
+        }
+    }
+
+    fn table(&self, table: Table) -> &RwLock<LiveTable> {
+        &self.tables[table as usize]
+    }
+
+    /// Adds the rows of WAL record `record` to `table`. The batch must have the table's
+    /// schema, and records must come in WAL order.
+    pub fn append(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+        record: RecordId,
+    ) -> Result<(), ArrowError> {
+        self.last_record.fetch_max(record.0, Ordering::Relaxed);
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if batch.schema() != table.schema() {
+            return Err(ArrowError::SchemaError(format!(
+                "a batch for {table} does not have the table's schema"
+            )));
+        }
+        let added = batch.get_array_memory_size();
+        let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        let hot = &mut live.active;
+        hot.rows += batch.num_rows();
+        hot.recent_rows += batch.num_rows();
+        hot.first_record.get_or_insert(record);
+        hot.last_record = Some(record);
+        hot.since.get_or_insert_with(Instant::now);
+        hot.recent.push(batch);
+        let mut size_change = added as isize;
+        if hot.recent_rows >= MERGE_ROWS {
+            let recent = std::mem::take(&mut hot.recent);
+            let before: usize = recent.iter().map(RecordBatch::get_array_memory_size).sum();
+            let merged = arrow_select::concat::concat_batches(&table.schema(), &recent)?;
+            size_change += merged.get_array_memory_size() as isize - before as isize;
+            hot.sealed.push(merged);
+            hot.recent_rows = 0;
+        }
+        hot.bytes = hot.bytes.saturating_add_signed(size_change);
+        self.add_bytes(size_change);
+        Ok(())
+    }
+
+    fn add_bytes(&self, change: isize) {
+        if change >= 0 {
+            self.bytes.fetch_add(change as usize, Ordering::Relaxed);
+        } else {
+            self.bytes
+                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// The files and rows of `table` as they are now; later appends and commits do not change
+    /// the snapshot.
+    pub fn snapshot(&self, table: Table) -> TableSnapshot {
+        let Ok(live) = self.table(table).read() else {
+            return TableSnapshot {
+                files: Arc::from(Vec::new()),
+                batches: Vec::new(),
+            };
+        };
+        let frozen = live.frozen.iter().flat_map(HotRows::batches);
+        TableSnapshot {
+            files: Arc::clone(&live.files),
+            batches: frozen.chain(live.active.batches()).cloned().collect(),
+        }
+    }
+
+    /// Sets the committed files, e.g. as loaded at start or after a compaction.
+    pub fn set_files(&self, table: Table, files: Vec<PersistedFile>) -> Result<(), ArrowError> {
+        self.table(table)
+            .write()
+            .map_err(|_| poisoned(table))?
+            .files = files.into();
+        Ok(())
+    }
+
+    pub fn files(&self, table: Table) -> Arc<[PersistedFile]> {
+        self.table(table)
+            .read()
+            .map(|live| Arc::clone(&live.files))
+            .unwrap_or_else(|_| Arc::from(Vec::new()))
+    }
+
+    /// Takes the active rows of `table` for persisting. They stay visible to queries until
+    /// [`LiveTables::commit_frozen`]. None when there is nothing to persist or a persist of
+    /// this table is still under way.
+    pub fn freeze(&self, table: Table) -> Result<Option<FrozenRows>, ArrowError> {
+        let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        if live.frozen.is_some() || live.active.rows == 0 {
+            return Ok(None);
+        }
+        let active = std::mem::take(&mut live.active);
+        let frozen = FrozenRows {
+            table,
+            batches: active.batches().cloned().collect(),
+            rows: active.rows,
+            through: active.last_record.unwrap_or(RecordId(0)),
+        };
+        live.frozen = Some(active);
+        Ok(Some(frozen))
+    }
+
+    /// Swaps the frozen rows of `table` for the files now holding them, in one step.
+    pub fn commit_frozen(&self, table: Table, files: Vec<PersistedFile>) -> Result<(), ArrowError> {
+        let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        live.files = files.into();
+        if let Some(frozen) = live.frozen.take() {
+            self.add_bytes(-(frozen.bytes as isize));
+        }
+        drop(live);
+        self.persisted.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Gives frozen rows back to the active set after a failed persist, so that the next
+    /// attempt takes them again (with whatever arrived meanwhile).
+    pub fn unfreeze(&self, table: Table) -> Result<(), ArrowError> {
+        let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        let Some(mut frozen) = live.frozen.take() else {
+            return Ok(());
+        };
+        let active = std::mem::take(&mut live.active);
+        frozen.sealed.extend(frozen.recent.drain(..));
+        frozen.sealed.extend(active.sealed);
+        frozen.recent = active.recent;
+        frozen.recent_rows = active.recent_rows;
+        frozen.rows += active.rows;
+        frozen.bytes += active.bytes;
+        frozen.first_record = frozen.first_record.or(active.first_record);
+        frozen.last_record = active.last_record.or(frozen.last_record);
+        live.active = frozen;
+        Ok(())
+    }
+
+    /// The last WAL record all of whose rows, in every table, are in committed files: WAL
+    /// segments up to it may be deleted.
+    pub fn persisted_through(&self) -> RecordId {
+        let mut oldest_pending = None::<u64>;
+        for table in Table::ALL {
+            let Ok(live) = self.table(table).read() else {
+                return RecordId(0);
+            };
+            let first = live
+                .frozen
+                .as_ref()
+                .and_then(|frozen| frozen.first_record)
+                .or(live.active.first_record);
+            if let Some(first) = first {
+                oldest_pending = Some(oldest_pending.map_or(first.0, |o| o.min(first.0)));
+            }
+        }
+        match oldest_pending {
+            Some(first) => RecordId(first.saturating_sub(1)),
+            None => RecordId(self.last_record.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The committed entity ids: every entity of every committed file has one.
+    pub fn entity_ids(&self) -> Arc<EntityIds> {
+        self.entity_ids
+            .read()
+            .map(|ids| Arc::clone(&ids))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_entity_ids(&self, ids: Arc<EntityIds>) {
+        if let Ok(mut current) = self.entity_ids.write() {
+            *current = ids;
+        }
+    }
+
+    /// Changes after each persist commit.
+    pub fn persist_generation(&self) -> watch::Receiver<u64> {
+        self.persisted.subscribe()
+    }
+
+    /// Rows and memory of the rows of `table` not yet in files.
+    pub fn stats(&self, table: Table) -> HotTableStats {
+        self.table(table)
+            .read()
+            .map(|live| {
+                let frozen = live.frozen.as_ref();
+                HotTableStats {
+                    rows: live.active.rows + frozen.map_or(0, |f| f.rows),
+                    bytes: live.active.bytes + frozen.map_or(0, |f| f.bytes),
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    /// How long the oldest active row of `table` has waited to be persisted.
+    pub fn active_age(&self, table: Table) -> Option<std::time::Duration> {
+        let live = self.table(table).read().ok()?;
+        live.active.since.map(|since| since.elapsed())
+    }
+
+    /// Active rows and bytes of `table` (what persist thresholds are checked against).
+    pub fn active_stats(&self, table: Table) -> HotTableStats {
+        self.table(table)
+            .read()
+            .map(|live| HotTableStats {
+                rows: live.active.rows,
+                bytes: live.active.bytes,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Memory held by all tables' in-memory rows, in bytes: what the hot-buffer budget is
+    /// checked against.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+fn poisoned(table: Table) -> ArrowError {
+    ArrowError::ComputeError(format!(
+        "the hot buffer of {table} is unusable after a panic"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
+
+    fn measurement_batch(values: usize) -> RecordBatch {
+        let mut builders = TableBuilders::new();
+        let payload = format!("{{\"v\":{values}}}");
+        for _ in 0..values {
+            let Parsed::Data(message) = parse_message(
+                &TopicRoot::default(),
+                b"te/device/main///m/t",
+                payload.as_bytes(),
+                Timestamp::from_unix_nanos(0),
+            ) else {
+                panic!("valid measurement");
+            };
+            builders.append(&message);
+        }
+        builders.finish().unwrap().remove(0).1
+    }
+
+    #[test]
+    fn appends_are_visible_in_snapshots_and_merged_as_they_grow() {
+        let hot = LiveTables::new();
+        for _ in 0..70 {
+            hot.append(Table::Measurements, measurement_batch(1000), RecordId(1))
+                .unwrap();
+        }
+        let snapshot = hot.snapshot(Table::Measurements).batches;
+        assert_eq!(
+            snapshot.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            70_000
+        );
+        assert!(
+            snapshot.len() < 10,
+            "{} batches: small batches were not merged",
+            snapshot.len()
+        );
+        assert_eq!(hot.stats(Table::Measurements).rows, 70_000);
+        assert!(hot.bytes() > 0);
+        assert_eq!(hot.bytes(), hot.stats(Table::Measurements).bytes);
+        assert!(hot.snapshot(Table::Events).batches.is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_another_table_is_refused() {
+        let hot = LiveTables::new();
+        assert!(
+            hot.append(Table::Events, measurement_batch(1), RecordId(1))
+                .is_err()
+        );
+    }
+}
