@@ -81,6 +81,8 @@ impl MqttEndpoint {
             options.set_credentials(username, self.password.clone().unwrap_or_default());
         }
         if self.tls {
+            // Another crate of the process may have installed one already; either will do.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let transport = match &self.ca_file {
                 Some(path) => {
                     let ca = std::fs::read(path).map_err(|source| EndpointError::CaFile {

@@ -145,8 +145,7 @@ pub async fn run_ingest(
     let batcher = tokio::spawn(batch(
         from_reader,
         to_acker,
-        Arc::clone(&wal),
-        Arc::clone(&hot),
+        (Arc::clone(&wal), Arc::clone(&hot)),
         config.clone(),
         retained,
         metrics.clone(),
@@ -267,8 +266,7 @@ struct Group {
 async fn batch(
     mut from_reader: mpsc::UnboundedReceiver<Received>,
     to_acker: mpsc::UnboundedSender<Commit>,
-    wal: Arc<Wal>,
-    live: Arc<LiveTables>,
+    (wal, live): (Arc<Wal>, Arc<LiveTables>),
     config: IngestConfig,
     mut retained: RetainedState,
     metrics: IngestMetrics,

@@ -232,7 +232,7 @@ impl LiveTables {
             return Ok(());
         };
         let active = std::mem::take(&mut live.active);
-        frozen.sealed.extend(frozen.recent.drain(..));
+        frozen.sealed.append(&mut frozen.recent);
         frozen.sealed.extend(active.sealed);
         frozen.recent = active.recent;
         frozen.recent_rows = active.recent_rows;

@@ -63,6 +63,9 @@ pub(crate) struct ServeOptions {
     /// arrives during the previous fsync [default: 0].
     #[arg(long, env = "TWINLAKE_WAL_COMMIT_WINDOW_MS")]
     pub(crate) wal_commit_window_ms: Option<u64>,
+    /// WAL segment size in MiB; segments are deleted whole once their rows are persisted [default: 64].
+    #[arg(long, env = "TWINLAKE_WAL_SEGMENT_MB")]
+    pub(crate) wal_segment_mb: Option<u64>,
     /// Payloads above this size are stored in `rejected` with their first bytes [default: 262144].
     #[arg(long, env = "TWINLAKE_MAX_PAYLOAD_BYTES")]
     pub(crate) max_payload_bytes: Option<usize>,
@@ -165,6 +168,7 @@ impl ServeOptions {
             topic_root,
             wal_sync,
             wal_commit_window_ms,
+            wal_segment_mb,
             max_payload_bytes,
             max_inflight_messages,
             hot_budget_mb,
@@ -341,6 +345,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let metrics = IngestMetrics::register(&mut registry);
     let mut wal_config = WalConfig::new(data_dir.join("wal"));
     wal_config.sync = sync;
+    if let Some(mb) = options.wal_segment_mb {
+        wal_config.segment_bytes = mb.max(1) * MIB as u64;
+    }
     wal_config.commit_window = options
         .wal_commit_window_ms
         .map_or(wal_config.commit_window, Duration::from_millis);

@@ -7,11 +7,11 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use crate::support::{Broker, Mosquitto, Twinlake, free_port, url_parts};
 
-const EPOCH: i64 = 1_700_000_000;
+pub(crate) const EPOCH: i64 = 1_700_000_000;
 
 /// Publishes `count` numbered measurements (QoS 1, `rate` per second) and returns how many the
 /// broker acknowledged. Message `n` is `{"seq": n, "time": EPOCH + n}`.
-fn publish_numbered(
+pub(crate) fn publish_numbered(
     mqtt_url: String,
     entity: &'static str,
     count: u64,

@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod durability;
+mod lake;
 mod spec;
 mod support;

@@ -244,7 +244,10 @@ impl Twinlake {
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                "warn,buoyant_kernel=off,rumqttd::router::routing=off,rumqttd::server::broker=off",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         match &self.broker {
@@ -285,6 +288,18 @@ impl Twinlake {
                     .parse()
                     .ok()
             })
+    }
+
+    /// A handle that only queries a server another handle owns (it stops nothing on drop).
+    pub(crate) fn client(http: &str) -> Self {
+        Self {
+            http: http.to_owned(),
+            mqtt_url: String::new(),
+            data_dir: PathBuf::new(),
+            broker: Broker::External(String::new()),
+            extra: Vec::new(),
+            child: None,
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -455,4 +470,122 @@ pub(crate) fn url_parts(url: &str) -> (String, u16) {
     let rest = url.strip_prefix("mqtt://").unwrap();
     let (host, port) = rest.rsplit_once(':').unwrap();
     (host.to_owned(), port.parse().unwrap())
+}
+
+/// A moto S3 server on a free loopback port with one bucket, stopped on drop.
+pub(crate) struct Moto {
+    pub(crate) port: u16,
+    child: Child,
+}
+
+impl Moto {
+    pub(crate) fn start(bucket: &str) -> Self {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with moto must be installed: pip install 'moto[s3]' flask flask-cors (.ci/run does it)");
+        wait_for_port(port, "moto");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = runtime.block_on(async {
+            ::reqwest::Client::new()
+                .put(format!("http://127.0.0.1:{port}/{bucket}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "creating bucket {bucket}: {status}");
+        Self { port, child }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder that can be cut and restored, to take a server away from Twinlake for a
+/// while: when down, new connections are refused and open ones are closed.
+pub(crate) struct TcpProxy {
+    pub(crate) port: u16,
+    target: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub(crate) fn start(target: u16) -> Self {
+        let mut proxy = Self {
+            port: free_port(),
+            target,
+            up: Default::default(),
+            connections: Default::default(),
+            acceptor: None,
+        };
+        proxy.set_up(true);
+        proxy
+    }
+
+    pub(crate) fn set_up(&mut self, up: bool) {
+        use std::sync::atomic::Ordering;
+        if !up {
+            self.up.store(false, Ordering::SeqCst);
+            // Wake the acceptor so that it sees the flag and drops the listener.
+            let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+            if let Some(acceptor) = self.acceptor.take() {
+                acceptor.join().unwrap();
+            }
+            for stream in self.connections.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            return;
+        }
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        self.up.store(true, Ordering::SeqCst);
+        let (flag, connections, target) = (
+            std::sync::Arc::clone(&self.up),
+            std::sync::Arc::clone(&self.connections),
+            self.target,
+        );
+        self.acceptor = Some(std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if !flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (Ok(client), Ok(server)) =
+                    (client, std::net::TcpStream::connect(("127.0.0.1", target)))
+                else {
+                    continue;
+                };
+                let mut open = connections.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.set_up(false);
+    }
 }
