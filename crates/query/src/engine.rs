@@ -93,7 +93,11 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()?;
-        let config = SessionConfig::new().with_information_schema(true);
+        let mut config = SessionConfig::new().with_information_schema(true);
+        // Filters are evaluated while decoding Parquet, so that the pages of other entities and
+        // times (files are sorted by entity, then time) are skipped rather than decoded.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         let lake_url = url::Url::parse(LAKE_STORE_URL)
             .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
         runtime.register_object_store(&lake_url, lake_store);

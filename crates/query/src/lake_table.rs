@@ -134,44 +134,24 @@ impl FilePruning {
     }
 
     fn add(&mut self, table: Table, filter: &Expr, ids: &EntityIds) {
-        match filter {
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::And => {
-                self.add(table, left, ids);
-                self.add(table, right, ids);
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c, op, v),
-                        None => return,
-                    },
-                    _ => return,
-                };
-                if column.name == table.time_column() {
-                    self.add_time_bound(op, value);
-                } else if Some(column.name.as_str()) == table.entity_column() && op == Operator::Eq
-                {
-                    self.restrict_entities([value], ids);
-                }
-            }
-            Expr::InList(list) if !list.negated => {
-                let Expr::Column(column) = list.expr.as_ref() else {
-                    return;
-                };
-                if Some(column.name.as_str()) != table.entity_column() {
-                    return;
-                }
-                let mut values = Vec::new();
-                for item in &list.list {
-                    let Expr::Literal(value, _) = item else {
-                        return;
-                    };
-                    values.push(value);
-                }
-                self.restrict_entities(values, ids);
-            }
-            _ => {}
+        if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter
+            && *op == Operator::And
+        {
+            self.add(table, left, ids);
+            self.add(table, right, ids);
+            return;
+        }
+        if let Some(wanted) = entity_set(table, filter, ids) {
+            self.entities = Some(match self.entities.take() {
+                Some(current) => current & wanted,
+                None => wanted,
+            });
+            return;
+        }
+        if let Some((column, op, value)) = comparison(filter)
+            && column == table.time_column()
+        {
+            self.add_time_bound(op, value);
         }
     }
 
@@ -195,32 +175,6 @@ impl FilePruning {
         }
     }
 
-    fn restrict_entities<'a>(
-        &mut self,
-        values: impl IntoIterator<Item = &'a ScalarValue>,
-        ids: &EntityIds,
-    ) {
-        let mut wanted = roaring::RoaringBitmap::new();
-        for value in values {
-            match value {
-                ScalarValue::Utf8(Some(s))
-                | ScalarValue::Utf8View(Some(s))
-                | ScalarValue::LargeUtf8(Some(s)) => {
-                    // An entity without an id is in no committed file.
-                    if let Some(id) = ids.id(s) {
-                        wanted.insert(id);
-                    }
-                }
-                // Some other literal: do not prune on it.
-                _ => return,
-            }
-        }
-        self.entities = Some(match self.entities.take() {
-            Some(current) => current & wanted,
-            None => wanted,
-        });
-    }
-
     pub(crate) fn may_match(&self, file: &PersistedFile) -> bool {
         if self.min_time.is_some_and(|min| file.max_time < min)
             || self.max_time.is_some_and(|max| file.min_time > max)
@@ -232,6 +186,68 @@ impl FilePruning {
             _ => true,
         }
     }
+}
+
+/// `column op literal` (either way round), seeing through casts of the column (string
+/// literals are often `Utf8View`, which makes the planner cast the `Utf8` column).
+fn comparison(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return None;
+    };
+    match (column_name(left), right.as_ref(), column_name(right), left.as_ref()) {
+        (Some(column), Expr::Literal(value, _), _, _) => Some((column, *op, value)),
+        (_, _, Some(column), Expr::Literal(value, _)) => Some((column, op.swap()?, value)),
+        _ => None,
+    }
+}
+
+fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(column) => Some(column.name.as_str()),
+        Expr::Cast(cast) => column_name(&cast.expr),
+        Expr::TryCast(cast) => column_name(&cast.expr),
+        _ => None,
+    }
+}
+
+/// The ids of the entities a predicate allows, when it is `entity = '…'`, `entity IN (…)` or an
+/// OR of such; None when it says nothing about entities (or more than can be checked).
+fn entity_set(table: Table, expr: &Expr, ids: &EntityIds) -> Option<roaring::RoaringBitmap> {
+    let entity_column = table.entity_column()?;
+    let id_of = |value: &ScalarValue| -> Option<Option<u32>> {
+        match value {
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)) => Some(ids.id(s)),
+            _ => None,
+        }
+    };
+    let mut wanted = roaring::RoaringBitmap::new();
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Or => {
+            wanted = entity_set(table, left, ids)? | entity_set(table, right, ids)?;
+        }
+        Expr::InList(list) if !list.negated => {
+            if column_name(&list.expr)? != entity_column {
+                return None;
+            }
+            for item in &list.list {
+                let Expr::Literal(value, _) = item else {
+                    return None;
+                };
+                // An entity without an id is in no committed file.
+                wanted.extend(id_of(value)?);
+            }
+        }
+        _ => {
+            let (column, op, value) = comparison(expr)?;
+            if column != entity_column || op != Operator::Eq {
+                return None;
+            }
+            wanted.extend(id_of(value)?);
+        }
+    }
+    Some(wanted)
 }
 
 fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {

@@ -24,7 +24,9 @@ use crate::persist::{Persister, StoreMetrics, blocking};
 pub struct CompactionSettings {
     /// Files are merged toward this size.
     pub target_file_bytes: u64,
-    /// Files smaller than this fraction of the target are candidates.
+    /// A partition is compacted once it has this many candidate files: files from persists
+    /// (each holds every entity over a span of time; compaction rewrites them as files of
+    /// entity ranges) and compacted files under half the target size.
     pub min_files: usize,
     /// At most this many bytes of Parquet are merged at once: decoded, rows take several times
     /// their compressed size, so this bounds the memory compaction uses.
@@ -120,19 +122,17 @@ impl Persister {
         let files = self.live.files(table);
         let mut partitions: BTreeMap<&str, Vec<&PersistedFile>> = BTreeMap::new();
         for file in files.iter() {
-            if file.size < settings.target_file_bytes / 2 {
+            if !file.compacted || file.size < settings.target_file_bytes / 2 {
                 partitions.entry(file.date.as_str()).or_default().push(file);
             }
         }
         for small in partitions.values() {
-            for bin in bins(
-                small,
-                settings.max_input_bytes.min(settings.target_file_bytes),
-            ) {
+            for bin in bins(small, settings.max_input_bytes) {
                 if bin.len() < settings.min_files.max(2) {
                     continue;
                 }
-                let (written, dropped) = self.merge(table, &bin).await?;
+                let (written, dropped) =
+                    self.merge(table, &bin, settings.target_file_bytes).await?;
                 report.files_merged += bin.len();
                 report.files_written += written;
                 report.duplicates_dropped += dropped;
@@ -141,12 +141,16 @@ impl Persister {
         Ok(())
     }
 
-    /// Rewrites `files` (one partition) as one sorted, deduplicated file.
+    /// Rewrites `files` (one partition) sorted and deduplicated, cut into files of about
+    /// `target_bytes`: each output holds a contiguous range of entities, which is what lets
+    /// the entity bitmaps skip files.
     async fn merge(
         &self,
         table: Table,
         files: &[PersistedFile],
+        target_bytes: u64,
     ) -> Result<(usize, usize), StoreError> {
+        let input_bytes: u64 = files.iter().map(|f| f.size).sum();
         let mut batches = Vec::new();
         for file in files {
             for batch in read_parquet(self.lake.store(), &file.path).await? {
@@ -157,10 +161,20 @@ impl Persister {
         let settings = self.settings().parquet;
         let (input_rows, encoded) = blocking(move || {
             let merged = arrow_select::concat::concat_batches(&table.schema(), &batches)?;
-            let encoded = sort_dedup_by_day(table, &merged)?
-                .iter()
-                .map(|(day, batch)| encode_day(table, *day, batch, &entity_ids, settings))
-                .collect::<Result<Vec<_>, _>>()?;
+            let bytes_per_row = (input_bytes as f64 / merged.num_rows().max(1) as f64).max(1.0);
+            let rows_per_file = ((target_bytes as f64 / bytes_per_row) as usize).max(1);
+            let mut encoded = Vec::new();
+            for (day, batch) in sort_dedup_by_day(table, &merged)? {
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let length = rows_per_file.min(batch.num_rows() - offset);
+                    let part = batch.slice(offset, length);
+                    let mut file = encode_day(table, day, &part, &entity_ids, settings)?;
+                    file.file.compacted = true;
+                    encoded.push(file);
+                    offset += length;
+                }
+            }
             Ok((merged.num_rows(), encoded))
         })
         .await?;
@@ -290,6 +304,7 @@ mod tests {
             min_time: 0,
             max_time: 0,
             entities: None,
+            compacted: false,
         }
     }
 

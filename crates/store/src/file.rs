@@ -27,6 +27,7 @@ const TAG_ROWS: &str = "twinlake.rows";
 const TAG_MIN_TIME: &str = "twinlake.min_time_ns";
 const TAG_MAX_TIME: &str = "twinlake.max_time_ns";
 const TAG_ENTITY_IDS: &str = "twinlake.entity_ids";
+const TAG_COMPACTED: &str = "twinlake.compacted";
 
 /// A committed Parquet file of a table, as the query layer needs it for pruning.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,9 @@ pub struct PersistedFile {
     pub max_time: i64,
     /// Ids of the entities in the file; None when unknown (no pruning by entity).
     pub entities: Option<Arc<RoaringBitmap>>,
+    /// Written by compaction (rows of a range of entities), not by a persist (rows of every
+    /// entity over a span of time).
+    pub compacted: bool,
 }
 
 impl PersistedFile {
@@ -53,6 +57,9 @@ impl PersistedFile {
             (TAG_MIN_TIME.to_owned(), Some(self.min_time.to_string())),
             (TAG_MAX_TIME.to_owned(), Some(self.max_time.to_string())),
         ]);
+        if self.compacted {
+            tags.insert(TAG_COMPACTED.to_owned(), Some("true".to_owned()));
+        }
         if let Some(entities) = &self.entities {
             let mut bytes = Vec::with_capacity(entities.serialized_size());
             // Writing into a Vec cannot fail.
@@ -97,6 +104,7 @@ impl PersistedFile {
             min_time: number(TAG_MIN_TIME).unwrap_or(i64::MIN),
             max_time: number(TAG_MAX_TIME).unwrap_or(i64::MAX),
             entities,
+            compacted: tag(TAG_COMPACTED).is_some_and(|v| v == "true"),
         })
     }
 }
@@ -244,6 +252,7 @@ pub(crate) fn encode_day(
         min_time,
         max_time,
         entities,
+        compacted: false,
     };
     Ok(EncodedFile { file, bytes, stats })
 }
@@ -402,6 +411,7 @@ mod tests {
             min_time: 5,
             max_time: 9,
             entities: Some(Arc::new(RoaringBitmap::from_iter([1u32, 7, 4000]))),
+            compacted: true,
         };
         let add = Add {
             path: "date=2026-11-21/part-x.parquet".to_owned(),

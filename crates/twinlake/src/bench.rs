@@ -23,6 +23,8 @@ use tokio::time::Instant;
 pub(crate) enum BenchCommand {
     /// Ingest throughput, latency and memory, next to the broker's raw delivery rate.
     Ingest(IngestBenchArgs),
+    /// Persistence, compaction, bytes per value and subtree pruning on simulated fleet data.
+    Lake(crate::bench_lake::LakeBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +56,7 @@ const VALUES_PER_MESSAGE: u64 = 10;
 pub(crate) async fn bench(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Lake(args) => crate::bench_lake::lake(args).await,
     }
 }
 

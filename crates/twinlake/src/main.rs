@@ -1,10 +1,12 @@
 //! The `twinlake` command: the CLI over the crates, holding no logic of its own.
 
 mod bench;
+mod bench_lake;
 mod check;
 mod query;
 mod serve;
 mod simulate;
+mod units;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -111,12 +111,14 @@ pub(crate) struct ServeOptions {
     /// Persist a table once it holds this many rows in memory [default: 1000000].
     #[arg(long, env = "TWINLAKE_PERSIST_MAX_ROWS")]
     pub(crate) persist_max_rows: Option<usize>,
-    /// Persist a table once its rows take this much memory, in MiB [default: 128].
-    #[arg(long, env = "TWINLAKE_PERSIST_MAX_MB")]
-    pub(crate) persist_max_mb: Option<usize>,
-    /// Persist a table once its oldest row in memory is this old, in seconds [default: 600].
-    #[arg(long, env = "TWINLAKE_PERSIST_MAX_AGE_S")]
-    pub(crate) persist_max_age_s: Option<u64>,
+    /// Persist a table once its rows take this much memory, e.g. 128MiB [default: 128MiB].
+    #[arg(long, env = "TWINLAKE_PERSIST_MAX_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) persist_max_bytes: Option<u64>,
+    /// Persist a table once its oldest row in memory is this old, e.g. 10m [default: 10m].
+    #[arg(long, env = "TWINLAKE_PERSIST_MAX_AGE", value_parser = crate::units::parse_duration)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_duration")]
+    pub(crate) persist_max_age: Option<Duration>,
     /// Compaction merges small files toward this size, in MiB [default: 256].
     #[arg(long, env = "TWINLAKE_COMPACT_TARGET_MB")]
     pub(crate) compact_target_mb: Option<u64>,
@@ -184,8 +186,8 @@ impl ServeOptions {
             s3_secret_access_key,
             s3_locking_provider,
             persist_max_rows,
-            persist_max_mb,
-            persist_max_age_s,
+            persist_max_bytes,
+            persist_max_age,
             compact_target_mb,
             compact_max_input_mb,
             compact_min_files,
@@ -243,11 +245,9 @@ impl ServeOptions {
         PersistSettings {
             max_rows: self.persist_max_rows.unwrap_or(defaults.max_rows).max(1),
             max_bytes: self
-                .persist_max_mb
-                .map_or(defaults.max_bytes, |mb| mb * MIB),
-            max_age: self
-                .persist_max_age_s
-                .map_or(defaults.max_age, Duration::from_secs),
+                .persist_max_bytes
+                .map_or(defaults.max_bytes, |bytes| bytes as usize),
+            max_age: self.persist_max_age.unwrap_or(defaults.max_age),
             parquet: defaults.parquet,
         }
     }

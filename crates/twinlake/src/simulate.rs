@@ -37,7 +37,7 @@ pub(crate) struct SimulateArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// How long to publish, e.g. 30s, 5m, 1h; 0 runs until Ctrl-C.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     duration: Duration,
     /// Stop after this many rounds (one reading of every device per round) instead.
     #[arg(long)]
@@ -60,33 +60,11 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     start: Option<String>,
     /// Simulated time between rounds, with --start.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
     step: Duration,
     /// thin-edge's topic root.
     #[arg(long, default_value = "te")]
     topic_root: String,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.trim().split_at(
-        text.trim()
-            .find(|c: char| c.is_alphabetic())
-            .unwrap_or(text.trim().len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 const MODELS: [(&str, f64); 4] = [
@@ -97,9 +75,9 @@ const MODELS: [(&str, f64); 4] = [
 ];
 
 /// One message to publish.
-struct Outgoing {
-    topic: String,
-    payload: String,
+pub(crate) struct Outgoing {
+    pub(crate) topic: String,
+    pub(crate) payload: String,
     retain: bool,
     qos: QoS,
 }
@@ -128,7 +106,7 @@ struct Sensor {
     humidity: f64,
 }
 
-struct Fleet {
+pub(crate) struct Fleet {
     root: String,
     trucks: Vec<Truck>,
     depots: usize,
@@ -146,7 +124,7 @@ fn qos_of(level: u8) -> QoS {
 }
 
 impl Fleet {
-    fn new(args: &SimulateArgs) -> Self {
+    pub(crate) fn new(args: &SimulateArgs) -> Self {
         let mut rng = StdRng::seed_from_u64(args.seed);
         let trucks = (0..args.devices)
             .map(|t| {
@@ -210,7 +188,7 @@ impl Fleet {
     }
 
     /// Registrations, twin data and metadata: what thin-edge publishes retained at start.
-    fn registrations(&self) -> Vec<Outgoing> {
+    pub(crate) fn registrations(&self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for depot in 1..=self.depots {
             out.push(self.retained(
@@ -269,7 +247,7 @@ impl Fleet {
     }
 
     /// One round: every device reports once at `at`, `dt` seconds after the last round.
-    fn round(&mut self, at: Timestamp, dt: f64) -> Vec<Outgoing> {
+    pub(crate) fn round(&mut self, at: Timestamp, dt: f64) -> Vec<Outgoing> {
         let time = at.to_rfc3339();
         let mut out = Vec::new();
         for index in 0..self.trucks.len() {
@@ -451,7 +429,7 @@ impl Fleet {
         }
     }
 
-    fn initial_health(&self, time: &str) -> Vec<Outgoing> {
+    pub(crate) fn initial_health(&self, time: &str) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for truck in &self.trucks {
             for (index, service) in self.services.iter().enumerate() {

@@ -9,7 +9,7 @@ use crate::durability::{EPOCH, publish_numbered};
 use crate::support::{Broker, Moto, TcpProxy, Twinlake, free_port};
 
 const PERSISTED: &str = "twinlake_persisted_rows_total{table=\"measurements\"}";
-const SMALL_PERSISTS: [&str; 4] = ["--persist-max-rows", "500", "--persist-max-age-s", "1"];
+const SMALL_PERSISTS: [&str; 4] = ["--persist-max-rows", "500", "--persist-max-age", "1s"];
 
 /// `seq` is 0..count, so its values sum to this.
 fn seq_sum(count: u64) -> f64 {
@@ -193,7 +193,7 @@ fn s3_lake_rides_out_a_store_outage_without_losing_rows() {
     // A second Twinlake with an empty WAL sees every row: they are in S3.
     let fresh = tempfile::tempdir().unwrap();
     let mut reader_flags = s3.to_vec();
-    reader_flags.extend(["--persist-max-age-s", "3600"]);
+    reader_flags.extend(["--persist-max-age", "1h"]);
     drop(twinlake);
     let reader = Twinlake::start(fresh.path(), Broker::Embedded(free_port()), &reader_flags);
     assert_eq!(seq_totals(&reader, "s3a"), (2_000, seq_sum(2_000)));
@@ -206,8 +206,8 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
     let flags = [
         "--persist-max-rows",
         "200",
-        "--persist-max-age-s",
-        "1",
+        "--persist-max-age",
+        "1s",
         "--compact-interval-s",
         "1",
         "--compact-min-files",

@@ -1,0 +1,341 @@
+//! `twinlake bench lake`: persistence, compaction and pruning on simulated fleet data.
+//!
+//! The fleet of `twinlake simulate` (same seed, same messages) is parsed by the ingest parser
+//! and handed to the store in rounds, without MQTT, so that the figures are the store's own:
+//! persist throughput (sort, encode, write, commit), stored bytes per numeric value, compaction
+//! throughput, and the time of a query over one depot's subtree (1% of the trucks) next to a
+//! full scan of the same data, before compaction (every file holds every entity) and after
+//! (files hold entity ranges, so the roaring bitmaps skip most of them).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use prometheus_client::registry::Registry;
+use twinlake_model::{Parsed, Table, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_query::{QueryEngine, QueryLimits};
+use twinlake_store::{
+    CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
+};
+use twinlake_wal::RecordId;
+
+use crate::simulate::{Fleet, Outgoing, SimulateArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct LakeBenchArgs {
+    /// Trucks in the fleet (each with 2 sensors, a probe and 2 services), 5 per depot.
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    /// Rounds of readings (one message per truck and sensor per round, 10 s apart).
+    #[arg(long, default_value_t = 2_000)]
+    rounds: u64,
+    /// Rounds held in memory between persists.
+    #[arg(long, default_value_t = 200)]
+    rounds_per_persist: u64,
+    /// Compaction's target file size: small here so that this data set spans many files, as
+    /// a day of a large fleet spans many 256 MB files.
+    #[arg(long, default_value = "2MiB", value_parser = crate::units::parse_bytes)]
+    target_file_bytes: u64,
+    /// Timed runs of each query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Where the lake is written [default: a temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Builds a simulated fleet with the simulator's own defaults.
+#[derive(Debug, Parser)]
+struct FleetArgs {
+    #[command(flatten)]
+    simulate: SimulateArgs,
+}
+
+pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
+    let temporary = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let lake = Arc::new(
+        Lake::open(LakeConfig::local(&dir.join("lake")).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let live = Arc::new(LiveTables::new());
+    let mut registry = Registry::default();
+    let settings = PersistSettings {
+        max_rows: usize::MAX,
+        max_bytes: usize::MAX,
+        max_age: Duration::MAX,
+        ..PersistSettings::default()
+    };
+    let (persister, _) = Persister::start(
+        Arc::clone(&lake),
+        Arc::clone(&live),
+        settings,
+        StoreMetrics::new(&mut registry),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let fleet_args = FleetArgs::try_parse_from([
+        "simulate",
+        "--devices",
+        &args.devices.to_string(),
+        "--seed",
+        "1",
+    ])
+    .map_err(|e| e.to_string())?;
+    let mut fleet = Fleet::new(&fleet_args.simulate);
+    let start = Timestamp::parse_rfc3339("2026-01-05T00:00:00Z").map_err(|e| e.to_string())?;
+    let root = TopicRoot::default();
+    let mut builders = TableBuilders::new();
+    let mut record = 0u64;
+    let mut persisted_rows = 0usize;
+    let mut persist_time = Duration::ZERO;
+    let mut messages = 0u64;
+    let mut setup = fleet.registrations();
+    setup.extend(fleet.initial_health(&start.to_rfc3339()));
+    add(&root, &mut builders, setup, start, &mut messages);
+    for round in 0..args.rounds {
+        let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * 10_000_000_000);
+        add(
+            &root,
+            &mut builders,
+            fleet.round(at, 10.0),
+            at,
+            &mut messages,
+        );
+        if (round + 1) % args.rounds_per_persist == 0 || round + 1 == args.rounds {
+            record += 1;
+            for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
+                live.append(table, batch, RecordId(record))
+                    .map_err(|e| e.to_string())?;
+            }
+            let began = Instant::now();
+            for table in Table::ALL {
+                persisted_rows += persister
+                    .persist_table(table)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            persist_time += began.elapsed();
+        }
+    }
+    let values = total_rows(&live, Table::Measurements);
+    let bytes = total_bytes(&live, Table::Measurements);
+    let lake_bytes: u64 = Table::ALL.into_iter().map(|t| total_bytes(&live, t)).sum();
+    let files_before = live.files(Table::Measurements).len();
+
+    let engine = QueryEngine::new(Arc::clone(&live), lake.store(), QueryLimits::default())
+        .map_err(|e| e.to_string())?;
+    let subtree = depot_subtree(&engine).await?;
+    let before = time_queries(&engine, &subtree, args.repeats).await?;
+
+    let compaction = CompactionSettings {
+        target_file_bytes: args.target_file_bytes,
+        min_files: 2,
+        max_input_bytes: 4 * 1024 * 1024 * 1024,
+        retention_days: Vec::new(),
+        ..CompactionSettings::default()
+    };
+    let began = Instant::now();
+    let report = persister
+        .upkeep(&compaction)
+        .await
+        .map_err(|e| e.to_string())?;
+    let compaction_time = began.elapsed();
+    let files_after = live.files(Table::Measurements).len();
+    let after = time_queries(&engine, &subtree, args.repeats).await?;
+    if !same_answer(&before.full_answer, &after.full_answer)
+        || !same_answer(&before.subtree_answer, &after.subtree_answer)
+    {
+        return Err(format!(
+            "compaction changed query answers: {before:?} vs {after:?}"
+        ));
+    }
+
+    let seconds = |d: Duration| d.as_secs_f64();
+    println!(
+        "## twinlake bench lake: {} trucks, {} rounds, {messages} messages\n",
+        args.devices, args.rounds
+    );
+    println!("| figure | value |\n|---|---|");
+    println!("| numeric values (measurement rows) | {values} |");
+    println!(
+        "| stored bytes per value (measurements, zstd Parquet) | {:.2} |",
+        bytes as f64 / values.max(1) as f64
+    );
+    println!(
+        "| lake size, all tables | {:.1} MiB |",
+        lake_bytes as f64 / 1048576.0
+    );
+    println!(
+        "| persist throughput (sort, encode, write, commit; all tables) | {:.0} rows/s |",
+        persisted_rows as f64 / seconds(persist_time)
+    );
+    println!(
+        "| compaction: {} files merged into {} (measurements: {files_before} → {files_after}) | {:.1} s, {:.0} rows/s, {:.1} MiB/s |",
+        report.files_merged,
+        report.files_written,
+        seconds(compaction_time),
+        persisted_rows as f64 / seconds(compaction_time),
+        lake_bytes as f64 / 1048576.0 / seconds(compaction_time)
+    );
+    println!(
+        "| subtree = one depot: {} of {} entities | {:.1}% |",
+        subtree.len(),
+        before.entities,
+        100.0 * subtree.len() as f64 / before.entities.max(1) as f64
+    );
+    for (label, timing) in [("before compaction", &before), ("after compaction", &after)] {
+        println!(
+            "| {label}: subtree by full scan / with pruning (median of {}) | {:.1} ms / {:.1} ms = {:.1}× |",
+            args.repeats,
+            timing.full.as_secs_f64() * 1e3,
+            timing.subtree.as_secs_f64() * 1e3,
+            timing.full.as_secs_f64() / timing.subtree.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Same count, and sums equal up to floating-point summation order.
+fn same_answer(a: &[String], b: &[String]) -> bool {
+    let parse = |answer: &[String]| -> Option<(i64, f64)> {
+        let (count, sum) = answer.first()?.split_once(' ')?;
+        Some((count.parse().ok()?, sum.parse().ok()?))
+    };
+    match (parse(a), parse(b)) {
+        (Some((n1, s1)), Some((n2, s2))) => n1 == n2 && (s1 - s2).abs() <= 1e-9 * s1.abs().max(1.0),
+        _ => false,
+    }
+}
+
+fn add(
+    root: &TopicRoot,
+    builders: &mut TableBuilders,
+    messages: Vec<Outgoing>,
+    at: Timestamp,
+    count: &mut u64,
+) {
+    for message in messages {
+        *count += 1;
+        if let Parsed::Data(parsed) = parse_message(
+            root,
+            message.topic.as_bytes(),
+            message.payload.as_bytes(),
+            at,
+        ) {
+            builders.append(&parsed);
+        }
+    }
+}
+
+fn total_rows(live: &LiveTables, table: Table) -> u64 {
+    live.files(table).iter().map(|f| f.rows).sum()
+}
+
+fn total_bytes(live: &LiveTables, table: Table) -> u64 {
+    live.files(table).iter().map(|f| f.size).sum()
+}
+
+/// The entities of depot 1's subtree: the depot, its trucks and everything on them.
+async fn depot_subtree(engine: &QueryEngine) -> Result<Vec<String>, String> {
+    let trucks = rows_of(
+        engine,
+        "SELECT entity FROM entity_changes WHERE parent = 'device/depot01//'",
+    )
+    .await?;
+    let all = rows_of(engine, "SELECT DISTINCT entity FROM measurements").await?;
+    let names: Vec<String> = trucks
+        .iter()
+        .map(|t| {
+            t.trim_start_matches("device/")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let mut subtree: Vec<String> = all
+        .into_iter()
+        .filter(|entity| {
+            names.iter().any(|truck| {
+                entity.contains(&format!("{truck}/")) || entity.contains(&format!("{truck}-"))
+            })
+        })
+        .collect();
+    subtree.push("device/depot01//".to_owned());
+    Ok(subtree)
+}
+
+async fn rows_of(engine: &QueryEngine, sql: &str) -> Result<Vec<String>, String> {
+    let output = engine.execute(sql).await.map_err(|e| e.to_string())?;
+    let mut values = Vec::new();
+    for batch in &output.batches {
+        let column = arrow_cast::display::ArrayFormatter::try_new(
+            batch.column(0).as_ref(),
+            &arrow_cast::display::FormatOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        for row in 0..batch.num_rows() {
+            values.push(column.value(row).to_string());
+        }
+    }
+    Ok(values)
+}
+
+#[derive(Debug)]
+struct Timing {
+    full: Duration,
+    subtree: Duration,
+    full_answer: Vec<String>,
+    subtree_answer: Vec<String>,
+    entities: usize,
+}
+
+async fn time_queries(
+    engine: &QueryEngine,
+    subtree: &[String],
+    repeats: usize,
+) -> Result<Timing, String> {
+    let list = subtree
+        .iter()
+        .map(|e| format!("'{e}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let full_sql = "SELECT count(*) || ' ' || sum(value) FROM measurements";
+    let subtree_sql =
+        format!("SELECT count(*) || ' ' || sum(value) FROM measurements WHERE entity IN ({list})");
+    let (full, full_answer) = median_time(engine, full_sql, repeats).await?;
+    let (subtree_time, subtree_answer) = median_time(engine, &subtree_sql, repeats).await?;
+    let entities = rows_of(engine, "SELECT count(DISTINCT entity) FROM measurements")
+        .await?
+        .first()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(Timing {
+        full,
+        subtree: subtree_time,
+        full_answer,
+        subtree_answer,
+        entities,
+    })
+}
+
+async fn median_time(
+    engine: &QueryEngine,
+    sql: &str,
+    repeats: usize,
+) -> Result<(Duration, Vec<String>), String> {
+    let mut times = Vec::new();
+    let mut answer = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let began = Instant::now();
+        answer = rows_of(engine, sql).await?;
+        times.push(began.elapsed());
+    }
+    times.sort();
+    Ok((times[times.len() / 2], answer))
+}
