@@ -194,7 +194,12 @@ fn comparison(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
         return None;
     };
-    match (column_name(left), right.as_ref(), column_name(right), left.as_ref()) {
+    match (
+        column_name(left),
+        right.as_ref(),
+        column_name(right),
+        left.as_ref(),
+    ) {
         (Some(column), Expr::Literal(value, _), _, _) => Some((column, *op, value)),
         (_, _, Some(column), Expr::Literal(value, _)) => Some((column, op.swap()?, value)),
         _ => None,
@@ -257,5 +262,77 @@ fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {
         ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
         ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::prelude::{col, lit};
+
+    use super::*;
+
+    fn file(entities: &[u32], min_time: i64, max_time: i64) -> PersistedFile {
+        PersistedFile {
+            path: "measurements/date=2026-11-21/part.parquet".to_owned(),
+            date: "2026-11-21".to_owned(),
+            size: 1,
+            rows: 1,
+            min_time,
+            max_time,
+            entities: Some(Arc::new(entities.iter().copied().collect())),
+            compacted: true,
+        }
+    }
+
+    fn ids() -> EntityIds {
+        [("device/a//", 0), ("device/b//", 1), ("device/c//", 2)]
+            .into_iter()
+            .map(|(e, id)| (e.to_owned(), id))
+            .collect()
+    }
+
+    fn pruning(filters: &[Expr]) -> FilePruning {
+        FilePruning::from_filters(Table::Measurements, filters, &ids())
+    }
+
+    #[test]
+    fn entity_predicates_become_bitmaps() {
+        let (a, bc) = (file(&[0], 0, 10), file(&[1, 2], 0, 10));
+        let only_a = pruning(&[col("entity").eq(lit("device/a//"))]);
+        assert!(only_a.may_match(&a) && !only_a.may_match(&bc));
+        let listed = pruning(&[col("entity").in_list(vec![lit("device/c//")], false)]);
+        assert!(!listed.may_match(&a) && listed.may_match(&bc));
+        let either = pruning(&[col("entity")
+            .eq(lit("device/a//"))
+            .or(col("entity").eq(lit("device/b//")))]);
+        assert!(either.may_match(&a) && either.may_match(&bc));
+        // An entity no file holds rules out every file; other predicates rule out none.
+        let unknown = pruning(&[col("entity").eq(lit("device/zz//"))]);
+        assert!(!unknown.may_match(&a) && !unknown.may_match(&bc));
+        let other = pruning(&[
+            col("series").eq(lit("x")),
+            col("entity").not_eq(lit("device/a//")),
+        ]);
+        assert!(other.may_match(&a) && other.may_match(&bc));
+    }
+
+    #[test]
+    fn time_predicates_skip_files_outside_the_range() {
+        let early = file(&[0], 0, 99);
+        let late = file(&[0], 100, 199);
+        let ts = |ns| {
+            lit(ScalarValue::TimestampNanosecond(
+                Some(ns),
+                Some("UTC".into()),
+            ))
+        };
+        let after = pruning(&[col("time").gt_eq(ts(100))]);
+        assert!(!after.may_match(&early) && after.may_match(&late));
+        let before = pruning(&[col("time").lt(ts(100))]);
+        assert!(before.may_match(&early) && !before.may_match(&late));
+        let between = pruning(&[col("time").gt(ts(99)).and(col("time").lt_eq(ts(150)))]);
+        assert!(!between.may_match(&early) && between.may_match(&late));
     }
 }

@@ -15,7 +15,7 @@ use twinlake_model::Table;
 
 use crate::StoreError;
 use crate::entity_ids::read_parquet;
-use crate::file::{PersistedFile, encode_day, sort_dedup_by_day};
+use crate::file::{CommittedFiles, PersistedFile, encode_day, sort_dedup_by_day};
 use crate::lake;
 use crate::persist::{Persister, StoreMetrics, blocking};
 
@@ -246,11 +246,11 @@ impl Persister {
         Ok(deleted)
     }
 
-    fn publish_files(&self, table: Table, files: Vec<PersistedFile>) -> Result<(), StoreError> {
+    fn publish_files(&self, table: Table, files: CommittedFiles) -> Result<(), StoreError> {
         self.metrics
             .lake_files
             .get_or_create(&StoreMetrics::label(table))
-            .set(files.len() as i64);
+            .set(files.files.len() as i64);
         self.live.set_files(table, files)?;
         Ok(())
     }

@@ -140,6 +140,14 @@ impl EntityIds {
     }
 }
 
+impl FromIterator<(String, u32)> for EntityIds {
+    fn from_iter<I: IntoIterator<Item = (String, u32)>>(pairs: I) -> Self {
+        Self {
+            ids: pairs.into_iter().collect(),
+        }
+    }
+}
+
 /// Reads a whole Parquet file of the lake (fetched in one request, decoded off the runtime).
 pub(crate) async fn read_parquet(
     store: Arc<dyn ObjectStore>,

@@ -116,6 +116,14 @@ fn decode_path(path: &str) -> String {
         .map_or_else(|| path.to_owned(), |(_, value)| value.into_owned())
 }
 
+/// A table's files as of one Delta version.
+#[derive(Debug, Clone, Default)]
+pub struct CommittedFiles {
+    /// The Delta version; -1 before the first commit.
+    pub version: i64,
+    pub files: Vec<PersistedFile>,
+}
+
 /// One file's worth of rows, encoded and ready to upload.
 #[derive(Debug)]
 pub(crate) struct EncodedFile {

@@ -16,7 +16,7 @@ use twinlake_model::{ColumnType, Table};
 use url::Url;
 
 use crate::StoreError;
-use crate::file::PersistedFile;
+use crate::file::{CommittedFiles, PersistedFile};
 
 /// The Delta application id under which each commit records the last WAL record it holds.
 pub(crate) const WAL_APP_ID: &str = "twinlake-wal";
@@ -136,7 +136,7 @@ impl Lake {
     }
 
     /// The files of the table's current version.
-    pub async fn files(&self, table: Table) -> Result<Vec<PersistedFile>, StoreError> {
+    pub async fn files(&self, table: Table) -> Result<CommittedFiles, StoreError> {
         let lake_table = self.table(table);
         let delta = lake_table.delta.lock().await;
         files_of(&delta, lake_table.name)
@@ -176,7 +176,7 @@ pub(crate) async fn commit(
     actions: Vec<Action>,
     operation: DeltaOperation,
     through: Option<u64>,
-) -> Result<Vec<PersistedFile>, StoreError> {
+) -> Result<CommittedFiles, StoreError> {
     let mut properties = CommitProperties::default();
     if let Some(through) = through {
         let version = i64::try_from(through)
@@ -253,15 +253,22 @@ pub(crate) fn write_operation_unpartitioned() -> DeltaOperation {
 }
 
 #[allow(deprecated)] // `add_action` is the one accessor that gives a file's tags
-fn files_of(delta: &DeltaTable, table_name: &str) -> Result<Vec<PersistedFile>, StoreError> {
+fn files_of(delta: &DeltaTable, table_name: &str) -> Result<CommittedFiles, StoreError> {
     let Ok(state) = delta.snapshot() else {
-        return Ok(Vec::new());
+        return Ok(CommittedFiles {
+            version: -1,
+            files: Vec::new(),
+        });
     };
-    state
+    let files = state
         .log_data()
         .iter()
         .map(|view| PersistedFile::from_add(table_name, &view.add_action()))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(CommittedFiles {
+        version: i64::try_from(state.version()).unwrap_or(i64::MAX),
+        files,
+    })
 }
 
 async fn open_table(

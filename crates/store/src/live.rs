@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use twinlake_model::Table;
 use twinlake_wal::RecordId;
 
-use crate::PersistedFile;
 use crate::entity_ids::EntityIds;
+use crate::{CommittedFiles, PersistedFile};
 
 /// Small batches (one per group commit) are merged once this many rows have gathered, so a
 /// scan reads a few large batches instead of thousands of tiny ones.
@@ -41,14 +41,37 @@ impl HotRows {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LiveTable {
     /// The files of the table's latest Delta version that Twinlake has loaded.
     files: Arc<[PersistedFile]>,
+    /// That version: file lists arrive from concurrent commits (persists, compaction) and only
+    /// a newer one may replace the current one.
+    version: i64,
     /// Rows being persisted: still read by queries until the files holding them are committed.
     frozen: Option<HotRows>,
     /// Rows arriving now.
     active: HotRows,
+}
+
+impl Default for LiveTable {
+    fn default() -> Self {
+        Self {
+            files: Arc::from(Vec::new()),
+            version: -1,
+            frozen: None,
+            active: HotRows::default(),
+        }
+    }
+}
+
+impl LiveTable {
+    fn replace_files(&mut self, committed: CommittedFiles) {
+        if committed.version >= self.version {
+            self.files = committed.files.into();
+            self.version = committed.version;
+        }
+    }
 }
 
 /// What a table holds in memory.
@@ -177,12 +200,11 @@ impl LiveTables {
         }
     }
 
-    /// Sets the committed files, e.g. as loaded at start or after a compaction.
-    pub fn set_files(&self, table: Table, files: Vec<PersistedFile>) -> Result<(), ArrowError> {
-        self.table(table)
-            .write()
-            .map_err(|_| poisoned(table))?
-            .files = files.into();
+    /// Sets the committed files, e.g. as loaded at start or after a compaction, unless a newer
+    /// version is already in place.
+    pub fn set_files(&self, table: Table, committed: CommittedFiles) -> Result<(), ArrowError> {
+        let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        live.replace_files(committed);
         Ok(())
     }
 
@@ -213,9 +235,11 @@ impl LiveTables {
     }
 
     /// Swaps the frozen rows of `table` for the files now holding them, in one step.
-    pub fn commit_frozen(&self, table: Table, files: Vec<PersistedFile>) -> Result<(), ArrowError> {
+    /// When a newer version (a compaction that committed meanwhile) is in place already, it
+    /// holds these files too, so it stays.
+    pub fn commit_frozen(&self, table: Table, committed: CommittedFiles) -> Result<(), ArrowError> {
         let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
-        live.files = files.into();
+        live.replace_files(committed);
         if let Some(frozen) = live.frozen.take() {
             self.add_bytes(-(frozen.bytes as isize));
         }
@@ -373,6 +397,66 @@ mod tests {
         assert!(hot.bytes() > 0);
         assert_eq!(hot.bytes(), hot.stats(Table::Measurements).bytes);
         assert!(hot.snapshot(Table::Events).batches.is_empty());
+    }
+
+    #[test]
+    fn wal_records_are_released_only_once_every_table_has_persisted_them() {
+        let live = LiveTables::new();
+        live.append(Table::Measurements, measurement_batch(2), RecordId(1))
+            .unwrap();
+        live.append(Table::Measurements, measurement_batch(3), RecordId(2))
+            .unwrap();
+        assert_eq!(live.persisted_through(), RecordId(0));
+
+        let frozen = live.freeze(Table::Measurements).unwrap().unwrap();
+        assert_eq!((frozen.rows, frozen.through), (5, RecordId(2)));
+        live.append(Table::Measurements, measurement_batch(4), RecordId(3))
+            .unwrap();
+        // Frozen rows stay visible until their files are committed, and a second freeze waits.
+        let rows = |live: &LiveTables| -> usize {
+            live.snapshot(Table::Measurements)
+                .batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum()
+        };
+        assert_eq!(rows(&live), 9);
+        assert!(live.freeze(Table::Measurements).unwrap().is_none());
+
+        // A failed persist gives the rows back, in order, with what arrived meanwhile.
+        live.unfreeze(Table::Measurements).unwrap();
+        assert_eq!(rows(&live), 9);
+        let frozen = live.freeze(Table::Measurements).unwrap().unwrap();
+        assert_eq!((frozen.rows, frozen.through), (9, RecordId(3)));
+
+        live.commit_frozen(Table::Measurements, CommittedFiles::default())
+            .unwrap();
+        assert_eq!(rows(&live), 0);
+        assert_eq!(live.bytes(), 0);
+        assert_eq!(live.persisted_through(), RecordId(3));
+
+        // A file list from an older Delta version never replaces a newer one.
+        let version = |version, paths: &[&str]| CommittedFiles {
+            version,
+            files: paths
+                .iter()
+                .map(|path| crate::PersistedFile {
+                    path: (*path).to_owned(),
+                    date: String::new(),
+                    size: 1,
+                    rows: 1,
+                    min_time: 0,
+                    max_time: 0,
+                    entities: None,
+                    compacted: false,
+                })
+                .collect(),
+        };
+        live.set_files(Table::Measurements, version(5, &["compacted"]))
+            .unwrap();
+        live.set_files(Table::Measurements, version(4, &["a", "b"]))
+            .unwrap();
+        assert_eq!(live.files(Table::Measurements)[0].path, "compacted");
     }
 
     #[test]

@@ -17,7 +17,9 @@ use twinlake_model::Table;
 
 use crate::StoreError;
 use crate::entity_ids::EntityIds;
-use crate::file::{EncodedFile, ParquetSettings, PersistedFile, encode_day, sort_dedup_by_day};
+use crate::file::{
+    CommittedFiles, EncodedFile, ParquetSettings, PersistedFile, encode_day, sort_dedup_by_day,
+};
 use crate::lake::{self, Lake};
 use crate::live::{FrozenRows, LiveTables};
 
@@ -157,7 +159,7 @@ impl Persister {
             metrics
                 .lake_files
                 .get_or_create(&StoreMetrics::label(table))
-                .set(files.len() as i64);
+                .set(files.files.len() as i64);
             live.set_files(table, files)?;
             persisted.push((table, lake.persisted_through(table).await?));
         }
@@ -255,7 +257,7 @@ impl Persister {
                 self.metrics
                     .lake_files
                     .get_or_create(&StoreMetrics::label(table))
-                    .set(files.len() as i64);
+                    .set(files.files.len() as i64);
                 self.live.commit_frozen(table, files)?;
                 self.metrics
                     .persisted_rows
@@ -274,10 +276,7 @@ impl Persister {
         }
     }
 
-    async fn write_and_commit(
-        &self,
-        frozen: &FrozenRows,
-    ) -> Result<Vec<PersistedFile>, StoreError> {
+    async fn write_and_commit(&self, frozen: &FrozenRows) -> Result<CommittedFiles, StoreError> {
         let table = frozen.table;
         let batches = frozen.batches.clone();
         let groups = blocking(move || {
@@ -318,7 +317,7 @@ impl Persister {
         removed: Vec<PersistedFile>,
         through: Option<u64>,
         operation: deltalake::protocol::DeltaOperation,
-    ) -> Result<Vec<PersistedFile>, StoreError> {
+    ) -> Result<CommittedFiles, StoreError> {
         let lake_table = self.lake.table(table);
         let mut uploaded = Vec::new();
         let mut actions = Vec::new();
@@ -350,7 +349,7 @@ impl Persister {
         for path in &uploaded {
             self.lake.delete_uncommitted(path).await;
         }
-        outcome.map(|()| Vec::new())
+        outcome.map(|()| CommittedFiles::default())
     }
 
     /// Gives ids to the entities of the rows that have none and commits them; returns the

@@ -124,6 +124,14 @@ fn persisted_rows_match_what_was_published_across_restarts_and_other_readers() {
         EPOCH + 200
     ));
     assert_eq!(on_time, 500, "100 messages of 5 values in that time range");
+
+    // Killed without a chance to flush: replay must not add rows the lake already holds.
+    twinlake.kill();
+    twinlake.start_again();
+    assert_eq!(
+        seq_totals(&twinlake, "lake01"),
+        (count as i64, seq_sum(count))
+    );
     twinlake.stop();
 
     let table = dir.path().join("lake").join("measurements");
@@ -210,8 +218,10 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
         "1s",
         "--compact-interval-s",
         "1",
+        // Two candidates suffice: the last persist of the repeats may leave just one file
+        // beside the compacted one.
         "--compact-min-files",
-        "3",
+        "2",
     ];
     let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
     let count = 3_000;
