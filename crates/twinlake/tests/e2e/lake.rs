@@ -209,6 +209,45 @@ fn s3_lake_rides_out_a_store_outage_without_losing_rows() {
 }
 
 #[test]
+fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
+    let moto = Moto::start("twinlake");
+    let proxy = TcpProxy::start_ignoring_conditional_writes(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_twinlake"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--store-url",
+            "s3://twinlake/lake",
+            "--s3-allow-http",
+            "true",
+        ])
+        .args(["--s3-endpoint", &format!("http://127.0.0.1:{}", proxy.port)])
+        .args(["--s3-region", "us-east-1", "--s3-access-key-id", "test"])
+        .args(["--s3-secret-access-key", "testtesttest"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serve.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("twinlake started against a store without conditional writes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = serve.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("does not honour conditional writes"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let flags = [

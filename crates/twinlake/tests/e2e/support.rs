@@ -521,16 +521,29 @@ pub(crate) struct TcpProxy {
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
+    /// Requests have this header renamed on the way: the server never sees it.
+    hidden_header: Option<&'static [u8]>,
 }
 
 impl TcpProxy {
     pub(crate) fn start(target: u16) -> Self {
+        Self::start_hiding(target, None)
+    }
+
+    /// Forwards plain-HTTP requests without their `If-None-Match` header, like an S3-compatible
+    /// store that ignores conditional writes.
+    pub(crate) fn start_ignoring_conditional_writes(target: u16) -> Self {
+        Self::start_hiding(target, Some(b"if-none-match"))
+    }
+
+    fn start_hiding(target: u16, hidden_header: Option<&'static [u8]>) -> Self {
         let mut proxy = Self {
             port: free_port(),
             target,
             up: Default::default(),
             connections: Default::default(),
             acceptor: None,
+            hidden_header,
         };
         proxy.set_up(true);
         proxy
@@ -552,10 +565,11 @@ impl TcpProxy {
         }
         let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         self.up.store(true, Ordering::SeqCst);
-        let (flag, connections, target) = (
+        let (flag, connections, target, hidden) = (
             std::sync::Arc::clone(&self.up),
             std::sync::Arc::clone(&self.connections),
             self.target,
+            self.hidden_header,
         );
         self.acceptor = Some(std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -570,18 +584,47 @@ impl TcpProxy {
                 let mut open = connections.lock().unwrap();
                 open.push(client.try_clone().unwrap());
                 open.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (from, to, hide) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        hidden,
+                    ),
+                    (server, client, None),
                 ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
+                    std::thread::spawn(move || forward(from, to, hide));
                 }
             }
         }));
     }
+}
+
+/// Copies bytes until either side closes, renaming the header `hide` (same length, so that
+/// nothing else in the request moves).
+fn forward(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    hide: Option<&'static [u8]>,
+) {
+    use std::io::{Read, Write};
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(read) = from.read(&mut buffer) {
+        if read == 0 {
+            break;
+        }
+        let chunk = &mut buffer[..read];
+        if let Some(name) = hide {
+            for at in 0..chunk.len().saturating_sub(name.len()) {
+                if chunk[at..at + name.len()].eq_ignore_ascii_case(name) {
+                    chunk[at..at + 2].copy_from_slice(b"x-");
+                }
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 impl Drop for TcpProxy {
