@@ -137,7 +137,7 @@ pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
     let compaction = CompactionSettings {
         target_file_bytes: args.target_file_bytes,
         min_files: 2,
-        max_input_bytes: 4 * 1024 * 1024 * 1024,
+        max_input_rows: u64::MAX,
         retention_days: Vec::new(),
         ..CompactionSettings::default()
     };

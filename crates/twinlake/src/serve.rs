@@ -122,9 +122,10 @@ pub(crate) struct ServeOptions {
     /// Compaction merges small files toward this size, in MiB [default: 256].
     #[arg(long, env = "TWINLAKE_COMPACT_TARGET_MB")]
     pub(crate) compact_target_mb: Option<u64>,
-    /// Compaction merges at most this much Parquet at once, in MiB: bounds its memory [default: 128].
-    #[arg(long, env = "TWINLAKE_COMPACT_MAX_INPUT_MB")]
-    pub(crate) compact_max_input_mb: Option<u64>,
+    /// Compaction merges at most this many rows at once: bounds its memory (about 360 bytes
+    /// per row at the peak) [default: 4000000].
+    #[arg(long, env = "TWINLAKE_COMPACT_MAX_INPUT_ROWS")]
+    pub(crate) compact_max_input_rows: Option<u64>,
     /// A partition is compacted once it has this many small files [default: 4].
     #[arg(long, env = "TWINLAKE_COMPACT_MIN_FILES")]
     pub(crate) compact_min_files: Option<usize>,
@@ -189,7 +190,7 @@ impl ServeOptions {
             persist_max_bytes,
             persist_max_age,
             compact_target_mb,
-            compact_max_input_mb,
+            compact_max_input_rows,
             compact_min_files,
             compact_interval_s,
             vacuum_grace_s,
@@ -279,7 +280,10 @@ impl ServeOptions {
         Ok(CompactionSettings {
             target_file_bytes: mb(self.compact_target_mb, defaults.target_file_bytes),
             min_files: self.compact_min_files.unwrap_or(defaults.min_files),
-            max_input_bytes: mb(self.compact_max_input_mb, defaults.max_input_bytes),
+            max_input_rows: self
+                .compact_max_input_rows
+                .unwrap_or(defaults.max_input_rows)
+                .max(1),
             vacuum_grace: self
                 .vacuum_grace_s
                 .map_or(defaults.vacuum_grace, Duration::from_secs),

@@ -110,6 +110,7 @@ pub(crate) struct Fleet {
     root: String,
     trucks: Vec<Truck>,
     depots: usize,
+    trucks_per_depot: usize,
     services: Vec<String>,
     rng: StdRng,
     telemetry_qos: QoS,
@@ -158,6 +159,7 @@ impl Fleet {
         Self {
             root: args.topic_root.clone(),
             depots: args.devices.div_ceil(args.devices_per_depot.max(1)),
+            trucks_per_depot: args.devices_per_depot.max(1),
             trucks,
             services: args.services.clone(),
             rng,
@@ -165,8 +167,10 @@ impl Fleet {
         }
     }
 
+    /// Depots get consecutive trucks (truck0001–truck0005 in depot01, …), as fleets are
+    /// usually provisioned site by site.
     fn depot_of(&self, truck: usize) -> usize {
-        truck % self.depots.max(1) + 1
+        truck / self.trucks_per_depot + 1
     }
 
     fn retained(&self, topic: String, payload: serde_json::Value) -> Outgoing {
