@@ -237,14 +237,6 @@ impl Persister {
         Ok(())
     }
 
-    /// Persists every table that holds rows, whatever the thresholds (e.g. on demand).
-    pub async fn persist_all(&self) -> Result<(), StoreError> {
-        for table in Table::ALL {
-            self.persist_table(table).await?;
-        }
-        Ok(())
-    }
-
     /// Writes the table's active rows to the lake. Returns the rows persisted.
     pub async fn persist_table(&self, table: Table) -> Result<usize, StoreError> {
         let Some(frozen) = self.live.freeze(table)? else {
