@@ -14,8 +14,7 @@ use tokio::sync::watch;
 use twinlake_model::Table;
 
 use crate::StoreError;
-use crate::entity_ids::read_parquet;
-use crate::file::{CommittedFiles, PersistedFile, encode_day, sort_dedup_by_day};
+use crate::file::{CommittedFiles, PersistedFile, encode_day, read_parquet, sort_dedup_by_day};
 use crate::lake;
 use crate::persist::{Persister, StoreMetrics, blocking};
 

@@ -9,12 +9,10 @@ use arrow_array::types::Int64Type;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use deltalake::kernel::{Action, Add, DataType as DeltaType, StructField};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::StoreError;
+use crate::file::read_parquet;
 use crate::lake::{self, Lake};
 
 pub(crate) const TABLE_NAME: &str = "entity_ids";
@@ -146,17 +144,4 @@ impl FromIterator<(String, u32)> for EntityIds {
             ids: pairs.into_iter().collect(),
         }
     }
-}
-
-/// Reads a whole Parquet file of the lake (fetched in one request, decoded off the runtime).
-pub(crate) async fn read_parquet(
-    store: Arc<dyn ObjectStore>,
-    path: &str,
-) -> Result<Vec<RecordBatch>, StoreError> {
-    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
-    crate::persist::blocking(move || {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-        Ok(reader.collect::<Result<Vec<_>, _>>()?)
-    })
-    .await
 }

@@ -13,7 +13,10 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use base64::Engine as _;
 use bytes::Bytes;
 use deltalake::kernel::Add;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -375,27 +378,23 @@ fn delta_stats(table: Table, batch: &RecordBatch, min_time: i64, max_time: i64) 
     .to_string()
 }
 
+/// Reads a whole Parquet file of the lake (fetched in one request, decoded off the runtime).
+pub(crate) async fn read_parquet(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Vec<RecordBatch>, StoreError> {
+    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
+    crate::persist::blocking(move || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
-
-    fn measurements(rows: &[(&str, &str, i64)]) -> RecordBatch {
-        let mut builders = TableBuilders::new();
-        for (entity, payload, seconds) in rows {
-            let topic = format!("te/{entity}/m/env");
-            let Parsed::Data(message) = parse_message(
-                &TopicRoot::default(),
-                topic.as_bytes(),
-                payload.as_bytes(),
-                Timestamp::from_unix_nanos(seconds * 1_000_000_000),
-            ) else {
-                panic!("valid measurement");
-            };
-            builders.append(&message);
-        }
-        builders.finish().unwrap().remove(0).1
-    }
+    use crate::test_rows::measurements;
 
     #[test]
     fn rows_are_sorted_by_key_deduplicated_and_split_by_day() {

@@ -183,24 +183,30 @@ pub(crate) async fn commit(
             .map_err(|_| StoreError::Config("WAL record id beyond i64".to_owned()))?;
         properties = properties.with_application_transaction(Transaction::new(WAL_APP_ID, version));
     }
-    let state = delta.snapshot()?.clone();
     CommitBuilder::from(properties)
         .with_actions(actions)
-        .build(Some(&state), delta.log_store(), operation)
+        .build(Some(delta.snapshot()?), delta.log_store(), operation)
         .await?;
     delta.update_incremental(None).await?;
     files_of(delta, lake_table.name)
 }
 
-pub(crate) fn add_action(file: &PersistedFile, table_name: &str, stats: String) -> Action {
+/// A file's path in its table's log (relative to the table) and its partition values.
+fn log_entry(file: &PersistedFile, table_name: &str) -> (String, HashMap<String, Option<String>>) {
     let relative = file
         .path
         .strip_prefix(&format!("{table_name}/"))
         .unwrap_or(&file.path)
         .to_owned();
+    let partition = HashMap::from([(DATE_COLUMN.to_owned(), Some(file.date.clone()))]);
+    (relative, partition)
+}
+
+pub(crate) fn add_action(file: &PersistedFile, table_name: &str, stats: String) -> Action {
+    let (path, partition_values) = log_entry(file, table_name);
     Action::Add(Add {
-        path: relative,
-        partition_values: HashMap::from([(DATE_COLUMN.to_owned(), Some(file.date.clone()))]),
+        path,
+        partition_values,
         size: file.size as i64,
         modification_time: chrono::Utc::now().timestamp_millis(),
         data_change: true,
@@ -214,21 +220,14 @@ pub(crate) fn add_action(file: &PersistedFile, table_name: &str, stats: String) 
 }
 
 pub(crate) fn remove_action(file: &PersistedFile, table_name: &str, data_change: bool) -> Action {
-    let relative = file
-        .path
-        .strip_prefix(&format!("{table_name}/"))
-        .unwrap_or(&file.path)
-        .to_owned();
+    let (path, partition_values) = log_entry(file, table_name);
     Action::Remove(Remove {
-        path: relative,
+        path,
         data_change,
         deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
         extended_file_metadata: Some(true),
         size: Some(file.size as i64),
-        partition_values: Some(HashMap::from([(
-            DATE_COLUMN.to_owned(),
-            Some(file.date.clone()),
-        )])),
+        partition_values: Some(partition_values),
         deletion_vector: None,
         tags: None,
         base_row_id: None,

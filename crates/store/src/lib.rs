@@ -17,6 +17,8 @@ mod file;
 mod lake;
 mod live;
 mod persist;
+#[cfg(test)]
+mod test_rows;
 
 use std::path::PathBuf;
 

@@ -357,23 +357,10 @@ fn poisoned(table: Table) -> ArrowError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
 
+    /// `values` one-value measurements of the main device.
     fn measurement_batch(values: usize) -> RecordBatch {
-        let mut builders = TableBuilders::new();
-        let payload = format!("{{\"v\":{values}}}");
-        for _ in 0..values {
-            let Parsed::Data(message) = parse_message(
-                &TopicRoot::default(),
-                b"te/device/main///m/t",
-                payload.as_bytes(),
-                Timestamp::from_unix_nanos(0),
-            ) else {
-                panic!("valid measurement");
-            };
-            builders.append(&message);
-        }
-        builders.finish().unwrap().remove(0).1
+        crate::test_rows::measurements(&vec![("device/main//", r#"{"v":1}"#, 0); values])
     }
 
     #[test]
