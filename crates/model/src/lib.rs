@@ -24,6 +24,7 @@
 //! ```
 
 mod batch;
+mod hierarchy;
 mod json;
 mod message;
 mod payload;
@@ -33,6 +34,7 @@ mod time;
 mod topic;
 
 pub use batch::TableBuilders;
+pub use hierarchy::{Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion};
 pub use message::{Measurement, Message, MessageBody, NotStored, Parsed, parse_message};
 pub use payload::entity::{
     ChangeKind, EntityChange, EntityKind, Registration, auto_registrations, default_parent,

@@ -29,7 +29,8 @@ impl EntityKind {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// The kind a `@type` (or the `kind` column) names.
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "device" => Some(Self::Device),
             "child-device" => Some(Self::ChildDevice),
@@ -52,6 +53,16 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// The change the `change` column names.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "registered" => Some(Self::Registered),
+            "auto_registered" => Some(Self::AutoRegistered),
+            "deregistered" => Some(Self::Deregistered),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Registered => "registered",
