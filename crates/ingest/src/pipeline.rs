@@ -23,7 +23,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use twinlake_model::{
-    Parsed, Rejection, Table, TableBuilders, Timestamp, TopicRoot, parse_message,
+    EntityChangeRow, EntityHistory, Message, MessageBody, Parsed, Rejection, Table,
+    TableBuilders, Timestamp, TopicRoot, auto_registrations, parse_message,
 };
 use twinlake_store::LiveTables;
 use twinlake_wal::{PendingAppend, RecordId, Wal, WalError, WalStats};
@@ -110,6 +111,7 @@ pub async fn run_ingest(
     wal: Arc<Wal>,
     hot: Arc<LiveTables>,
     retained: RetainedState,
+    entities: EntityHistory,
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
@@ -147,7 +149,7 @@ pub async fn run_ingest(
         to_acker,
         (Arc::clone(&wal), Arc::clone(&hot)),
         config.clone(),
-        retained,
+        (retained, entities),
         metrics.clone(),
         shutdown,
     ));
@@ -268,7 +270,7 @@ async fn batch(
     to_acker: mpsc::UnboundedSender<Commit>,
     (wal, live): (Arc<Wal>, Arc<LiveTables>),
     config: IngestConfig,
-    mut retained: RetainedState,
+    (mut retained, mut entities): (RetainedState, EntityHistory),
     metrics: IngestMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
@@ -298,7 +300,13 @@ async fn batch(
         let Some(received) = next else {
             break;
         };
-        add(&mut group, received, &config, &mut retained, &metrics);
+        add(
+            &mut group,
+            received,
+            &config,
+            (&mut retained, &mut entities),
+            &metrics,
+        );
         // Commit as soon as nothing more is waiting: a broker that sends only a few unacknowledged
         // messages at a time (rumqttd: 100) waits for this commit before sending more, so
         // holding the group for the window would only add latency. Under a flood the queue never
@@ -317,7 +325,7 @@ fn add(
     group: &mut Group,
     received: Received,
     config: &IngestConfig,
-    retained: &mut RetainedState,
+    (retained, entities): (&mut RetainedState, &mut EntityHistory),
     metrics: &IngestMetrics,
 ) {
     metrics.messages.inc();
@@ -352,6 +360,9 @@ fn add(
                 retained.record(topic.clone(), publish.payload.clone());
                 group.retained_log.push(topic, publish.payload.clone());
             }
+            if !payload.is_empty() {
+                register(&mut group.builders, entities, &message, received.received_at);
+            }
             group.builders.append(&message);
         }
         Parsed::Rejected(rejection) => {
@@ -369,6 +380,32 @@ fn add(
         }
     }
     group.messages.push(received);
+}
+
+/// Keeps the hierarchy ingest knows current, and registers an unregistered default-scheme
+/// entity (and its device) when a non-empty message arrives from it, as thin-edge's agent
+/// does, stamped like registrations with the receive time.
+fn register(
+    builders: &mut TableBuilders,
+    entities: &mut EntityHistory,
+    message: &Message,
+    received_at: Timestamp,
+) {
+    if let MessageBody::EntityChange(change) = &message.body {
+        entities.apply(EntityChangeRow::new(&message.entity, change));
+        return;
+    }
+    if entities.is_known(message.entity.as_str()) {
+        return;
+    }
+    for (entity, change) in auto_registrations(&message.entity, received_at) {
+        if entities.is_known(entity.as_str()) {
+            continue;
+        }
+        tracing::debug!(%entity, "auto-registered");
+        entities.apply(EntityChangeRow::new(&entity, &change));
+        builders.append_entity_change(&entity, &change);
+    }
 }
 
 fn reject(group: &mut Group, rejection: &Rejection, metrics: &IngestMetrics) {

@@ -8,10 +8,43 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use twinlake_model::Table;
+use datafusion::logical_expr::ScalarUDF;
+use twinlake_model::{EntityHistory, Table};
 use twinlake_store::LiveTables;
 
+use crate::hierarchy::{
+    HierarchyCache, HierarchyFunction, HierarchyScalar, HierarchyTable, HierarchyTableFunction,
+    HierarchyUdf, Relation,
+};
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
+use crate::latest::LatestTable;
+use crate::views::VIEWS;
+
+/// The hierarchy's tables, table functions and scalar functions.
+fn register_hierarchy(
+    context: &SessionContext,
+    hierarchy: &Arc<HierarchyCache>,
+) -> Result<(), DataFusionError> {
+    let tables = [
+        ("entities", Relation::Entities { at: None }),
+        ("entity_history", Relation::EntityHistory),
+        ("entity_ancestors", Relation::Ancestors { at: None }),
+        ("entity_ancestors_history", Relation::AncestorsHistory),
+    ];
+    for (name, relation) in tables {
+        let table = HierarchyTable::new(relation, Arc::clone(hierarchy));
+        context.register_table(name, Arc::new(table))?;
+    }
+    for function in HierarchyFunction::ALL {
+        let implementation = HierarchyTableFunction::new(function, Arc::clone(hierarchy));
+        context.register_udtf(function.name(), Arc::new(implementation));
+    }
+    for function in [HierarchyScalar::EntityPath, HierarchyScalar::InSubtree] {
+        let udf = HierarchyUdf::new(function, Arc::clone(hierarchy));
+        context.register_udf(ScalarUDF::new_from_impl(udf));
+    }
+    Ok(())
+}
 
 /// What a single query may use.
 #[derive(Debug, Clone)]
@@ -71,6 +104,8 @@ impl From<DataFusionError> for QueryError {
 pub struct QueryEngine {
     context: SessionContext,
     limits: QueryLimits,
+    live: Arc<LiveTables>,
+    hierarchy: Arc<HierarchyCache>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -85,7 +120,7 @@ impl std::fmt::Debug for QueryEngine {
 impl QueryEngine {
     /// An engine over `live`, reading committed files through `lake_store` (the object store
     /// at the lake's root).
-    pub fn new(
+    pub async fn new(
         live: Arc<LiveTables>,
         lake_store: Arc<dyn object_store::ObjectStore>,
         limits: QueryLimits,
@@ -101,13 +136,58 @@ impl QueryEngine {
             .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
         runtime.register_object_store(&lake_url, lake_store);
         let context = SessionContext::new_with_config_rt(config, runtime);
+        let changes = Arc::new(LakeTableProvider::new(
+            Table::EntityChanges,
+            Arc::clone(&live),
+            None,
+        ));
+        let hierarchy = Arc::new(HierarchyCache::new(Arc::clone(&live), changes));
         for table in Table::ALL {
-            context.register_table(
-                table.name(),
-                Arc::new(LakeTableProvider::new(table, Arc::clone(&live))),
-            )?;
+            let provider =
+                LakeTableProvider::new(table, Arc::clone(&live), Some(Arc::clone(&hierarchy)));
+            context.register_table(table.name(), Arc::new(provider))?;
         }
-        Ok(Self { context, limits })
+        register_hierarchy(&context, &hierarchy)?;
+        context.register_table("latest", Arc::new(LatestTable::new(Arc::clone(&live))))?;
+        for (name, select) in VIEWS {
+            context
+                .sql(&format!("CREATE VIEW {name} AS {select}"))
+                .await
+                .map_err(|e| QueryError::Failed(format!("view {name}: {e}")))?;
+        }
+        Ok(Self {
+            context,
+            limits,
+            live,
+            hierarchy,
+        })
+    }
+
+    /// The hierarchy as `entity_changes` holds it now: what ingest starts from to know which
+    /// entities are registered.
+    pub async fn entity_history(&self) -> Result<EntityHistory, QueryError> {
+        let state = self.context.state();
+        Ok(self.hierarchy.load(&state).await?.history().clone())
+    }
+
+    /// Fills the `latest` cache from the persisted history (ingest keeps it current from
+    /// then on; a newer value already there wins). Reads every measurement once, so it runs
+    /// in the background at start. Returns how many series it read.
+    pub async fn load_latest_from_history(&self) -> Result<usize, QueryError> {
+        let newest = self
+            .run(
+                "SELECT arrow_cast(entity, 'Utf8') AS entity, arrow_cast(type, 'Utf8') AS type, \
+                        arrow_cast(series, 'Utf8') AS series, max(time) AS time, \
+                        last_value(value ORDER BY time) AS value \
+                 FROM measurements GROUP BY entity, type, series",
+            )
+            .await?;
+        let mut series = 0;
+        for batch in &newest.batches {
+            self.live.latest().update(batch);
+            series += batch.num_rows();
+        }
+        Ok(series)
     }
 
     pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
@@ -126,6 +206,8 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        // Scalar functions cannot wait for a fold of the hierarchy: bring it up to date first.
+        self.hierarchy.load(&self.context.state()).await?;
         let frame = self.context.sql_with_options(sql, read_only).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;

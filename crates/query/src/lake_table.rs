@@ -20,6 +20,8 @@ use datafusion::physical_plan::union::UnionExec;
 use twinlake_model::Table;
 use twinlake_store::{EntityIds, LiveTables, PersistedFile};
 
+use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE};
+
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
 
@@ -27,11 +29,21 @@ pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
 pub(crate) struct LakeTableProvider {
     table: Table,
     live: Arc<LiveTables>,
+    /// Resolves `in_subtree(entity, root)` filters to entities for pruning.
+    hierarchy: Option<Arc<HierarchyCache>>,
 }
 
 impl LakeTableProvider {
-    pub(crate) fn new(table: Table, live: Arc<LiveTables>) -> Self {
-        Self { table, live }
+    pub(crate) fn new(
+        table: Table,
+        live: Arc<LiveTables>,
+        hierarchy: Option<Arc<HierarchyCache>>,
+    ) -> Self {
+        Self {
+            table,
+            live,
+            hierarchy,
+        }
     }
 }
 
@@ -62,7 +74,13 @@ impl TableProvider for LakeTableProvider {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.live.snapshot(self.table);
         let partitions = state.config().target_partitions().max(1);
-        let pruning = FilePruning::from_filters(self.table, filters, &self.live.entity_ids());
+        let hierarchy = self.hierarchy.as_ref().map(|cache| cache.latest());
+        let pruning = FilePruning::from_filters(
+            self.table,
+            filters,
+            &self.live.entity_ids(),
+            hierarchy.as_deref(),
+        );
         let files: Vec<&PersistedFile> = snapshot
             .files
             .iter()
@@ -125,23 +143,29 @@ pub(crate) struct FilePruning {
 }
 
 impl FilePruning {
-    pub(crate) fn from_filters(table: Table, filters: &[Expr], ids: &EntityIds) -> Self {
+    pub(crate) fn from_filters(
+        table: Table,
+        filters: &[Expr],
+        ids: &EntityIds,
+        hierarchy: Option<&Hierarchy>,
+    ) -> Self {
         let mut pruning = Self::default();
+        let known = Known { ids, hierarchy };
         for filter in filters {
-            pruning.add(table, filter, ids);
+            pruning.add(table, filter, &known);
         }
         pruning
     }
 
-    fn add(&mut self, table: Table, filter: &Expr, ids: &EntityIds) {
+    fn add(&mut self, table: Table, filter: &Expr, known: &Known) {
         if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter
             && *op == Operator::And
         {
-            self.add(table, left, ids);
-            self.add(table, right, ids);
+            self.add(table, left, known);
+            self.add(table, right, known);
             return;
         }
-        if let Some(wanted) = entity_set(table, filter, ids) {
+        if let Some(wanted) = entity_set(table, filter, known) {
             self.entities = Some(match self.entities.take() {
                 Some(current) => current & wanted,
                 None => wanted,
@@ -215,10 +239,18 @@ fn column_name(expr: &Expr) -> Option<&str> {
     }
 }
 
-/// The ids of the entities a predicate allows, when it is `entity = '…'`, `entity IN (…)` or an
-/// OR of such; None when it says nothing about entities (or more than can be checked).
-fn entity_set(table: Table, expr: &Expr, ids: &EntityIds) -> Option<roaring::RoaringBitmap> {
+/// What resolves entity predicates to ids.
+struct Known<'a> {
+    ids: &'a EntityIds,
+    hierarchy: Option<&'a Hierarchy>,
+}
+
+/// The ids of the entities a predicate allows, when it is `entity = '…'`, `entity IN (…)`,
+/// `in_subtree(entity, '…'[, time])` or an OR of such; None when it says nothing about
+/// entities (or more than can be checked).
+fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::RoaringBitmap> {
     let entity_column = table.entity_column()?;
+    let ids = known.ids;
     let id_of = |value: &ScalarValue| -> Option<Option<u32>> {
         match value {
             ScalarValue::Utf8(Some(s))
@@ -230,7 +262,29 @@ fn entity_set(table: Table, expr: &Expr, ids: &EntityIds) -> Option<roaring::Roa
     let mut wanted = roaring::RoaringBitmap::new();
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Or => {
-            wanted = entity_set(table, left, ids)? | entity_set(table, right, ids)?;
+            wanted = entity_set(table, left, known)? | entity_set(table, right, known)?;
+        }
+        Expr::ScalarFunction(call) if call.name() == IN_SUBTREE => {
+            let [entity, root, rest @ ..] = call.args.as_slice() else {
+                return None;
+            };
+            let Expr::Literal(root, _) = root else {
+                return None;
+            };
+            if column_name(entity)? != entity_column {
+                return None;
+            }
+            let root_id = id_of(root)?;
+            let root = match root {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::Utf8View(Some(s))
+                | ScalarValue::LargeUtf8(Some(s)) => s.as_str(),
+                _ => return None,
+            };
+            // With a time, an entity counts if it was below the root at any time.
+            let subtree = known.hierarchy?.subtree(root);
+            wanted.extend(root_id);
+            wanted.extend(subtree.members(!rest.is_empty()).filter_map(|e| ids.id(e)));
         }
         Expr::InList(list) if !list.negated => {
             if column_name(&list.expr)? != entity_column {
@@ -294,7 +348,7 @@ mod tests {
     }
 
     fn pruning(filters: &[Expr]) -> FilePruning {
-        FilePruning::from_filters(Table::Measurements, filters, &ids())
+        FilePruning::from_filters(Table::Measurements, filters, &ids(), None)
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //! provider over its rows in memory and its committed Parquet files, with files pruned by
 //! time range and by the roaring bitmap of their entities before any is opened, the
 //! read-only SQL policy (no DDL, no DML, no `SET`), and the limits a query runs within (memory,
-//! time). The twin hierarchy views and functions come with the hierarchy issue.
+//! time), and the twin in SQL: the hierarchy through time folded from `entity_changes`
+//! (views, table functions, `entity_path`, `in_subtree`, whose subtree reaches file pruning),
+//! the twin, health and alarm views, and `latest` from the cache ingest keeps.
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
 
 mod engine;
+mod hierarchy;
 mod lake_table;
+mod latest;
+mod views;
 
 pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput};

@@ -15,6 +15,7 @@ mod compact;
 mod entity_ids;
 mod file;
 mod lake;
+mod latest;
 mod live;
 mod persist;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub use compact::{CompactionSettings, UpkeepReport, default_retention_days};
 pub use entity_ids::EntityIds;
 pub use file::{CommittedFiles, ParquetSettings, PersistedFile};
 pub use lake::{DATE_COLUMN, Lake, LakeConfig};
+pub use latest::{LatestRow, LatestValue, LatestValues};
 pub use live::{FrozenRows, HotTableStats, LiveTables, TableSnapshot};
 pub use persist::{PersistSettings, Persister, StoreMetrics};
 

@@ -12,6 +12,7 @@ use twinlake_model::Table;
 use twinlake_wal::RecordId;
 
 use crate::entity_ids::EntityIds;
+use crate::latest::LatestValues;
 use crate::{CommittedFiles, PersistedFile};
 
 /// Small batches (one per group commit) are merged once this many rows have gathered, so a
@@ -52,6 +53,9 @@ struct LiveTable {
     frozen: Option<HotRows>,
     /// Rows arriving now.
     active: HotRows,
+    /// Bumped whenever what a query reads of the table may have changed (rows appended,
+    /// another file list), so derived state (the hierarchy) knows when to be rebuilt.
+    changes: u64,
 }
 
 impl Default for LiveTable {
@@ -61,6 +65,7 @@ impl Default for LiveTable {
             version: -1,
             frozen: None,
             active: HotRows::default(),
+            changes: 0,
         }
     }
 }
@@ -70,6 +75,7 @@ impl LiveTable {
         if committed.version >= self.version {
             self.files = committed.files.into();
             self.version = committed.version;
+            self.changes += 1;
         }
     }
 }
@@ -112,6 +118,7 @@ pub struct LiveTables {
     /// may delete.
     persisted: watch::Sender<u64>,
     entity_ids: RwLock<Arc<EntityIds>>,
+    latest: LatestValues,
 }
 
 impl Default for LiveTables {
@@ -128,6 +135,7 @@ impl LiveTables {
             last_record: AtomicU64::new(0),
             persisted: watch::Sender::new(0),
             entity_ids: RwLock::default(),
+            latest: LatestValues::default(),
         }
     }
 
@@ -152,8 +160,12 @@ impl LiveTables {
                 "a batch for {table} does not have the table's schema"
             )));
         }
+        if table == Table::Measurements {
+            self.latest.update(&batch);
+        }
         let added = batch.get_array_memory_size();
         let mut live = self.table(table).write().map_err(|_| poisoned(table))?;
+        live.changes += 1;
         let hot = &mut live.active;
         hot.rows += batch.num_rows();
         hot.recent_rows += batch.num_rows();
@@ -289,6 +301,17 @@ impl LiveTables {
             Some(first) => RecordId(first.saturating_sub(1)),
             None => RecordId(self.last_record.load(Ordering::Relaxed)),
         }
+    }
+
+    /// A number that changes whenever what a query reads of `table` may have changed.
+    pub fn changes(&self, table: Table) -> u64 {
+        self.table(table).read().map_or(0, |live| live.changes)
+    }
+
+    /// The newest value of every measurement series: kept current by [`LiveTables::append`],
+    /// and seeded from the persisted history at start by whoever reads it.
+    pub fn latest(&self) -> &LatestValues {
+        &self.latest
     }
 
     /// The committed entity ids: every entity of every committed file has one.

@@ -130,6 +130,7 @@ pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
     let files_before = live.files(Table::Measurements).len();
 
     let engine = QueryEngine::new(Arc::clone(&live), lake.store(), QueryLimits::default())
+        .await
         .map_err(|e| e.to_string())?;
     let subtree = depot_subtree(&engine).await?;
     let before = time_queries(&engine, &subtree, args.repeats).await?;

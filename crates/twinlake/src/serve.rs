@@ -329,6 +329,20 @@ pub(crate) async fn compact(options: ServeOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Seeds the `latest` cache from the persisted history; until it is done, `latest` holds
+/// only series that reported since start.
+async fn load_latest(engine: Arc<QueryEngine>) {
+    let began = std::time::Instant::now();
+    match engine.load_latest_from_history().await {
+        Ok(series) => tracing::info!(
+            series,
+            seconds = began.elapsed().as_secs_f64(),
+            "latest values loaded from history"
+        ),
+        Err(error) => tracing::warn!(%error, "latest values not loaded from history: `latest` shows only new readings"),
+    }
+}
+
 pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let options = options.with_config_file()?;
     let data_dir = options.data_dir();
@@ -425,8 +439,15 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         memory_bytes: options.query_memory_mb.unwrap_or(1024) * MIB,
     };
     let engine = Arc::new(
-        QueryEngine::new(Arc::clone(&hot), lake.store(), limits).map_err(|e| e.to_string())?,
+        QueryEngine::new(Arc::clone(&hot), lake.store(), limits)
+            .await
+            .map_err(|e| e.to_string())?,
     );
+    let entities = engine
+        .entity_history()
+        .await
+        .map_err(|e| format!("reading the entity hierarchy: {e}"))?;
+    tokio::spawn(load_latest(Arc::clone(&engine)));
     let http_listen = options
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -444,6 +465,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         Arc::clone(&wal),
         hot,
         retained,
+        entities,
         metrics,
         stopped.clone(),
     ));

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::payload::entity::{ChangeKind, EntityKind};
+use crate::payload::entity::{ChangeKind, EntityChange, EntityKind};
 use crate::topic::{DefaultScheme, EntityTopicId};
 
 /// One row of `entity_changes`, as the fold reads it.
@@ -20,6 +20,25 @@ pub struct EntityChangeRow {
     pub change: ChangeKind,
     /// `None` for a deregistration.
     pub facts: Option<EntityFacts>,
+}
+
+impl EntityChangeRow {
+    /// The row a parsed registration, deregistration or auto-registration becomes.
+    pub fn new(entity: &EntityTopicId, change: &EntityChange) -> Self {
+        Self {
+            time: change.time.unix_nanos(),
+            entity: entity.as_str().to_owned(),
+            change: change.change,
+            facts: change.registration.as_ref().map(|r| EntityFacts {
+                kind: r.kind,
+                parent: r.parent.as_ref().map(|p| p.as_str().to_owned()),
+                external_id: r.external_id.clone(),
+                name: r.name.clone(),
+                entity_type: r.entity_type.clone(),
+                attributes: r.attributes.clone(),
+            }),
+        }
+    }
 }
 
 /// What one version of an entity says about it.

@@ -8,3 +8,4 @@ mod durability;
 mod lake;
 mod spec;
 mod support;
+mod twin;

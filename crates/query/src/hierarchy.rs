@@ -1,0 +1,666 @@
+//! The twin hierarchy in SQL: `entities`, `entity_history`, `entity_ancestors`,
+//! `entity_ancestors_history`, the table functions `entities_at`, `entity_ancestors_at`,
+//! `descendants` and `ancestors`, and the scalar functions `entity_path` and `in_subtree`.
+//!
+//! All of them read one [`Hierarchy`], folded from `entity_changes` and rebuilt only when that
+//! table changes, so a full-history join pays for the fold once.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder,
+    TimestampNanosecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, sort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use twinlake_model::{
+    Ancestry, ChangeKind, EntityChangeRow, EntityFacts, EntityHistory, EntityKind, EntityVersion,
+    Table, UTC,
+};
+use twinlake_store::LiveTables;
+
+/// The hierarchy as `entity_changes` says now, with the indexes the functions use.
+#[derive(Debug)]
+pub(crate) struct Hierarchy {
+    history: EntityHistory,
+    ancestry: Vec<Ancestry>,
+    /// Per root: every entity that was ever below it, with the stretches it was.
+    subtrees: Mutex<HashMap<String, Arc<Subtree>>>,
+}
+
+/// The entities below one root through time.
+#[derive(Debug, Default)]
+pub(crate) struct Subtree {
+    /// Descendant → the stretches of time it was below the root.
+    spans: HashMap<String, Vec<(i64, Option<i64>)>>,
+}
+
+impl Subtree {
+    /// Whether `entity` is below the root at `time` (None: now).
+    fn holds(&self, entity: &str, time: Option<i64>) -> bool {
+        self.spans.get(entity).is_some_and(|spans| {
+            spans.iter().any(|&(from, to)| match time {
+                None => to.is_none(),
+                Some(t) => from <= t && to.is_none_or(|to| t < to),
+            })
+        })
+    }
+
+    /// The entities below the root now (`ever`: at any time).
+    pub(crate) fn members(&self, ever: bool) -> impl Iterator<Item = &str> {
+        self.spans
+            .iter()
+            .filter(move |(_, spans)| ever || spans.iter().any(|(_, to)| to.is_none()))
+            .map(|(entity, _)| entity.as_str())
+    }
+}
+
+impl Hierarchy {
+    pub(crate) fn new(history: EntityHistory) -> Self {
+        let ancestry = history.ancestry();
+        Self {
+            history,
+            ancestry,
+            subtrees: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn history(&self) -> &EntityHistory {
+        &self.history
+    }
+
+    /// The entities ever below `root`, memoised per hierarchy.
+    pub(crate) fn subtree(&self, root: &str) -> Arc<Subtree> {
+        if let Ok(cached) = self.subtrees.lock()
+            && let Some(subtree) = cached.get(root)
+        {
+            return Arc::clone(subtree);
+        }
+        let mut subtree = Subtree::default();
+        for row in self.ancestry.iter().filter(|a| a.ancestor == root) {
+            subtree
+                .spans
+                .entry(row.descendant.clone())
+                .or_default()
+                .push((row.valid_from, row.valid_to));
+        }
+        let subtree = Arc::new(subtree);
+        if let Ok(mut cached) = self.subtrees.lock() {
+            cached.insert(root.to_owned(), Arc::clone(&subtree));
+        }
+        subtree
+    }
+}
+
+/// Folds `entity_changes` into a [`Hierarchy`] when the table has changed since the last fold.
+#[derive(Debug)]
+pub(crate) struct HierarchyCache {
+    live: Arc<LiveTables>,
+    changes: Arc<dyn TableProvider>,
+    /// The last fold and the `entity_changes` state it was built from.
+    latest: RwLock<(Option<u64>, Arc<Hierarchy>)>,
+    folding: tokio::sync::Mutex<()>,
+}
+
+impl HierarchyCache {
+    pub(crate) fn new(live: Arc<LiveTables>, changes: Arc<dyn TableProvider>) -> Self {
+        Self {
+            live,
+            changes,
+            latest: RwLock::new((None, Arc::new(Hierarchy::new(EntityHistory::new())))),
+            folding: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The hierarchy of the last [`HierarchyCache::load`]: what the scalar functions see, as
+    /// they cannot wait for a fold.
+    pub(crate) fn latest(&self) -> Arc<Hierarchy> {
+        self.latest
+            .read()
+            .map(|latest| Arc::clone(&latest.1))
+            .unwrap_or_else(|_| Arc::new(Hierarchy::new(EntityHistory::new())))
+    }
+
+    /// The hierarchy as `entity_changes` holds it now.
+    pub(crate) async fn load(&self, state: &dyn Session) -> Result<Arc<Hierarchy>> {
+        let _one_fold_at_a_time = self.folding.lock().await;
+        let changes = self.live.changes(Table::EntityChanges);
+        if let Ok(latest) = self.latest.read()
+            && latest.0 == Some(changes)
+        {
+            return Ok(Arc::clone(&latest.1));
+        }
+        let plan = self.changes.scan(state, None, &[], None).await?;
+        let batches = collect(plan, state.task_ctx()).await?;
+        let rows = change_rows(&batches)?;
+        let hierarchy = Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)));
+        if let Ok(mut latest) = self.latest.write() {
+            *latest = (Some(changes), Arc::clone(&hierarchy));
+        }
+        Ok(hierarchy)
+    }
+}
+
+/// The rows of `entity_changes` in time order (arrival order among equal times).
+fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let batch = sorted_by_time(batch)?;
+        let text = |name: &str| -> Result<StringArray> {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| DataFusionError::Internal(format!("entity_changes.{name}")))?;
+            Ok(cast(column, &DataType::Utf8)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .unwrap_or_else(|| StringArray::new_null(batch.num_rows())))
+        };
+        let time = time_column(&batch)?;
+        let (entity, change, kind, parent) =
+            (text("entity")?, text("change")?, text("kind")?, text("parent")?);
+        let (external_id, name, entity_type, attributes) = (
+            text("external_id")?,
+            text("name")?,
+            text("type")?,
+            text("attributes")?,
+        );
+        let value = |column: &StringArray, row: usize| {
+            column.is_valid(row).then(|| column.value(row).to_owned())
+        };
+        for row in 0..batch.num_rows() {
+            let Some(change) = ChangeKind::parse(change.value(row)) else {
+                continue;
+            };
+            let facts = kind
+                .is_valid(row)
+                .then(|| EntityKind::parse(kind.value(row)))
+                .flatten()
+                .map(|kind| EntityFacts {
+                    kind,
+                    parent: value(&parent, row),
+                    external_id: value(&external_id, row),
+                    name: value(&name, row),
+                    entity_type: value(&entity_type, row),
+                    attributes: value(&attributes, row),
+                });
+            rows.push(EntityChangeRow {
+                time: time.value(row),
+                entity: entity.value(row).to_owned(),
+                change,
+                facts,
+            });
+        }
+    }
+    rows.sort_by_key(|row| row.time);
+    Ok(rows)
+}
+
+fn sorted_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
+    let time = batch
+        .column_by_name("time")
+        .ok_or_else(|| DataFusionError::Internal("entity_changes.time".into()))?;
+    let order = sort_to_indices(time, None, None)?;
+    Ok(take_record_batch(batch, &order)?)
+}
+
+fn time_column(batch: &RecordBatch) -> Result<TimestampNanosecondArray> {
+    batch
+        .column_by_name("time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("entity_changes.time is not ns".into()))
+}
+
+/// One of the hierarchy's relations, as a table.
+#[derive(Debug, Clone)]
+pub(crate) enum Relation {
+    /// `entities`, or `entities_at(t)`.
+    Entities { at: Option<i64> },
+    /// `entity_history`.
+    EntityHistory,
+    /// `entity_ancestors`, or `entity_ancestors_at(t)`.
+    Ancestors { at: Option<i64> },
+    /// `entity_ancestors_history`.
+    AncestorsHistory,
+    /// `descendants(root[, t])`: (entity, depth) below `root`.
+    DescendantsOf { root: String, at: Option<i64> },
+    /// `ancestors(entity[, t])`: (entity, depth) above `entity`.
+    AncestorsOf { entity: String, at: Option<i64> },
+}
+
+fn time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into()))
+}
+
+fn entity_fields() -> Vec<Field> {
+    vec![
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("parent", DataType::Utf8, true),
+        Field::new("external_id", DataType::Utf8, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("type", DataType::Utf8, true),
+        Field::new("attributes", DataType::Utf8, true),
+        Field::new("registered_at", time_type(), true),
+        Field::new("updated_at", time_type(), true),
+    ]
+}
+
+fn validity_fields() -> [Field; 2] {
+    [
+        Field::new("valid_from", time_type(), false),
+        Field::new("valid_to", time_type(), true),
+    ]
+}
+
+fn ancestry_fields() -> Vec<Field> {
+    vec![
+        Field::new("ancestor", DataType::Utf8, false),
+        Field::new("descendant", DataType::Utf8, false),
+        Field::new("depth", DataType::UInt32, false),
+    ]
+}
+
+impl Relation {
+    fn schema(&self) -> SchemaRef {
+        let fields = match self {
+            Self::Entities { .. } => entity_fields(),
+            Self::EntityHistory => [entity_fields(), validity_fields().to_vec()].concat(),
+            Self::Ancestors { .. } => ancestry_fields(),
+            Self::AncestorsHistory => [ancestry_fields(), validity_fields().to_vec()].concat(),
+            Self::DescendantsOf { .. } | Self::AncestorsOf { .. } => vec![
+                Field::new("entity", DataType::Utf8, false),
+                Field::new("depth", DataType::UInt32, false),
+            ],
+        };
+        Arc::new(Schema::new(fields))
+    }
+
+    fn batch(&self, hierarchy: &Hierarchy) -> Result<RecordBatch> {
+        let history = hierarchy.history();
+        let covers = |from: i64, to: Option<i64>, at: Option<i64>| match at {
+            None => to.is_none(),
+            Some(t) => from <= t && to.is_none_or(|to| t < to),
+        };
+        let columns = match self {
+            Self::Entities { at } => {
+                let versions: Vec<_> = history
+                    .versions()
+                    .iter()
+                    .filter(|v| covers(v.valid_from, v.valid_to, *at))
+                    .collect();
+                entity_columns(&versions, false)
+            }
+            Self::EntityHistory => {
+                let versions: Vec<_> = history.versions().iter().collect();
+                entity_columns(&versions, true)
+            }
+            Self::Ancestors { at } => {
+                let rows: Vec<_> = hierarchy
+                    .ancestry
+                    .iter()
+                    .filter(|a| covers(a.valid_from, a.valid_to, *at))
+                    .collect();
+                ancestry_columns(&rows, false)
+            }
+            Self::AncestorsHistory => {
+                let rows: Vec<_> = hierarchy.ancestry.iter().collect();
+                ancestry_columns(&rows, true)
+            }
+            Self::DescendantsOf { root, at } => {
+                let rows = hierarchy
+                    .ancestry
+                    .iter()
+                    .filter(|a| a.ancestor == *root && covers(a.valid_from, a.valid_to, *at))
+                    .map(|a| (a.descendant.as_str(), a.depth));
+                entity_depth_columns(rows)
+            }
+            Self::AncestorsOf { entity, at } => {
+                let rows = hierarchy
+                    .ancestry
+                    .iter()
+                    .filter(|a| a.descendant == *entity && covers(a.valid_from, a.valid_to, *at))
+                    .map(|a| (a.ancestor.as_str(), a.depth));
+                entity_depth_columns(rows)
+            }
+        };
+        Ok(RecordBatch::try_new(self.schema(), columns)?)
+    }
+}
+
+fn text_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.collect::<StringArray>())
+}
+
+fn time_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(values.collect::<TimestampNanosecondArray>().with_timezone(UTC))
+}
+
+fn entity_columns(versions: &[&EntityVersion], validity: bool) -> Vec<ArrayRef> {
+    let mut columns = vec![
+        text_column(versions.iter().map(|v| Some(v.entity.as_str()))),
+        text_column(versions.iter().map(|v| Some(v.facts.kind.as_str()))),
+        text_column(versions.iter().map(|v| v.facts.parent.as_deref())),
+        text_column(versions.iter().map(|v| v.facts.external_id.as_deref())),
+        text_column(versions.iter().map(|v| v.facts.name.as_deref())),
+        text_column(versions.iter().map(|v| v.facts.entity_type.as_deref())),
+        text_column(versions.iter().map(|v| v.facts.attributes.as_deref())),
+        time_array(versions.iter().map(|v| v.registered_at)),
+        time_array(versions.iter().map(|v| v.updated_at)),
+    ];
+    if validity {
+        columns.push(time_array(versions.iter().map(|v| Some(v.valid_from))));
+        columns.push(time_array(versions.iter().map(|v| v.valid_to)));
+    }
+    columns
+}
+
+fn ancestry_columns(rows: &[&Ancestry], validity: bool) -> Vec<ArrayRef> {
+    let mut columns: Vec<ArrayRef> = vec![
+        text_column(rows.iter().map(|a| Some(a.ancestor.as_str()))),
+        text_column(rows.iter().map(|a| Some(a.descendant.as_str()))),
+        Arc::new(rows.iter().map(|a| a.depth).collect::<UInt32Array>()),
+    ];
+    if validity {
+        columns.push(time_array(rows.iter().map(|a| Some(a.valid_from))));
+        columns.push(time_array(rows.iter().map(|a| a.valid_to)));
+    }
+    columns
+}
+
+fn entity_depth_columns<'a>(rows: impl Iterator<Item = (&'a str, u32)>) -> Vec<ArrayRef> {
+    let (entities, depths): (Vec<&str>, Vec<u32>) = rows.unzip();
+    vec![
+        Arc::new(StringArray::from(entities)),
+        Arc::new(UInt32Array::from(depths)),
+    ]
+}
+
+/// A hierarchy relation as a table: computed from the current fold when scanned.
+#[derive(Debug)]
+pub(crate) struct HierarchyTable {
+    relation: Relation,
+    cache: Arc<HierarchyCache>,
+}
+
+impl HierarchyTable {
+    pub(crate) fn new(relation: Relation, cache: Arc<HierarchyCache>) -> Self {
+        Self { relation, cache }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for HierarchyTable {
+    fn schema(&self) -> SchemaRef {
+        self.relation.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let hierarchy = self.cache.load(state).await?;
+        let batch = self.relation.batch(&hierarchy)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// Which table function: its arguments decide the relation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HierarchyFunction {
+    EntitiesAt,
+    EntityAncestorsAt,
+    Descendants,
+    Ancestors,
+}
+
+impl HierarchyFunction {
+    pub(crate) const ALL: [Self; 4] = [
+        Self::EntitiesAt,
+        Self::EntityAncestorsAt,
+        Self::Descendants,
+        Self::Ancestors,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::EntitiesAt => "entities_at",
+            Self::EntityAncestorsAt => "entity_ancestors_at",
+            Self::Descendants => "descendants",
+            Self::Ancestors => "ancestors",
+        }
+    }
+}
+
+/// A table function of the hierarchy, e.g. `descendants('device/plant1//', TIMESTAMP '…')`.
+#[derive(Debug)]
+pub(crate) struct HierarchyTableFunction {
+    function: HierarchyFunction,
+    cache: Arc<HierarchyCache>,
+}
+
+impl HierarchyTableFunction {
+    pub(crate) fn new(function: HierarchyFunction, cache: Arc<HierarchyCache>) -> Self {
+        Self { function, cache }
+    }
+}
+
+impl TableFunctionImpl for HierarchyTableFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let name = self.function.name();
+        let exprs = args.exprs();
+        let relation = match (self.function, exprs) {
+            (HierarchyFunction::EntitiesAt, [at]) => Relation::Entities {
+                at: Some(timestamp_argument(name, at)?),
+            },
+            (HierarchyFunction::EntityAncestorsAt, [at]) => Relation::Ancestors {
+                at: Some(timestamp_argument(name, at)?),
+            },
+            (HierarchyFunction::Descendants, [root, rest @ ..]) if rest.len() <= 1 => {
+                Relation::DescendantsOf {
+                    root: entity_argument(name, root)?,
+                    at: rest.first().map(|at| timestamp_argument(name, at)).transpose()?,
+                }
+            }
+            (HierarchyFunction::Ancestors, [entity, rest @ ..]) if rest.len() <= 1 => {
+                Relation::AncestorsOf {
+                    entity: entity_argument(name, entity)?,
+                    at: rest.first().map(|at| timestamp_argument(name, at)).transpose()?,
+                }
+            }
+            (HierarchyFunction::EntitiesAt | HierarchyFunction::EntityAncestorsAt, _) => {
+                return plan_err!("{name}(time) takes one timestamp");
+            }
+            _ => return plan_err!("{name}(entity [, time]) takes an entity and a timestamp"),
+        };
+        Ok(Arc::new(HierarchyTable::new(
+            relation,
+            Arc::clone(&self.cache),
+        )))
+    }
+}
+
+fn literal(expr: &Expr) -> Option<&ScalarValue> {
+    match expr {
+        Expr::Literal(value, _) => Some(value),
+        _ => None,
+    }
+}
+
+fn entity_argument(function: &str, expr: &Expr) -> Result<String> {
+    match literal(expr).and_then(text_of) {
+        Some(text) => Ok(text.to_owned()),
+        None => plan_err!("{function}: the entity must be a text literal such as 'device/main//'"),
+    }
+}
+
+fn text_of(value: &ScalarValue) -> Option<&str> {
+    match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+fn timestamp_argument(function: &str, expr: &Expr) -> Result<i64> {
+    let nanos = literal(expr)
+        .and_then(|value| value.cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, None)).ok());
+    match nanos {
+        Some(ScalarValue::TimestampNanosecond(Some(ns), _)) => Ok(ns),
+        _ => plan_err!("{function}: the time must be a timestamp, e.g. TIMESTAMP '2026-11-20T08:00:00Z'"),
+    }
+}
+
+/// The scalar functions over the hierarchy of the running query.
+#[derive(Debug)]
+pub(crate) enum HierarchyScalar {
+    /// `entity_path(entity)`: `main/depot01/truck0001`.
+    EntityPath,
+    /// `in_subtree(entity, root [, time])`: whether `entity` is `root` or below it (at `time`).
+    InSubtree,
+}
+
+#[derive(Debug)]
+pub(crate) struct HierarchyUdf {
+    function: HierarchyScalar,
+    signature: Signature,
+    cache: Arc<HierarchyCache>,
+}
+
+impl PartialEq for HierarchyUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name() && Arc::ptr_eq(&self.cache, &other.cache)
+    }
+}
+
+impl Eq for HierarchyUdf {}
+
+impl Hash for HierarchyUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+/// The name of the subtree predicate, which file pruning recognises.
+pub(crate) const IN_SUBTREE: &str = "in_subtree";
+
+impl HierarchyUdf {
+    pub(crate) fn new(function: HierarchyScalar, cache: Arc<HierarchyCache>) -> Self {
+        let signature = match function {
+            HierarchyScalar::EntityPath => Signature::exact(vec![DataType::Utf8], Volatility::Stable),
+            HierarchyScalar::InSubtree => Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]),
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8, time_type()]),
+                ],
+                Volatility::Stable,
+            ),
+        };
+        Self {
+            function,
+            signature,
+            cache,
+        }
+    }
+}
+
+impl ScalarUDFImpl for HierarchyUdf {
+    fn name(&self) -> &str {
+        match self.function {
+            HierarchyScalar::EntityPath => "entity_path",
+            HierarchyScalar::InSubtree => IN_SUBTREE,
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.function {
+            HierarchyScalar::EntityPath => DataType::Utf8,
+            HierarchyScalar::InSubtree => DataType::Boolean,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let hierarchy = self.cache.latest();
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let entities = string_array(&arrays[0])?;
+        match self.function {
+            HierarchyScalar::EntityPath => {
+                let mut paths = StringBuilder::with_capacity(rows, rows * 32);
+                for entity in entities.iter() {
+                    paths.append_option(entity.and_then(|e| hierarchy.history().path(e)));
+                }
+                Ok(ColumnarValue::Array(Arc::new(paths.finish())))
+            }
+            HierarchyScalar::InSubtree => {
+                let ColumnarValue::Scalar(root) = &args.args[1] else {
+                    return exec_err!("in_subtree: the root must be a text literal");
+                };
+                let Some(root) = text_of(root) else {
+                    return exec_err!("in_subtree: the root must be a text literal");
+                };
+                let subtree = hierarchy.subtree(root);
+                let times = arrays
+                    .get(2)
+                    .map(|t| {
+                        t.as_any()
+                            .downcast_ref::<TimestampNanosecondArray>()
+                            .cloned()
+                            .ok_or_else(|| DataFusionError::Execution("in_subtree: time".into()))
+                    })
+                    .transpose()?;
+                let matches: BooleanArray = (0..rows)
+                    .map(|row| {
+                        if entities.is_null(row) {
+                            return None;
+                        }
+                        let entity = entities.value(row);
+                        let time = match &times {
+                            Some(times) if times.is_null(row) => return None,
+                            Some(times) => Some(times.value(row)),
+                            None => None,
+                        };
+                        Some(entity == root || subtree.holds(entity, time))
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(matches)))
+            }
+        }
+    }
+}
+
+fn string_array(array: &ArrayRef) -> Result<StringArray> {
+    cast(array, &DataType::Utf8)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Execution("expected text".into()))
+}

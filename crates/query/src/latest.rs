@@ -1,0 +1,81 @@
+//! The `latest` table: the newest value of every measurement series, from the cache ingest
+//! keeps current, so it answers without reading history.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use twinlake_model::UTC;
+use twinlake_store::LiveTables;
+
+#[derive(Debug)]
+pub(crate) struct LatestTable {
+    live: Arc<LiveTables>,
+}
+
+impl LatestTable {
+    pub(crate) fn new(live: Arc<LiveTables>) -> Self {
+        Self { live }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for LatestTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("entity", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("series", DataType::Utf8, false),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into())),
+                false,
+            ),
+            Field::new("value", DataType::Float64, false),
+        ]))
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.live.latest().rows();
+        let batch = RecordBatch::try_new(
+            self.schema(),
+            vec![
+                Arc::new(rows.iter().map(|r| Some(r.entity.as_str())).collect::<StringArray>()),
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.measurement_type.as_str()))
+                        .collect::<StringArray>(),
+                ),
+                Arc::new(rows.iter().map(|r| Some(r.series.as_str())).collect::<StringArray>()),
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.latest.time))
+                        .collect::<TimestampNanosecondArray>()
+                        .with_timezone(UTC),
+                ),
+                Arc::new(rows.iter().map(|r| Some(r.latest.value)).collect::<Float64Array>()),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}

@@ -1,0 +1,72 @@
+//! The twin state, health and alarm views: plain SQL over the tables, registered with every
+//! session so that users and the `queries/` examples share one definition.
+
+/// `(name, SELECT …)` of each view, in the order they must be created.
+pub(crate) const VIEWS: [(&str, &str); 4] = [
+    ("twin_history", TWIN_HISTORY),
+    ("twin", TWIN),
+    ("health_current", HEALTH_CURRENT),
+    ("alarms_active", ALARMS_ACTIVE),
+];
+
+/// One row per value a twin fragment had: a fragment set again to the same value is not a
+/// new version, a deletion ends the last one. As for entities, a fragment's first value is
+/// valid from the beginning of time, because twin messages carry no time of their own.
+const TWIN_HISTORY: &str = "
+WITH ordered AS (
+    SELECT entity, fragment, value, time,
+           LAG(value) OVER (PARTITION BY entity, fragment ORDER BY time) AS previous,
+           ROW_NUMBER() OVER (PARTITION BY entity, fragment ORDER BY time) AS n
+    FROM twin_changes
+), changed AS (
+    SELECT entity, fragment, value, time, n,
+           LEAD(time) OVER (PARTITION BY entity, fragment ORDER BY time) AS valid_to
+    FROM ordered
+    WHERE n = 1 OR value IS DISTINCT FROM previous
+)
+SELECT entity, fragment, value,
+       CASE WHEN n = 1 THEN arrow_cast(0, 'Timestamp(Nanosecond, Some(\"UTC\"))') ELSE time END AS valid_from,
+       valid_to,
+       time AS updated_at
+FROM changed
+WHERE value IS NOT NULL";
+
+/// The value every twin fragment has now.
+const TWIN: &str = "
+SELECT entity, fragment, value, updated_at
+FROM twin_history
+WHERE valid_to IS NULL";
+
+/// The newest health status of every entity that reports one.
+const HEALTH_CURRENT: &str = "
+SELECT entity, status, pid, time, attributes
+FROM (
+    SELECT entity, status, pid, time, attributes,
+           ROW_NUMBER() OVER (PARTITION BY entity ORDER BY time DESC) AS newest
+    FROM health
+)
+WHERE newest = 1 AND status IS NOT NULL";
+
+/// Alarms raised and not cleared since, one row per (entity, type), counted as Cumulocity
+/// counts them: a raise while the alarm is active is a repeat (count + 1) that updates it.
+const ALARMS_ACTIVE: &str = "
+WITH last_clear AS (
+    SELECT entity, type, max(time) AS cleared_at
+    FROM alarms
+    WHERE status = 'cleared'
+    GROUP BY entity, type
+), open_raises AS (
+    SELECT a.entity, a.type, a.severity, a.text, a.attributes, a.time
+    FROM alarms a
+    LEFT JOIN last_clear c ON a.entity = c.entity AND a.type = c.type
+    WHERE a.status = 'raised' AND (c.cleared_at IS NULL OR a.time > c.cleared_at)
+), ranked AS (
+    SELECT entity, type, severity, text, attributes, time,
+           ROW_NUMBER() OVER (PARTITION BY entity, type ORDER BY time DESC) AS newest,
+           MIN(time) OVER (PARTITION BY entity, type) AS first_raised,
+           COUNT(*) OVER (PARTITION BY entity, type) AS count
+    FROM open_raises
+)
+SELECT entity, type, severity, text, first_raised, time AS last_updated, count, attributes
+FROM ranked
+WHERE newest = 1";

@@ -1,0 +1,167 @@
+//! The last value of every measurement series, kept current as rows arrive, so that "what is
+//! it now" is a lookup and never a scan of history.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampNanosecondType};
+use arrow_array::{Array, RecordBatch};
+
+/// The newest reading of one series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatestValue {
+    /// ns since the Unix epoch.
+    pub time: i64,
+    pub value: f64,
+}
+
+/// One series and its newest reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestRow {
+    pub entity: String,
+    pub measurement_type: String,
+    pub series: String,
+    pub latest: LatestValue,
+}
+
+/// entity → type → series → newest reading. Nested so that a known series is found by `&str`
+/// lookups, allocating only for a series seen the first time.
+type SeriesTree = HashMap<String, HashMap<String, HashMap<String, LatestValue>>>;
+
+/// The newest value per (entity, type, series) of `measurements`, in memory.
+#[derive(Debug, Default)]
+pub struct LatestValues {
+    series: RwLock<SeriesTree>,
+}
+
+impl LatestValues {
+    /// Takes the rows of a `measurements` batch; a row older than what is held is ignored
+    /// (late data does not make a value "latest").
+    pub fn update(&self, batch: &RecordBatch) {
+        let (Some(time), Some(entity), Some(kind), Some(series), Some(value)) = (
+            batch.column_by_name("time"),
+            batch.column_by_name("entity"),
+            batch.column_by_name("type"),
+            batch.column_by_name("series"),
+            batch.column_by_name("value"),
+        ) else {
+            return;
+        };
+        let (Some(time), Some(entity), Some(kind), Some(series), Some(value)) = (
+            time.as_primitive_opt::<TimestampNanosecondType>(),
+            entity.as_string_opt::<i32>(),
+            kind.as_string_opt::<i32>(),
+            series.as_string_opt::<i32>(),
+            value.as_primitive_opt::<Float64Type>(),
+        ) else {
+            return;
+        };
+        let Ok(mut tree) = self.series.write() else {
+            return;
+        };
+        for row in 0..batch.num_rows() {
+            if value.is_null(row) {
+                continue;
+            }
+            let reading = LatestValue {
+                time: time.value(row),
+                value: value.value(row),
+            };
+            let Some(held) = entry(&mut tree, entity.value(row))
+                .and_then(|types| entry(types, kind.value(row)))
+                .and_then(|by_series| entry(by_series, series.value(row)))
+            else {
+                continue;
+            };
+            if held.time == i64::MIN || reading.time >= held.time {
+                *held = reading;
+            }
+        }
+    }
+
+    /// Every series with its newest reading, in no particular order.
+    pub fn rows(&self) -> Vec<LatestRow> {
+        let Ok(tree) = self.series.read() else {
+            return Vec::new();
+        };
+        let mut rows = Vec::new();
+        for (entity, types) in tree.iter() {
+            for (measurement_type, series) in types {
+                for (name, latest) in series {
+                    rows.push(LatestRow {
+                        entity: entity.clone(),
+                        measurement_type: measurement_type.clone(),
+                        series: name.clone(),
+                        latest: *latest,
+                    });
+                }
+            }
+        }
+        rows
+    }
+
+    /// The number of series held.
+    pub fn len(&self) -> usize {
+        self.series.read().map_or(0, |tree| {
+            tree.values()
+                .flat_map(HashMap::values)
+                .map(HashMap::len)
+                .sum()
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The value under `key`, inserted empty (a reading at `i64::MIN` for a leaf) when missing.
+fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> Option<&'a mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key)
+}
+
+impl Default for LatestValue {
+    fn default() -> Self {
+        Self {
+            time: i64::MIN,
+            value: f64::NAN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rows::measurements;
+
+    #[test]
+    fn keeps_the_newest_reading_per_series() {
+        let latest = LatestValues::default();
+        latest.update(&measurements(&[
+            ("device/a//", r#"{"t":2.0}"#, 20),
+            ("device/a//", r#"{"t":1.0}"#, 10),
+        ]));
+        latest.update(&measurements(&[
+            ("device/a//", r#"{"t":1.5}"#, 15),
+            ("device/b//", r#"{"t":9.0}"#, 5),
+        ]));
+        let mut rows: Vec<_> = latest
+            .rows()
+            .into_iter()
+            .map(|r| (r.entity, r.latest.time, r.latest.value))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            rows,
+            vec![
+                ("device/a//".to_owned(), 20_000_000_000, 2.0),
+                ("device/b//".to_owned(), 5_000_000_000, 9.0)
+            ]
+        );
+        assert_eq!(latest.len(), 2);
+    }
+}
