@@ -23,8 +23,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use twinlake_model::{
-    EntityChangeRow, EntityHistory, Message, MessageBody, Parsed, Rejection, Table,
-    TableBuilders, Timestamp, TopicRoot, auto_registrations, parse_message,
+    EntityChangeRow, EntityHistory, Message, MessageBody, Parsed, Rejection, Table, TableBuilders,
+    Timestamp, TopicRoot, auto_registrations, parse_message,
 };
 use twinlake_store::LiveTables;
 use twinlake_wal::{PendingAppend, RecordId, Wal, WalError, WalStats};
@@ -361,7 +361,12 @@ fn add(
                 group.retained_log.push(topic, publish.payload.clone());
             }
             if !payload.is_empty() {
-                register(&mut group.builders, entities, &message, received.received_at);
+                register(
+                    &mut group.builders,
+                    entities,
+                    &message,
+                    received.received_at,
+                );
             }
             group.builders.append(&message);
         }

@@ -7,8 +7,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use twinlake_model::{EntityHistory, Table};
 use twinlake_store::LiveTables;
 
@@ -135,7 +135,9 @@ impl QueryEngine {
         let lake_url = url::Url::parse(LAKE_STORE_URL)
             .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
         runtime.register_object_store(&lake_url, lake_store);
-        let context = SessionContext::new_with_config_rt(config, runtime);
+        let mut context = SessionContext::new_with_config_rt(config, runtime);
+        // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
+        datafusion_functions_json::register_all(&mut context)?;
         let changes = Arc::new(LakeTableProvider::new(
             Table::EntityChanges,
             Arc::clone(&live),

@@ -168,8 +168,12 @@ fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
                 .unwrap_or_else(|| StringArray::new_null(batch.num_rows())))
         };
         let time = time_column(&batch)?;
-        let (entity, change, kind, parent) =
-            (text("entity")?, text("change")?, text("kind")?, text("parent")?);
+        let (entity, change, kind, parent) = (
+            text("entity")?,
+            text("change")?,
+            text("kind")?,
+            text("parent")?,
+        );
         let (external_id, name, entity_type, attributes) = (
             text("external_id")?,
             text("name")?,
@@ -345,7 +349,11 @@ fn text_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
 }
 
 fn time_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(values.collect::<TimestampNanosecondArray>().with_timezone(UTC))
+    Arc::new(
+        values
+            .collect::<TimestampNanosecondArray>()
+            .with_timezone(UTC),
+    )
 }
 
 fn entity_columns(versions: &[&EntityVersion], validity: bool) -> Vec<ArrayRef> {
@@ -482,13 +490,19 @@ impl TableFunctionImpl for HierarchyTableFunction {
             (HierarchyFunction::Descendants, [root, rest @ ..]) if rest.len() <= 1 => {
                 Relation::DescendantsOf {
                     root: entity_argument(name, root)?,
-                    at: rest.first().map(|at| timestamp_argument(name, at)).transpose()?,
+                    at: rest
+                        .first()
+                        .map(|at| timestamp_argument(name, at))
+                        .transpose()?,
                 }
             }
             (HierarchyFunction::Ancestors, [entity, rest @ ..]) if rest.len() <= 1 => {
                 Relation::AncestorsOf {
                     entity: entity_argument(name, entity)?,
-                    at: rest.first().map(|at| timestamp_argument(name, at)).transpose()?,
+                    at: rest
+                        .first()
+                        .map(|at| timestamp_argument(name, at))
+                        .transpose()?,
                 }
             }
             (HierarchyFunction::EntitiesAt | HierarchyFunction::EntityAncestorsAt, _) => {
@@ -519,19 +533,24 @@ fn entity_argument(function: &str, expr: &Expr) -> Result<String> {
 
 fn text_of(value: &ScalarValue) -> Option<&str> {
     match value {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-            Some(s)
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s),
         _ => None,
     }
 }
 
 fn timestamp_argument(function: &str, expr: &Expr) -> Result<i64> {
-    let nanos = literal(expr)
-        .and_then(|value| value.cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, None)).ok());
+    let nanos = literal(expr).and_then(|value| {
+        value
+            .cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, None))
+            .ok()
+    });
     match nanos {
         Some(ScalarValue::TimestampNanosecond(Some(ns), _)) => Ok(ns),
-        _ => plan_err!("{function}: the time must be a timestamp, e.g. TIMESTAMP '2026-11-20T08:00:00Z'"),
+        _ => plan_err!(
+            "{function}: the time must be a timestamp, e.g. TIMESTAMP '2026-11-20T08:00:00Z'"
+        ),
     }
 }
 
@@ -571,7 +590,9 @@ pub(crate) const IN_SUBTREE: &str = "in_subtree";
 impl HierarchyUdf {
     pub(crate) fn new(function: HierarchyScalar, cache: Arc<HierarchyCache>) -> Self {
         let signature = match function {
-            HierarchyScalar::EntityPath => Signature::exact(vec![DataType::Utf8], Volatility::Stable),
+            HierarchyScalar::EntityPath => {
+                Signature::exact(vec![DataType::Utf8], Volatility::Stable)
+            }
             HierarchyScalar::InSubtree => Signature::one_of(
                 vec![
                     TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]),

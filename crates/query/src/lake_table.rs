@@ -373,6 +373,53 @@ mod tests {
     }
 
     #[test]
+    fn a_subtree_predicate_becomes_the_bitmap_of_its_entities() {
+        use datafusion::logical_expr::ScalarUDF;
+        use twinlake_model::{ChangeKind, EntityChangeRow, EntityFacts, EntityHistory, EntityKind};
+
+        use crate::hierarchy::{HierarchyScalar, HierarchyUdf};
+
+        let child = |time, entity: &str, parent: &str| EntityChangeRow {
+            time,
+            entity: entity.to_owned(),
+            change: ChangeKind::Registered,
+            facts: Some(EntityFacts {
+                kind: EntityKind::ChildDevice,
+                parent: Some(parent.to_owned()),
+                external_id: None,
+                name: None,
+                entity_type: None,
+                attributes: None,
+            }),
+        };
+        // b is below a until it moves to the main device at 50; c is never below a.
+        let hierarchy = Hierarchy::new(EntityHistory::from_changes([
+            child(1, "device/a//", "device/main//"),
+            child(2, "device/b//", "device/a//"),
+            child(3, "device/c//", "device/main//"),
+            child(50, "device/b//", "device/main//"),
+        ]));
+        let live = Arc::new(LiveTables::new());
+        let changes = LakeTableProvider::new(Table::EntityChanges, Arc::clone(&live), None);
+        let cache = Arc::new(HierarchyCache::new(live, Arc::new(changes)));
+        let in_subtree =
+            ScalarUDF::new_from_impl(HierarchyUdf::new(HierarchyScalar::InSubtree, cache));
+        let prune = |args: Vec<Expr>| {
+            FilePruning::from_filters(
+                Table::Measurements,
+                &[in_subtree.call(args)],
+                &ids(),
+                Some(&hierarchy),
+            )
+        };
+        let (a, b, c) = (file(&[0], 0, 10), file(&[1], 0, 10), file(&[2], 0, 10));
+        let now = prune(vec![col("entity"), lit("device/a//")]);
+        assert!(now.may_match(&a) && !now.may_match(&b) && !now.may_match(&c));
+        let as_of = prune(vec![col("entity"), lit("device/a//"), col("time")]);
+        assert!(as_of.may_match(&a) && as_of.may_match(&b) && !as_of.may_match(&c));
+    }
+
+    #[test]
     fn time_predicates_skip_files_outside_the_range() {
         let early = file(&[0], 0, 99);
         let late = file(&[0], 100, 199);

@@ -56,20 +56,32 @@ impl TableProvider for LatestTable {
         let batch = RecordBatch::try_new(
             self.schema(),
             vec![
-                Arc::new(rows.iter().map(|r| Some(r.entity.as_str())).collect::<StringArray>()),
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.entity.as_str()))
+                        .collect::<StringArray>(),
+                ),
                 Arc::new(
                     rows.iter()
                         .map(|r| Some(r.measurement_type.as_str()))
                         .collect::<StringArray>(),
                 ),
-                Arc::new(rows.iter().map(|r| Some(r.series.as_str())).collect::<StringArray>()),
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.series.as_str()))
+                        .collect::<StringArray>(),
+                ),
                 Arc::new(
                     rows.iter()
                         .map(|r| Some(r.latest.time))
                         .collect::<TimestampNanosecondArray>()
                         .with_timezone(UTC),
                 ),
-                Arc::new(rows.iter().map(|r| Some(r.latest.value)).collect::<Float64Array>()),
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.latest.value))
+                        .collect::<Float64Array>(),
+                ),
             ],
         )?;
         Ok(MemorySourceConfig::try_new_exec(

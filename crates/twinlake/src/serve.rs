@@ -339,7 +339,9 @@ async fn load_latest(engine: Arc<QueryEngine>) {
             seconds = began.elapsed().as_secs_f64(),
             "latest values loaded from history"
         ),
-        Err(error) => tracing::warn!(%error, "latest values not loaded from history: `latest` shows only new readings"),
+        Err(error) => {
+            tracing::warn!(%error, "latest values not loaded from history: `latest` shows only new readings")
+        }
     }
 }
 

@@ -91,7 +91,9 @@ struct Truck {
     lon: f64,
     engine_temperature: f64,
     fuel: f64,
+    /// Share of the capacity in use.
     load: f64,
+    capacity: f64,
     firmware_patch: u32,
     overheating: bool,
     low_fuel: bool,
@@ -130,6 +132,7 @@ impl Fleet {
         let trucks = (0..args.devices)
             .map(|t| {
                 let id = format!("truck{:04}", t + 1);
+                let capacity = MODELS[t % MODELS.len()].1;
                 let sensors = (0..args.children_per_device)
                     .map(|s| Sensor {
                         id: format!("{id}-sensor{}", s + 1),
@@ -148,7 +151,8 @@ impl Fleet {
                     engine_temperature: rng.random_range(80.0..92.0),
                     fuel: rng.random_range(20.0..100.0),
                     load: rng.random_range(0.0..1.0),
-                    firmware_patch: 1,
+                    capacity,
+                    firmware_patch: rng.random_range(1..=3),
                     overheating: false,
                     low_fuel: false,
                     stopped_rounds: 0,
@@ -221,7 +225,7 @@ impl Fleet {
                     "engine.rpm": {"unit": "rpm"}, "engine.temperature": {"unit": "°C", "max": 120},
                     "engine.oil_pressure": {"unit": "bar"}, "fuel.level": {"unit": "%"}, "fuel.rate": {"unit": "l/h"},
                     "gps.lat": {"unit": "°"}, "gps.lon": {"unit": "°"}, "gps.alt": {"unit": "m"},
-                    "gps.speed": {"unit": "km/h"}, "load": {"unit": "ratio", "min": 0, "max": 1}
+                    "gps.speed": {"unit": "km/h"}, "load": {"unit": "kg", "min": 0, "max": capacity}
                 }),
             ));
             for sensor in &truck.sensors {
@@ -277,7 +281,12 @@ impl Fleet {
                 ));
             }
         } else if rng.random_bool(0.02) {
-            truck.stopped_rounds = rng.random_range(3..12);
+            // Mostly short stops; one in ten is a long rest.
+            truck.stopped_rounds = if rng.random_bool(0.1) {
+                rng.random_range(20..90)
+            } else {
+                rng.random_range(3..12)
+            };
             truck.speed = 0.0;
             truck.load = rng.random_range(0.0..1.0);
             events.push((
@@ -323,7 +332,7 @@ impl Fleet {
                 "engine": {"rpm": round(rpm, 0), "temperature": round(truck.engine_temperature, 1), "oil_pressure": round(2.0 + rpm / 2500.0, 2)},
                 "fuel": {"level": round(truck.fuel, 2), "rate": round(rate, 1)},
                 "gps": {"lat": round(truck.lat, 6), "lon": round(truck.lon, 6), "alt": round(500.0 + truck.lat.fract() * 100.0, 1), "speed": round(truck.speed, 1)},
-                "load": round(truck.load, 3)
+                "load": round(truck.load * truck.capacity, 0)
             })
             .to_string(),
             retain: false,
@@ -422,7 +431,9 @@ impl Fleet {
         for (service_index, down) in health {
             let service = &self.services[service_index];
             let status = if down {
-                json!({"status": "down"})
+                // thin-edge's own "down" has no time; with one, a simulated history keeps its
+                // order when it is ingested faster than it happened.
+                json!({"status": "down", "time": time})
             } else {
                 json!({"status": "up", "pid": 1000 + service_index, "time": time})
             };

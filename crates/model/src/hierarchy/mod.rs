@@ -259,7 +259,8 @@ impl EntityHistory {
             return;
         }
         for parent_version in by_entity.get(parent).into_iter().flatten() {
-            let Some(overlap) = intersect(span, (parent_version.valid_from, parent_version.valid_to))
+            let Some(overlap) =
+                intersect(span, (parent_version.valid_from, parent_version.valid_to))
             else {
                 continue;
             };
@@ -270,7 +271,14 @@ impl EntityHistory {
                 valid_from: overlap.0,
                 valid_to: overlap.1,
             });
-            self.collect_ancestors(by_entity, descendant, parent_version, overlap, depth + 1, rows);
+            self.collect_ancestors(
+                by_entity,
+                descendant,
+                parent_version,
+                overlap,
+                depth + 1,
+                rows,
+            );
         }
     }
 
@@ -338,7 +346,8 @@ impl EntityHistory {
                 let Some(pending) = self.pending.remove(&entity) else {
                     continue;
                 };
-                if pending.change == ChangeKind::AutoRegistered && self.current.contains_key(&entity)
+                if pending.change == ChangeKind::AutoRegistered
+                    && self.current.contains_key(&entity)
                 {
                     continue;
                 }

@@ -92,7 +92,10 @@ fn a_move_closes_one_version_and_opens_another() {
         ancestors_at(&history, "device/robot//", 50),
         vec![("device/line2//".to_owned(), 1), (MAIN.to_owned(), 2)]
     );
-    assert_eq!(history.path("device/robot//").as_deref(), Some("main/line2/robot"));
+    assert_eq!(
+        history.path("device/robot//").as_deref(),
+        Some("main/line2/robot")
+    );
 }
 
 #[test]
@@ -134,7 +137,10 @@ fn deregistration_removes_the_subtree_and_a_later_registration_starts_fresh() {
         .map(|v| v.entity.as_str())
         .collect();
     assert_eq!(ended, ["device/a//", "device/b//", "device/b/service/s"]);
-    let back = history.versions().last().map(|v| (v.valid_from, v.registered_at));
+    let back = history
+        .versions()
+        .last()
+        .map(|v| (v.valid_from, v.registered_at));
     assert_eq!(back, Some((40, Some(40))));
     assert!(ancestors_at(&history, "device/b/service/s", 35).is_empty());
 }
@@ -154,7 +160,10 @@ fn a_child_waits_for_its_parent() {
             (MAIN.to_owned(), 3)
         ]
     );
-    let probe = history.versions().iter().find(|v| v.entity == "device/probe//");
+    let probe = history
+        .versions()
+        .iter()
+        .find(|v| v.entity == "device/probe//");
     assert_eq!(probe.map(|v| v.registered_at), Some(Some(12)));
 }
 

@@ -6,6 +6,7 @@
 
 mod durability;
 mod lake;
+mod queries;
 mod spec;
 mod support;
 mod twin;

@@ -341,9 +341,15 @@ impl Twinlake {
 
     /// Runs SQL and returns the rows as JSON objects; panics with the server's error.
     pub(crate) fn query(&self, sql: &str) -> Vec<Value> {
-        let (status, body) = reqwest::blocking_post(&format!("{}/api/v1/query", self.http), sql);
+        let (status, body) = self.query_as(sql, "json");
         assert_eq!(status, 200, "{sql}: {body}");
         serde_json::from_str::<Vec<Value>>(&body).unwrap_or_else(|e| panic!("{sql}: {e}: {body}"))
+    }
+
+    /// Runs SQL with the result in `format`; returns the HTTP status and the body.
+    pub(crate) fn query_as(&self, sql: &str, format: &str) -> (u16, String) {
+        let request = serde_json::json!({ "sql": sql, "format": format });
+        reqwest::blocking_post(&format!("{}/api/v1/query", self.http), &request)
     }
 
     pub(crate) fn count(&self, sql: &str) -> i64 {
@@ -383,7 +389,7 @@ mod reqwest {
         runtime.block_on(async { ::reqwest::get(url).await.ok()?.text().await.ok() })
     }
 
-    pub(crate) fn blocking_post(url: &str, sql: &str) -> (u16, String) {
+    pub(crate) fn blocking_post(url: &str, request: &serde_json::Value) -> (u16, String) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -391,7 +397,7 @@ mod reqwest {
         runtime.block_on(async {
             let response = ::reqwest::Client::new()
                 .post(url)
-                .json(&serde_json::json!({ "sql": sql }))
+                .json(request)
                 .send()
                 .await
                 .unwrap();

@@ -253,9 +253,7 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
         1
     );
     assert_eq!(
-        twinlake.count(
-            "SELECT count(*) FROM entity_ancestors WHERE ancestor = 'device/main//'"
-        ),
+        twinlake.count("SELECT count(*) FROM entity_ancestors WHERE ancestor = 'device/main//'"),
         5
     );
     assert_eq!(
@@ -268,7 +266,10 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
     let path = twinlake.query(
         "SELECT entity_path('factory/plant/cell/robot1') AS p, entity_path('device/auto02/service/app') AS q",
     );
-    assert_eq!(path, vec![json!({"p": "main/line1/robot1", "q": "main/auto02/app"})]);
+    assert_eq!(
+        path,
+        vec![json!({"p": "main/line1/robot1", "q": "main/auto02/app"})]
+    );
 
     // Telemetry against the hierarchy as it was: the sensor's first reading counts for line 1,
     // its second for line 2, by the documented join and by in_subtree with the row's time.
@@ -305,7 +306,8 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
     // Now main's subtree holds auto01 and auto02's service, not the unregistered robot2 nor
     // the deregistered sensor.
     assert_eq!(
-        twinlake.count("SELECT count(*) FROM measurements WHERE in_subtree(entity, 'device/main//')"),
+        twinlake
+            .count("SELECT count(*) FROM measurements WHERE in_subtree(entity, 'device/main//')"),
         twinlake.count(
             "SELECT count(*) FROM measurements \
              WHERE entity IN ('device/auto01//', 'device/auto02/service/app')"
@@ -337,12 +339,16 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
             "SELECT entity, type, severity, text, count, first_raised < last_updated AS repeated \
              FROM alarms_active"
         ),
-        vec![json!({"entity": "device/line1//", "type": "overheat", "severity": "critical", "text": "hotter", "count": 2, "repeated": true})]
+        vec![
+            json!({"entity": "device/line1//", "type": "overheat", "severity": "critical", "text": "hotter", "count": 2, "repeated": true})
+        ]
     );
-    let latest = twinlake.query(
-        "SELECT series, value FROM latest WHERE entity = 'device/sensor01//'",
+    let latest =
+        twinlake.query("SELECT series, value FROM latest WHERE entity = 'device/sensor01//'");
+    assert_eq!(
+        latest,
+        vec![json!({"series": "temperature", "value": 22.5})]
     );
-    assert_eq!(latest, vec![json!({"series": "temperature", "value": 22.5})]);
 }
 
 #[test]

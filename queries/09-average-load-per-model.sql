@@ -1,0 +1,15 @@
+-- How loaded do the trucks of each depot and model run, against their capacity? (TSBS IoT
+-- "avg-load") Load readings in kg, capacity from the twin fragment `capacity`.
+SELECT d.name AS depot,
+       json_get_str(m.value) AS model,
+       json_get_float(c.value, 'kg') AS capacity_kg,
+       round(avg(l.value), 0) AS avg_load_kg,
+       round(avg(l.value) / json_get_float(c.value, 'kg'), 3) AS avg_load_share
+FROM measurements l
+JOIN entities e ON e.entity = l.entity
+JOIN entities d ON d.entity = e.parent
+JOIN twin m ON m.entity = e.entity AND m.fragment = 'model'
+JOIN twin c ON c.entity = e.entity AND c.fragment = 'capacity'
+WHERE l.type = 'telemetry' AND l.series = 'load'
+GROUP BY d.name, model, capacity_kg
+ORDER BY depot, model;
