@@ -132,15 +132,22 @@ impl HierarchyCache {
             .unwrap_or_else(|_| Arc::new(Hierarchy::new(EntityHistory::new())))
     }
 
+    /// The last fold, if `entity_changes` has not changed since.
+    fn current(&self) -> Option<Arc<Hierarchy>> {
+        let latest = self.latest.read().ok()?;
+        (latest.0 == Some(self.live.changes(Table::EntityChanges))).then(|| Arc::clone(&latest.1))
+    }
+
     /// The hierarchy as `entity_changes` holds it now.
     pub(crate) async fn load(&self, state: &dyn Session) -> Result<Arc<Hierarchy>> {
-        let _one_fold_at_a_time = self.folding.lock().await;
-        let changes = self.live.changes(Table::EntityChanges);
-        if let Ok(latest) = self.latest.read()
-            && latest.0 == Some(changes)
-        {
-            return Ok(Arc::clone(&latest.1));
+        if let Some(current) = self.current() {
+            return Ok(current);
         }
+        let _one_fold_at_a_time = self.folding.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let changes = self.live.changes(Table::EntityChanges);
         let plan = self.changes.scan(state, None, &[], None).await?;
         let batches = collect(plan, state.task_ctx()).await?;
         let rows = change_rows(&batches)?;

@@ -25,6 +25,8 @@ pub(crate) enum BenchCommand {
     Ingest(IngestBenchArgs),
     /// Persistence, compaction, bytes per value and subtree pruning on simulated fleet data.
     Lake(crate::bench_lake::LakeBenchArgs),
+    /// `latest` lookups, the full-history hierarchy join and every `queries/*.sql` example.
+    Queries(crate::bench_queries::QueriesBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +59,7 @@ pub(crate) async fn bench(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Lake(args) => crate::bench_lake::lake(args).await,
+        BenchCommand::Queries(args) => crate::bench_queries::queries(args).await,
     }
 }
 
@@ -444,7 +447,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }

@@ -52,12 +52,27 @@ struct FleetArgs {
     simulate: SimulateArgs,
 }
 
-pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
-    let temporary = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| temporary.path().to_owned());
+/// A lake filled with a simulated fleet, as `twinlake simulate --seed 1` would publish it,
+/// parsed by the ingest parser and persisted every `rounds_per_persist` rounds.
+pub(crate) struct FleetLake {
+    pub(crate) lake: Arc<Lake>,
+    pub(crate) live: Arc<LiveTables>,
+    pub(crate) persister: Persister,
+    pub(crate) messages: u64,
+    pub(crate) persisted_rows: usize,
+    pub(crate) persist_time: Duration,
+}
+
+/// The shape of the simulated data: `rounds` rounds of every truck, `step` apart from `start`.
+pub(crate) struct FleetShape<'a> {
+    pub(crate) devices: usize,
+    pub(crate) rounds: u64,
+    pub(crate) step: Duration,
+    pub(crate) start: &'a str,
+    pub(crate) rounds_per_persist: u64,
+}
+
+pub(crate) async fn fleet_lake(dir: &std::path::Path, shape: &FleetShape<'_>) -> Result<FleetLake, String> {
     let lake = Arc::new(
         Lake::open(LakeConfig::local(&dir.join("lake")).map_err(|e| e.to_string())?)
             .await
@@ -83,47 +98,83 @@ pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
     let fleet_args = FleetArgs::try_parse_from([
         "simulate",
         "--devices",
-        &args.devices.to_string(),
+        &shape.devices.to_string(),
         "--seed",
         "1",
     ])
     .map_err(|e| e.to_string())?;
     let mut fleet = Fleet::new(&fleet_args.simulate);
-    let start = Timestamp::parse_rfc3339("2026-01-05T00:00:00Z").map_err(|e| e.to_string())?;
+    let start = Timestamp::parse_rfc3339(shape.start).map_err(|e| e.to_string())?;
+    let step = shape.step.as_nanos() as i64;
     let root = TopicRoot::default();
     let mut builders = TableBuilders::new();
     let mut record = 0u64;
-    let mut persisted_rows = 0usize;
-    let mut persist_time = Duration::ZERO;
-    let mut messages = 0u64;
+    let mut filled = FleetLake {
+        lake,
+        live,
+        persister,
+        messages: 0,
+        persisted_rows: 0,
+        persist_time: Duration::ZERO,
+    };
     let mut setup = fleet.registrations();
     setup.extend(fleet.initial_health(&start.to_rfc3339()));
-    add(&root, &mut builders, setup, start, &mut messages);
-    for round in 0..args.rounds {
-        let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * 10_000_000_000);
+    add(&root, &mut builders, setup, start, &mut filled.messages);
+    for round in 0..shape.rounds {
+        let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * step);
         add(
             &root,
             &mut builders,
-            fleet.round(at, 10.0),
+            fleet.round(at, shape.step.as_secs_f64()),
             at,
-            &mut messages,
+            &mut filled.messages,
         );
-        if (round + 1) % args.rounds_per_persist == 0 || round + 1 == args.rounds {
+        if (round + 1) % shape.rounds_per_persist == 0 || round + 1 == shape.rounds {
             record += 1;
             for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
-                live.append(table, batch, RecordId(record))
+                filled
+                    .live
+                    .append(table, batch, RecordId(record))
                     .map_err(|e| e.to_string())?;
             }
             let began = Instant::now();
             for table in Table::ALL {
-                persisted_rows += persister
+                filled.persisted_rows += filled
+                    .persister
                     .persist_table(table)
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            persist_time += began.elapsed();
+            filled.persist_time += began.elapsed();
         }
     }
+    Ok(filled)
+}
+
+pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
+    let temporary = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let FleetLake {
+        lake,
+        live,
+        persister,
+        messages,
+        persisted_rows,
+        persist_time,
+    } = fleet_lake(
+        &dir,
+        &FleetShape {
+            devices: args.devices,
+            rounds: args.rounds,
+            step: Duration::from_secs(10),
+            start: "2026-01-05T00:00:00Z",
+            rounds_per_persist: args.rounds_per_persist,
+        },
+    )
+    .await?;
     let values = total_rows(&live, Table::Measurements);
     let bytes = total_bytes(&live, Table::Measurements);
     let lake_bytes: u64 = Table::ALL.into_iter().map(|t| total_bytes(&live, t)).sum();
@@ -273,7 +324,7 @@ async fn depot_subtree(engine: &QueryEngine) -> Result<Vec<String>, String> {
     Ok(subtree)
 }
 
-async fn rows_of(engine: &QueryEngine, sql: &str) -> Result<Vec<String>, String> {
+pub(crate) async fn rows_of(engine: &QueryEngine, sql: &str) -> Result<Vec<String>, String> {
     let output = engine.execute(sql).await.map_err(|e| e.to_string())?;
     let mut values = Vec::new();
     for batch in &output.batches {
@@ -327,7 +378,7 @@ async fn time_queries(
     })
 }
 
-async fn median_time(
+pub(crate) async fn median_time(
     engine: &QueryEngine,
     sql: &str,
     repeats: usize,

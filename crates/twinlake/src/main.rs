@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_lake;
+mod bench_queries;
 mod check;
 mod query;
 mod serve;
