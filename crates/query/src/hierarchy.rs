@@ -47,14 +47,9 @@ pub(crate) struct Subtree {
 }
 
 impl Subtree {
-    /// Whether `entity` is below the root at `time` (None: now).
-    fn holds(&self, entity: &str, time: Option<i64>) -> bool {
-        self.spans.get(entity).is_some_and(|spans| {
-            spans.iter().any(|&(from, to)| match time {
-                None => to.is_none(),
-                Some(t) => from <= t && to.is_none_or(|to| t < to),
-            })
-        })
+    /// The stretches of time `entity` was below the root.
+    fn spans_of(&self, entity: &str) -> &[(i64, Option<i64>)] {
+        self.spans.get(entity).map_or(&[], Vec::as_slice)
     }
 
     /// The entities below the root now (`ever`: at any time).
@@ -251,6 +246,14 @@ pub(crate) enum Relation {
     AncestorsOf { entity: String, at: Option<i64> },
 }
 
+/// Whether a stretch `[from, to)` holds at `at`, or now (`None`: it has not ended).
+fn covers(from: i64, to: Option<i64>, at: Option<i64>) -> bool {
+    match at {
+        None => to.is_none(),
+        Some(t) => from <= t && to.is_none_or(|to| t < to),
+    }
+}
+
 fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into()))
 }
@@ -301,10 +304,6 @@ impl Relation {
 
     fn batch(&self, hierarchy: &Hierarchy) -> Result<RecordBatch> {
         let history = hierarchy.history();
-        let covers = |from: i64, to: Option<i64>, at: Option<i64>| match at {
-            None => to.is_none(),
-            Some(t) => from <= t && to.is_none_or(|to| t < to),
-        };
         let columns = match self {
             Self::Entities { at } => {
                 let versions: Vec<_> = history
@@ -665,18 +664,28 @@ impl ScalarUDFImpl for HierarchyUdf {
                             .ok_or_else(|| DataFusionError::Execution("in_subtree: time".into()))
                     })
                     .transpose()?;
+                // Rows come sorted by entity from the files: look each run up once.
+                let mut run: Option<(&str, bool, &[(i64, Option<i64>)])> = None;
                 let matches: BooleanArray = (0..rows)
                     .map(|row| {
                         if entities.is_null(row) {
                             return None;
                         }
                         let entity = entities.value(row);
+                        let (is_root, spans) = match run {
+                            Some((last, is_root, spans)) if last == entity => (is_root, spans),
+                            _ => {
+                                let looked_up = (entity == root, subtree.spans_of(entity));
+                                run = Some((entity, looked_up.0, looked_up.1));
+                                looked_up
+                            }
+                        };
                         let time = match &times {
                             Some(times) if times.is_null(row) => return None,
                             Some(times) => Some(times.value(row)),
                             None => None,
                         };
-                        Some(entity == root || subtree.holds(entity, time))
+                        Some(is_root || spans.iter().any(|&(from, to)| covers(from, to, time)))
                     })
                     .collect();
                 Ok(ColumnarValue::Array(Arc::new(matches)))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use twinlake_model::Table;
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_store::CompactionSettings;
 
@@ -29,6 +30,10 @@ pub(crate) struct QueriesBenchArgs {
     /// `latest` lookups timed, one truck each.
     #[arg(long, default_value_t = 200)]
     lookups: usize,
+    /// Compaction's target file size: small, so that this history spans many files as a large
+    /// fleet's spans many 256 MB files, and subtree pruning has something to skip.
+    #[arg(long, default_value = "1MiB", value_parser = crate::units::parse_bytes)]
+    target_file_bytes: u64,
     /// The directory of `*.sql` examples.
     #[arg(long, default_value = "queries")]
     queries: PathBuf,
@@ -46,6 +51,10 @@ const CURRENT_JOIN: &str = "SELECT e.parent, count(*) AS readings, avg(m.value) 
      GROUP BY e.parent ORDER BY e.parent";
 
 const FULL_SCAN: &str = "SELECT count(*), avg(value) FROM measurements";
+
+/// One depot's subtree as it was at each reading's time: files without its entities are skipped.
+const SUBTREE: &str = "SELECT count(*), avg(value) FROM measurements \
+     WHERE in_subtree(entity, 'device/depot01//', time)";
 
 pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.queries)
@@ -77,12 +86,14 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     let began = Instant::now();
     persister
         .upkeep(&CompactionSettings {
+            target_file_bytes: args.target_file_bytes,
             retention_days: Vec::new(),
             ..CompactionSettings::default()
         })
         .await
         .map_err(|e| e.to_string())?;
     let compacted = began.elapsed();
+    let lake_files = live.files(Table::Measurements).len();
     let engine = QueryEngine::new(live, lake.store(), QueryLimits::default())
         .await
         .map_err(|e| e.to_string())?;
@@ -101,7 +112,7 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
         args.devices, args.rounds
     );
     println!(
-        "Lake built in {:.0} s, compacted in {:.0} s.\n",
+        "Lake built in {:.0} s, compacted in {:.0} s into {lake_files} `measurements` files.\n",
         built.as_secs_f64(),
         compacted.as_secs_f64()
     );
@@ -118,6 +129,7 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     );
     for (label, sql) in [
         ("full scan: count and mean of every value", FULL_SCAN),
+        ("the same over depot01's subtree (5 of 100 trucks), in_subtree with the row's time", SUBTREE),
         ("every value joined to its entity's current parent", CURRENT_JOIN),
         ("every value joined to the hierarchy as of its time (entity_history)", AS_OF_JOIN),
     ] {
