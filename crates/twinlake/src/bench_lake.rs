@@ -72,7 +72,10 @@ pub(crate) struct FleetShape<'a> {
     pub(crate) rounds_per_persist: u64,
 }
 
-pub(crate) async fn fleet_lake(dir: &std::path::Path, shape: &FleetShape<'_>) -> Result<FleetLake, String> {
+pub(crate) async fn fleet_lake(
+    dir: &std::path::Path,
+    shape: &FleetShape<'_>,
+) -> Result<FleetLake, String> {
     let lake = Arc::new(
         Lake::open(LakeConfig::local(&dir.join("lake")).map_err(|e| e.to_string())?)
             .await

@@ -129,20 +129,39 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     );
     for (label, sql) in [
         ("full scan: count and mean of every value", FULL_SCAN),
-        ("the same over depot01's subtree (5 of 100 trucks), in_subtree with the row's time", SUBTREE),
-        ("every value joined to its entity's current parent", CURRENT_JOIN),
-        ("every value joined to the hierarchy as of its time (entity_history)", AS_OF_JOIN),
+        (
+            "the same over depot01's subtree (5 of 100 trucks), in_subtree with the row's time",
+            SUBTREE,
+        ),
+        (
+            "every value joined to its entity's current parent",
+            CURRENT_JOIN,
+        ),
+        (
+            "every value joined to the hierarchy as of its time (entity_history)",
+            AS_OF_JOIN,
+        ),
     ] {
         let (time, _) = median_time(&engine, sql, args.repeats).await?;
-        println!("| {label} (median of {}) | {:.0} ms |", args.repeats, ms(time));
+        println!(
+            "| {label} (median of {}) | {:.0} ms |",
+            args.repeats,
+            ms(time)
+        );
     }
-    println!("\n| query | rows | median of {} |\n|---|---|---|", args.repeats);
+    println!(
+        "\n| query | rows | median of {} |\n|---|---|---|",
+        args.repeats
+    );
     for file in &files {
         let sql = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let (time, _) = median_time(&engine, &sql, args.repeats).await?;
         let output = engine.execute(&sql).await.map_err(|e| e.to_string())?;
         let rows: usize = output.batches.iter().map(|b| b.num_rows()).sum();
-        let name = file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         println!("| `{name}` | {rows} | {:.0} ms |", ms(time));
     }
     Ok(())

@@ -130,4 +130,83 @@ fn every_query_gives_its_reviewed_result() {
         }
     }
     assert!(wrong.is_empty(), "results differ:\n{}", wrong.join("\n"));
+    polars_agrees(&twinlake, dir.path());
+}
+
+/// Recomputes two TSBS-shaped answers (driving hours per truck and day; breakdowns per model)
+/// with polars from the raw readings, so that the reviewed results are also checked by an
+/// engine that shares no code with Twinlake.
+fn polars_agrees(twinlake: &Twinlake, dir: &Path) {
+    let export = |sql: &str, name: &str| {
+        let (status, csv) = twinlake.query_as(sql, "csv");
+        assert_eq!(status, 200, "{csv}");
+        let path = dir.join(name);
+        std::fs::write(&path, csv).unwrap();
+        path
+    };
+    let speeds = export(
+        "SELECT entity, CAST(time AS BIGINT) AS ns, value FROM measurements \
+         WHERE type = 'telemetry' AND series = 'gps.speed'",
+        "speeds.csv",
+    );
+    let models = export(
+        "SELECT entity, json_get_str(value) AS model FROM twin WHERE fragment = 'model'",
+        "models.csv",
+    );
+    let script = r#"
+import sys, polars as pl
+speeds = pl.read_csv(sys.argv[1]).with_columns(pl.from_epoch("ns", time_unit="ns").alias("time"))
+models = pl.read_csv(sys.argv[2])
+b = (speeds.with_columns(pl.col("time").dt.truncate("10m").alias("bucket"))
+     .group_by(["entity", "bucket"])
+     .agg(pl.col("value").mean().alias("speed"), ((pl.col("value") == 0).sum() / pl.len()).alias("zero")))
+hours = (b.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
+         .group_by(["entity", "day"]).agg(((pl.col("speed") > 1).sum() / 6.0).round(2).alias("h"))
+         .sort(["entity", "day"]))
+for r in hours.iter_rows():
+    print("hours", r[0].split("/")[1], r[1].strftime("%Y-%m-%d"), r[2])
+b = b.sort(["entity", "bucket"]).with_columns((pl.col("zero") >= 0.5).alias("down"))
+b = b.with_columns(pl.col("down").shift(-1).over("entity").alias("next"))
+downs = (b.filter(~pl.col("down") & pl.col("next").fill_null(False)).join(models, on="entity")
+         .group_by("model").agg(pl.len().alias("n"), pl.col("entity").n_unique().alias("t")).sort("model"))
+for r in downs.iter_rows():
+    print("breakdowns", r[0].replace(" ", "_"), r[1], r[2])
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&speeds)
+        .arg(&models)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "python polars (pip install polars; .ci/run does it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let polars = String::from_utf8(output.stdout).unwrap();
+    let csv_rows = |name: &str| -> Vec<Vec<String>> {
+        let sql = std::fs::read_to_string(queries_dir().join(format!("{name}.sql"))).unwrap();
+        let (_, csv) = twinlake.query_as(&sql, "csv");
+        csv.lines()
+            .skip(1)
+            .map(|line| line.split(',').map(str::to_owned).collect())
+            .collect()
+    };
+    let mut twinlake_lines: Vec<String> = csv_rows("06-average-daily-driving-duration")
+        .into_iter()
+        .map(|r| format!("hours {} {} {}", r[1], &r[2][..10], r[3]))
+        .collect();
+    twinlake_lines.extend(
+        csv_rows("08-breakdown-frequency")
+            .into_iter()
+            .map(|r| format!("breakdowns {} {} {}", r[0].replace(' ', "_"), r[1], r[2])),
+    );
+    let polars_lines: Vec<String> = polars.lines().map(str::to_owned).collect();
+    assert_eq!(
+        polars_lines.len(),
+        10 * 2 + 4,
+        "10 trucks × 2 days, 4 models"
+    );
+    assert_eq!(twinlake_lines, polars_lines);
 }
