@@ -39,16 +39,19 @@ pub(crate) struct Hierarchy {
     subtrees: Mutex<HashMap<String, Arc<Subtree>>>,
 }
 
+/// `[from, to)` in ns; `to` is `None` while it lasts.
+type Span = (i64, Option<i64>);
+
 /// The entities below one root through time.
 #[derive(Debug, Default)]
 pub(crate) struct Subtree {
     /// Descendant → the stretches of time it was below the root.
-    spans: HashMap<String, Vec<(i64, Option<i64>)>>,
+    spans: HashMap<String, Vec<Span>>,
 }
 
 impl Subtree {
     /// The stretches of time `entity` was below the root.
-    fn spans_of(&self, entity: &str) -> &[(i64, Option<i64>)] {
+    fn spans_of(&self, entity: &str) -> &[Span] {
         self.spans.get(entity).map_or(&[], Vec::as_slice)
     }
 
@@ -665,7 +668,7 @@ impl ScalarUDFImpl for HierarchyUdf {
                     })
                     .transpose()?;
                 // Rows come sorted by entity from the files: look each run up once.
-                let mut run: Option<(&str, bool, &[(i64, Option<i64>)])> = None;
+                let mut run: Option<(&str, bool, &[Span])> = None;
                 let matches: BooleanArray = (0..rows)
                     .map(|row| {
                         if entities.is_null(row) {
