@@ -209,7 +209,11 @@ impl QueryEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         // Scalar functions cannot wait for a fold of the hierarchy: bring it up to date first.
-        self.hierarchy.load(&self.context.state()).await?;
+        // A query that does not need it must not fail with it (entity_changes unreadable in a
+        // store outage): the hierarchy views fail on their own, the functions use the last fold.
+        if let Err(error) = self.hierarchy.load(&self.context.state()).await {
+            tracing::warn!(%error, "the hierarchy could not be refreshed; hierarchy functions use the last one read");
+        }
         let frame = self.context.sql_with_options(sql, read_only).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;

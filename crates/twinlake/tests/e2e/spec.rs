@@ -179,9 +179,15 @@ fn check_spec_rows(twinlake: &Twinlake) {
         twinlake
             .query("SELECT entity, kind, parent, name, type FROM entity_changes ORDER BY entity"),
         vec![
+            // Auto-registered by collectd's measurement, as thin-edge's agent does (below: the
+            // bridge and the mapper by their health messages).
+            json!({"entity": "device/auto01//", "kind": "child-device", "parent": "device/main//", "name": "auto01", "type": null}),
+            json!({"entity": "device/auto01/service/collectd", "kind": "service", "parent": "device/auto01//", "name": "collectd", "type": null}),
             json!({"entity": "device/child01//", "kind": "child-device", "parent": "device/main//", "name": "child01", "type": "SmartHomeHub"}),
             json!({"entity": "device/child01/service/nodered", "kind": "service", "parent": "device/child01//", "name": "nodered", "type": "systemd"}),
+            json!({"entity": "device/main/service/mosquitto-c8y-bridge", "kind": "service", "parent": "device/main//", "name": "mosquitto-c8y-bridge", "type": null}),
             json!({"entity": "device/main/service/tedge-agent", "kind": "service", "parent": "device/main//", "name": "tedge-agent", "type": null}),
+            json!({"entity": "device/main/service/tedge-mapper-c8y", "kind": "service", "parent": "device/main//", "name": "tedge-mapper-c8y", "type": null}),
             json!({"entity": "device/nested_child01//", "kind": "child-device", "parent": "device/child01//", "name": "nested_child01", "type": null}),
             json!({"entity": "factory01/hallA/packaging/belt001", "kind": "child-device", "parent": "device/main//", "name": "belt001", "type": "ConveyorBelt"}),
         ]
