@@ -540,7 +540,7 @@ fn entity_argument(function: &str, expr: &Expr) -> Result<String> {
     }
 }
 
-fn text_of(value: &ScalarValue) -> Option<&str> {
+pub(crate) fn text_of(value: &ScalarValue) -> Option<&str> {
     match value {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::Utf8View(Some(s))

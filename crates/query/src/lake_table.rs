@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -14,13 +15,15 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use twinlake_model::Table;
 use twinlake_store::{EntityIds, LiveTables, PersistedFile};
 
-use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE};
+use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
@@ -88,7 +91,8 @@ impl TableProvider for LakeTableProvider {
             .collect();
         let mut inputs = Vec::new();
         if !files.is_empty() {
-            inputs.push(self.parquet_scan(&files, partitions, projection, limit)?);
+            let predicate = self.pruning_predicate(state, filters, hierarchy.as_deref())?;
+            inputs.push(self.parquet_scan(&files, partitions, projection, limit, predicate)?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let memory = MemTable::try_new(self.schema(), spread(snapshot.batches, partitions))?;
@@ -99,19 +103,49 @@ impl TableProvider for LakeTableProvider {
 }
 
 impl LakeTableProvider {
+    /// The filters as a predicate for the Parquet reader, which skips row groups and pages by
+    /// their statistics (files are sorted by entity and time, so both prune well). A subtree
+    /// predicate becomes its entities: the range they span, and the list when it is short.
+    fn pruning_predicate(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        hierarchy: Option<&Hierarchy>,
+    ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        let mut conjuncts = Vec::new();
+        for filter in filters {
+            for conjunct in split_conjunction(filter) {
+                match subtree_members(self.table, conjunct, hierarchy) {
+                    Some(members) => conjuncts.extend(members_predicate(&members)),
+                    None => conjuncts.push(conjunct.clone()),
+                }
+            }
+        }
+        let Some(predicate) = conjunction(conjuncts) else {
+            return Ok(None);
+        };
+        let schema = DFSchema::try_from(self.schema().as_ref().clone())?;
+        Ok(Some(state.create_physical_expr(predicate, &schema)?))
+    }
+
     fn parquet_scan(
         &self,
         files: &[&PersistedFile],
         partitions: usize,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut groups = vec![Vec::new(); partitions.min(files.len())];
         for (index, file) in files.iter().enumerate() {
             let count = groups.len();
             groups[index % count].push(PartitionedFile::new(file.path.clone(), file.size));
         }
-        let source = Arc::new(ParquetSource::new(self.schema()).with_enable_page_index(true));
+        let mut source = ParquetSource::new(self.schema()).with_enable_page_index(true);
+        if let Some(predicate) = predicate {
+            source = source.with_predicate(predicate);
+        }
+        let source = Arc::new(source);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(projection.cloned())?
@@ -239,6 +273,59 @@ fn column_name(expr: &Expr) -> Option<&str> {
     }
 }
 
+/// Parquet's statistics pruning rewrites IN lists only up to this length.
+const SHORT_LIST: usize = 20;
+
+/// The entities `in_subtree(entity, root[, time])` allows (for the three-argument form: every
+/// entity ever below the root), when `expr` is such a call on `table`'s entity column.
+fn subtree_members(
+    table: Table,
+    expr: &Expr,
+    hierarchy: Option<&Hierarchy>,
+) -> Option<Vec<String>> {
+    let Expr::ScalarFunction(call) = expr else {
+        return None;
+    };
+    if call.name() != IN_SUBTREE {
+        return None;
+    }
+    let [entity, Expr::Literal(root, _), rest @ ..] = call.args.as_slice() else {
+        return None;
+    };
+    if column_name(entity)? != table.entity_column()? {
+        return None;
+    }
+    let root = text_of(root)?;
+    let subtree = hierarchy?.subtree(root);
+    let mut members: Vec<String> = subtree
+        .members(!rest.is_empty())
+        .map(str::to_owned)
+        .collect();
+    members.push(root.to_owned());
+    members.sort();
+    Some(members)
+}
+
+/// `entity BETWEEN first AND last` of the sorted `members`, and `entity IN (…)` when short.
+fn members_predicate(members: &[String]) -> Vec<Expr> {
+    let (Some(first), Some(last)) = (members.first(), members.last()) else {
+        return Vec::new();
+    };
+    let entity = || datafusion::prelude::col("entity");
+    let mut predicates = vec![
+        entity().gt_eq(datafusion::prelude::lit(first.as_str())),
+        entity().lt_eq(datafusion::prelude::lit(last.as_str())),
+    ];
+    if members.len() <= SHORT_LIST {
+        let list = members
+            .iter()
+            .map(|m| datafusion::prelude::lit(m.as_str()))
+            .collect();
+        predicates.push(entity().in_list(list, false));
+    }
+    predicates
+}
+
 /// What resolves entity predicates to ids.
 struct Known<'a> {
     ids: &'a EntityIds,
@@ -251,40 +338,15 @@ struct Known<'a> {
 fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::RoaringBitmap> {
     let entity_column = table.entity_column()?;
     let ids = known.ids;
-    let id_of = |value: &ScalarValue| -> Option<Option<u32>> {
-        match value {
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::Utf8View(Some(s))
-            | ScalarValue::LargeUtf8(Some(s)) => Some(ids.id(s)),
-            _ => None,
-        }
-    };
+    let id_of = |value: &ScalarValue| -> Option<Option<u32>> { Some(ids.id(text_of(value)?)) };
     let mut wanted = roaring::RoaringBitmap::new();
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Or => {
             wanted = entity_set(table, left, known)? | entity_set(table, right, known)?;
         }
-        Expr::ScalarFunction(call) if call.name() == IN_SUBTREE => {
-            let [entity, root, rest @ ..] = call.args.as_slice() else {
-                return None;
-            };
-            let Expr::Literal(root, _) = root else {
-                return None;
-            };
-            if column_name(entity)? != entity_column {
-                return None;
-            }
-            let root_id = id_of(root)?;
-            let root = match root {
-                ScalarValue::Utf8(Some(s))
-                | ScalarValue::Utf8View(Some(s))
-                | ScalarValue::LargeUtf8(Some(s)) => s.as_str(),
-                _ => return None,
-            };
-            // With a time, an entity counts if it was below the root at any time.
-            let subtree = known.hierarchy?.subtree(root);
-            wanted.extend(root_id);
-            wanted.extend(subtree.members(!rest.is_empty()).filter_map(|e| ids.id(e)));
+        Expr::ScalarFunction(_) => {
+            let members = subtree_members(table, expr, known.hierarchy)?;
+            wanted.extend(members.iter().filter_map(|entity| ids.id(entity)));
         }
         Expr::InList(list) if !list.negated => {
             if column_name(&list.expr)? != entity_column {
