@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder,
     TimestampNanosecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{cast, sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
@@ -149,7 +149,12 @@ impl HierarchyCache {
         let plan = self.changes.scan(state, None, &[], None).await?;
         let batches = collect(plan, state.task_ctx()).await?;
         let rows = change_rows(&batches)?;
-        let hierarchy = Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)));
+        // The closure grows with entities × depth: fold off the async runtime.
+        let hierarchy = tokio::task::spawn_blocking(move || {
+            Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)))
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
         if let Ok(mut latest) = self.latest.write() {
             *latest = (Some(changes), Arc::clone(&hierarchy));
         }
@@ -161,7 +166,6 @@ impl HierarchyCache {
 fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
     let mut rows = Vec::new();
     for batch in batches {
-        let batch = sorted_by_time(batch)?;
         let text = |name: &str| -> Result<StringArray> {
             let column = batch
                 .column_by_name(name)
@@ -172,7 +176,7 @@ fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
                 .cloned()
                 .unwrap_or_else(|| StringArray::new_null(batch.num_rows())))
         };
-        let time = time_column(&batch)?;
+        let time = time_column(batch)?;
         let (entity, change, kind, parent) = (
             text("entity")?,
             text("change")?,
@@ -212,16 +216,9 @@ fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
             });
         }
     }
+    // Stable: rows of equal time keep the order they were read in (arrival, for rows in memory).
     rows.sort_by_key(|row| row.time);
     Ok(rows)
-}
-
-fn sorted_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
-    let time = batch
-        .column_by_name("time")
-        .ok_or_else(|| DataFusionError::Internal("entity_changes.time".into()))?;
-    let order = sort_to_indices(time, None, None)?;
-    Ok(take_record_batch(batch, &order)?)
 }
 
 fn time_column(batch: &RecordBatch) -> Result<TimestampNanosecondArray> {
