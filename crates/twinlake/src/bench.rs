@@ -51,6 +51,21 @@ pub(crate) struct IngestBenchArgs {
     /// The Mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
+    /// Also write the figures to this file as JSON (for `benches/run.sh`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Writes `figures` as pretty JSON to `path`, when given.
+pub(crate) fn write_json(
+    path: Option<&PathBuf>,
+    figures: &serde_json::Value,
+) -> Result<(), String> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let text = serde_json::to_string_pretty(figures).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 const VALUES_PER_MESSAGE: u64 = 10;
@@ -271,7 +286,7 @@ async fn start_twinlake(
         .arg("--data-dir")
         .arg(dir.join("twinlake-data"))
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,buoyant_kernel=off")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let mqtt_port = match (args.broker, broker_port) {
@@ -514,7 +529,21 @@ async fn ingest(args: IngestBenchArgs) -> Result<(), String> {
         p99.as_secs_f64() * 1e3
     );
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    write_json(
+        args.json.as_ref(),
+        &serde_json::json!({
+            "broker": broker_name,
+            "messages": args.messages,
+            "values_per_message": VALUES_PER_MESSAGE,
+            "raw_delivery_messages_per_s": raw,
+            "ingest_messages_per_s": ingest,
+            "ingest_values_per_s": ingest * VALUES_PER_MESSAGE as f64,
+            "ratio_to_raw_delivery": ingest / raw,
+            "latency_p50_ms": p50.as_secs_f64() * 1e3,
+            "latency_p99_ms": p99.as_secs_f64() * 1e3,
+            "twinlake_peak_rss_mib": rss,
+        }),
+    )
 }
 
 fn tempfile_dir() -> Result<PathBuf, String> {

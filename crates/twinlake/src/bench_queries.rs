@@ -10,7 +10,7 @@ use twinlake_model::Table;
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_store::CompactionSettings;
 
-use crate::bench::percentile;
+use crate::bench::{percentile, write_json};
 use crate::bench_lake::{FleetLake, FleetShape, fleet_lake, median_time, rows_of};
 
 #[derive(Debug, Args)]
@@ -37,6 +37,15 @@ pub(crate) struct QueriesBenchArgs {
     /// The directory of `*.sql` examples.
     #[arg(long, default_value = "queries")]
     queries: PathBuf,
+    /// Where the lake is written and kept [default: a temporary directory, removed after].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write each query's result here as `<name>.csv`, for comparison with other engines.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Also write the figures to this file as JSON (for `benches/run.sh`).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Every measurement joined to the version of its entity valid at its time.
@@ -63,7 +72,11 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
         .filter(|path| path.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let temporary = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
     let began = Instant::now();
     let FleetLake {
         lake,
@@ -72,7 +85,7 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
         messages,
         ..
     } = fleet_lake(
-        dir.path(),
+        &dir,
         &FleetShape {
             devices: args.devices,
             rounds: args.rounds,
@@ -97,7 +110,10 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     let engine = QueryEngine::new(live, lake.store(), QueryLimits::default())
         .await
         .map_err(|e| e.to_string())?;
-    let values = first(&engine, "SELECT count(*) FROM measurements").await?;
+    let values: u64 = first(&engine, "SELECT count(*) FROM measurements")
+        .await?
+        .parse()
+        .map_err(|e| format!("counting values: {e}"))?;
 
     let began = Instant::now();
     let series = engine
@@ -127,42 +143,84 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
         ms(percentile(&lookups, 0.5)),
         ms(percentile(&lookups, 0.99))
     );
-    for (label, sql) in [
-        ("full scan: count and mean of every value", FULL_SCAN),
+    let mut figures = serde_json::json!({
+        "trucks": args.devices,
+        "rounds": args.rounds,
+        "messages": messages,
+        "values": values,
+        "build_seconds": built.as_secs_f64(),
+        "compaction_seconds": compacted.as_secs_f64(),
+        "measurement_files": lake_files,
+        "latest_fill_ms": ms(latest_load),
+        "latest_lookup_p50_ms": ms(percentile(&lookups, 0.5)),
+        "latest_lookup_p99_ms": ms(percentile(&lookups, 0.99)),
+    });
+    let timed: [(&str, &str, &str); 4] = [
         (
+            "full_scan_ms",
+            "full scan: count and mean of every value",
+            FULL_SCAN,
+        ),
+        (
+            "subtree_ms",
             "the same over depot01's subtree (5 of 100 trucks), in_subtree with the row's time",
             SUBTREE,
         ),
         (
+            "current_join_ms",
             "every value joined to its entity's current parent",
             CURRENT_JOIN,
         ),
         (
+            "as_of_join_ms",
             "every value joined to the hierarchy as of its time (entity_history)",
             AS_OF_JOIN,
         ),
-    ] {
+    ];
+    for (key, label, sql) in timed {
         let (time, _) = median_time(&engine, sql, args.repeats).await?;
         println!(
             "| {label} (median of {}) | {:.0} ms |",
             args.repeats,
             ms(time)
         );
+        figures[key] = ms(time).into();
     }
     println!(
         "\n| query | rows | median of {} |\n|---|---|---|",
         args.repeats
     );
+    let mut query_figures = serde_json::Map::new();
     for file in &files {
         let sql = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let (time, _) = median_time(&engine, &sql, args.repeats).await?;
         let output = engine.execute(&sql).await.map_err(|e| e.to_string())?;
         let rows: usize = output.batches.iter().map(|b| b.num_rows()).sum();
         let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy())
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        println!("| `{name}` | {rows} | {:.0} ms |", ms(time));
+        println!("| `{name}.sql` | {rows} | {:.0} ms |", ms(time));
+        query_figures.insert(
+            name.clone(),
+            serde_json::json!({"rows": rows, "median_ms": ms(time)}),
+        );
+        if let Some(results) = &args.results {
+            write_csv(&results.join(format!("{name}.csv")), &output.batches)?;
+        }
+    }
+    figures["queries"] = query_figures.into();
+    write_json(args.json.as_ref(), &figures)
+}
+
+fn write_csv(path: &std::path::Path, batches: &[arrow_array::RecordBatch]) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut writer = arrow_csv::Writer::new(file);
+    for batch in batches {
+        writer.write(batch).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Merges the figures of one benches/run.sh run into one JSON file and a Markdown table."""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+
+
+def load(work, name):
+    with open(os.path.join(work, name)) as f:
+        return json.load(f)
+
+
+def machine():
+    def first(command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    model = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        memory_kib = int(f.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(memory_kib / 1048576, 1),
+        "os": platform.platform(),
+        "rustc": first(["rustc", "--version"]),
+    }
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--markdown", required=True)
+    parser.add_argument("--command", required=True)
+    args = parser.parse_args()
+
+    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers"]
+    results = {
+        "scale": args.scale,
+        "command": args.command,
+        "machine": machine(),
+        "phases": {p: load(args.work, f"{p}.time") for p in phases},
+        "ingest": {
+            "embedded": load(args.work, "ingest-embedded.json"),
+            "mosquitto": load(args.work, "ingest-mosquitto.json"),
+        },
+        "queries": load(args.work, "queries.json"),
+        "peers": load(args.work, "peers.json"),
+    }
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+    q, peers = results["queries"], results["peers"]
+    m = results["machine"]
+    lines = [
+        f"\n## benches/run.sh --scale {args.scale}\n",
+        f"`{args.command}` on {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
+        f"{m['rustc']}; {q['values']:,} values. Results: `{os.path.basename(args.out)}`.\n",
+        "| figure | Twinlake | peer | peer's figure | Twinlake / peer |",
+        "|---|---|---|---|---|",
+    ]
+    for broker, figures in results["ingest"].items():
+        lines.append(
+            f"| ingest over MQTT QoS 1 with fsync ({broker}), values/s | "
+            f"{figures['ingest_values_per_s']:,.0f} | raw delivery to a do-nothing subscriber | "
+            f"{figures['raw_delivery_messages_per_s'] * figures['values_per_message']:,.0f} | "
+            f"{figures['ratio_to_raw_delivery']:.2f} |"
+        )
+        lines.append(
+            f"| publish-to-queryable p50 / p99 ({broker}) | {figures['latency_p50_ms']:.1f} / "
+            f"{figures['latency_p99_ms']:.1f} ms | – | – | – |"
+        )
+    lines.append(
+        f"| stored bytes per value (measurements) | {peers['twinlake_bytes_per_value']:.2f} | "
+        f"pyarrow, zstd, default settings | {peers['pyarrow_zstd_bytes_per_value']:.2f} | "
+        f"{ratio(peers['twinlake_bytes_per_value'], peers['pyarrow_zstd_bytes_per_value']):.2f} |"
+    )
+    lines.append(
+        f"| `latest` lookup p50 / p99 | {q['latest_lookup_p50_ms']:.2f} / "
+        f"{q['latest_lookup_p99_ms']:.2f} ms | – | – | – |"
+    )
+    lines.append(
+        f"| one depot's subtree vs full scan | {q['subtree_ms']:.0f} ms | Twinlake full scan | "
+        f"{q['full_scan_ms']:.0f} ms | {ratio(q['subtree_ms'], q['full_scan_ms']):.2f} |"
+    )
+    lines.append(
+        f"| full-history as-of hierarchy join | {q['as_of_join_ms']:.0f} ms | – | – | – |"
+    )
+    duck = peers["queries"]
+    full = duck.get("full-scan")
+    if full:
+        lines.append(
+            f"| full scan (count, mean) | {q['full_scan_ms']:.0f} ms | DuckDB {peers['duckdb_version']} "
+            f"| {full['duckdb_median_ms']:.0f} ms | {ratio(q['full_scan_ms'], full['duckdb_median_ms']):.2f} |"
+        )
+    for name, figures in q["queries"].items():
+        peer = duck.get(name)
+        if peer:
+            same = "same result" if peer.get("same_result") else "**results differ**"
+            lines.append(
+                f"| `{name}.sql` | {figures['median_ms']:.0f} ms | DuckDB ({same}) | "
+                f"{peer['duckdb_median_ms']:.0f} ms | {ratio(figures['median_ms'], peer['duckdb_median_ms']):.2f} |"
+            )
+        else:
+            lines.append(f"| `{name}.sql` | {figures['median_ms']:.0f} ms | – | – | – |")
+    lines.append("\n| phase | peak RSS | CPU s (user + system) | wall s |\n|---|---|---|---|")
+    for phase, t in results["phases"].items():
+        lines.append(
+            f"| {phase} | {t['peak_rss_kib'] / 1024:.0f} MiB | {t['user_s'] + t['system_s']:.1f} | {t['wall_s']:.1f} |"
+        )
+    with open(args.markdown, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
