@@ -67,7 +67,7 @@ impl IngestMetrics {
         );
         prefix.register(
             "acks_pending",
-            "Messages received but not yet acknowledged",
+            "Messages received but not yet durable (their acknowledgement not yet queued)",
             metrics.acks_pending.clone(),
         );
         prefix.register(

@@ -46,7 +46,7 @@ pub struct IngestConfig {
     /// The largest MQTT packet accepted at all; above it the broker connection fails, so keep
     /// it well above `max_payload_bytes`.
     pub max_packet_bytes: usize,
-    /// Messages received but not yet acknowledged; at the limit ingest stops reading.
+    /// Messages received but not yet durable in the WAL; at the limit ingest stops reading.
     pub max_inflight_messages: usize,
     /// Memory of the in-memory rows; at the limit ingest stops reading until it drops.
     pub hot_budget_bytes: usize,
@@ -115,10 +115,9 @@ pub async fn run_ingest(
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    // Queuing an acknowledgement must never wait: acks are only sent while the reader polls,
-    // and the reader may be waiting for the acker (in-flight permits) or for memory (hot
-    // budget); a full queue would deadlock the two. Queued acks cost a few bytes and the queue
-    // grows only as needed, so the bound is generous.
+    // Acks are only sent while the reader polls. The acker frees in-flight permits before it
+    // queues acks, so a full queue only waits for the reader's next poll; queued acks cost a
+    // few bytes and the queue grows only as needed, so the bound is generous.
     let request_capacity = 4 * config.max_inflight_messages + 100_000;
     let options = config
         .endpoint
@@ -512,10 +511,15 @@ async fn acknowledge(
                 );
             }
         }
-        for received in commit.messages {
-            client.ack(&received.publish).await?;
-        }
+        // Free the in-flight permits before queuing the acks: acks leave only while the reader
+        // polls, and a reader waiting for a permit does not poll. With a broker that sends
+        // without waiting for acks (no in-flight limit), the queue filled up that way and
+        // ingest stalled for good (found by `benches/run.sh --scale medium`).
+        let publishes: Vec<Publish> = commit.messages.into_iter().map(|m| m.publish).collect();
         metrics.set_acks_pending(config.max_inflight_messages, &permits);
+        for publish in &publishes {
+            client.ack(publish).await?;
+        }
         metrics
             .wal_bytes
             .set(WalStats::get(&wal.stats().bytes) as i64);
