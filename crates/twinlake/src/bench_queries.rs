@@ -163,7 +163,7 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
         ),
         (
             "subtree_ms",
-            "the same over depot01's subtree (5 of 100 trucks), in_subtree with the row's time",
+            "the same over depot01's subtree (its 5 trucks), in_subtree with the row's time",
             SUBTREE,
         ),
         (
