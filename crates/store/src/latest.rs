@@ -27,7 +27,10 @@ pub struct LatestRow {
 
 /// entity → type → series → newest reading. Nested so that a known series is found by `&str`
 /// lookups, allocating only for a series seen the first time.
-type SeriesTree = HashMap<String, HashMap<String, HashMap<String, LatestValue>>>;
+type SeriesTree = HashMap<String, TypesOfEntity>;
+
+/// type → series → newest reading, of one entity.
+type TypesOfEntity = HashMap<String, HashMap<String, LatestValue>>;
 
 /// The newest value per (entity, type, series) of `measurements`, in memory.
 #[derive(Debug, Default)]
@@ -82,11 +85,23 @@ impl LatestValues {
 
     /// Every series with its newest reading, in no particular order.
     pub fn rows(&self) -> Vec<LatestRow> {
+        self.rows_of(None)
+    }
+
+    /// The series of `entities` (every entity when `None`) with their newest readings.
+    pub fn rows_of(&self, entities: Option<&[&str]>) -> Vec<LatestRow> {
         let Ok(tree) = self.series.read() else {
             return Vec::new();
         };
+        let selected: Vec<(&String, &TypesOfEntity)> = match entities {
+            None => tree.iter().collect(),
+            Some(wanted) => wanted
+                .iter()
+                .filter_map(|entity| tree.get_key_value(*entity))
+                .collect(),
+        };
         let mut rows = Vec::new();
-        for (entity, types) in tree.iter() {
+        for (entity, types) in selected {
             for (measurement_type, series) in types {
                 for (name, latest) in series {
                     rows.push(LatestRow {
@@ -163,5 +178,8 @@ mod tests {
             ]
         );
         assert_eq!(latest.len(), 2);
+        let only_b = latest.rows_of(Some(&["device/b//", "device/none//"]));
+        assert_eq!(only_b.len(), 1);
+        assert_eq!(only_b[0].entity, "device/b//");
     }
 }
