@@ -116,7 +116,7 @@ impl LakeTableProvider {
         for filter in filters {
             for conjunct in split_conjunction(filter) {
                 match subtree_members(self.table, conjunct, hierarchy) {
-                    Some(members) => conjuncts.extend(members_predicate(&members)),
+                    Some(members) => conjuncts.extend(members_predicate(self.table, &members)),
                     None => conjuncts.push(conjunct.clone()),
                 }
             }
@@ -307,11 +307,13 @@ fn subtree_members(
 }
 
 /// `entity BETWEEN first AND last` of the sorted `members`, and `entity IN (…)` when short.
-fn members_predicate(members: &[String]) -> Vec<Expr> {
-    let (Some(first), Some(last)) = (members.first(), members.last()) else {
+fn members_predicate(table: Table, members: &[String]) -> Vec<Expr> {
+    let (Some(column), Some(first), Some(last)) =
+        (table.entity_column(), members.first(), members.last())
+    else {
         return Vec::new();
     };
-    let entity = || datafusion::prelude::col("entity");
+    let entity = || datafusion::prelude::col(column);
     let mut predicates = vec![
         entity().gt_eq(datafusion::prelude::lit(first.as_str())),
         entity().lt_eq(datafusion::prelude::lit(last.as_str())),
