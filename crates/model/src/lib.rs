@@ -34,7 +34,9 @@ mod time;
 mod topic;
 
 pub use batch::TableBuilders;
-pub use hierarchy::{Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion};
+pub use hierarchy::{
+    Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion, valid_at,
+};
 pub use message::{Measurement, Message, MessageBody, NotStored, Parsed, parse_message};
 pub use payload::entity::{
     ChangeKind, EntityChange, EntityKind, Registration, auto_registrations, default_parent,

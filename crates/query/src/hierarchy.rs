@@ -25,8 +25,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use twinlake_model::{
-    Ancestry, ChangeKind, EntityChangeRow, EntityFacts, EntityHistory, EntityKind, EntityVersion,
-    Table, UTC,
+    Ancestry, ChangeKind, ColumnType, EntityChangeRow, EntityFacts, EntityHistory, EntityKind,
+    EntityVersion, Table, UTC, valid_at,
 };
 use twinlake_store::LiveTables;
 
@@ -246,16 +246,8 @@ pub(crate) enum Relation {
     AncestorsOf { entity: String, at: Option<i64> },
 }
 
-/// Whether a stretch `[from, to)` holds at `at`, or now (`None`: it has not ended).
-fn covers(from: i64, to: Option<i64>, at: Option<i64>) -> bool {
-    match at {
-        None => to.is_none(),
-        Some(t) => from <= t && to.is_none_or(|to| t < to),
-    }
-}
-
 fn time_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into()))
+    ColumnType::Time.data_type()
 }
 
 fn entity_fields() -> Vec<Field> {
@@ -309,7 +301,7 @@ impl Relation {
                 let versions: Vec<_> = history
                     .versions()
                     .iter()
-                    .filter(|v| covers(v.valid_from, v.valid_to, *at))
+                    .filter(|v| valid_at(v.valid_from, v.valid_to, *at))
                     .collect();
                 entity_columns(&versions, false)
             }
@@ -321,7 +313,7 @@ impl Relation {
                 let rows: Vec<_> = hierarchy
                     .ancestry
                     .iter()
-                    .filter(|a| covers(a.valid_from, a.valid_to, *at))
+                    .filter(|a| valid_at(a.valid_from, a.valid_to, *at))
                     .collect();
                 ancestry_columns(&rows, false)
             }
@@ -333,7 +325,7 @@ impl Relation {
                 let rows = hierarchy
                     .ancestry
                     .iter()
-                    .filter(|a| a.ancestor == *root && covers(a.valid_from, a.valid_to, *at))
+                    .filter(|a| a.ancestor == *root && valid_at(a.valid_from, a.valid_to, *at))
                     .map(|a| (a.descendant.as_str(), a.depth));
                 entity_depth_columns(rows)
             }
@@ -341,7 +333,7 @@ impl Relation {
                 let rows = hierarchy
                     .ancestry
                     .iter()
-                    .filter(|a| a.descendant == *entity && covers(a.valid_from, a.valid_to, *at))
+                    .filter(|a| a.descendant == *entity && valid_at(a.valid_from, a.valid_to, *at))
                     .map(|a| (a.ancestor.as_str(), a.depth));
                 entity_depth_columns(rows)
             }
@@ -685,7 +677,7 @@ impl ScalarUDFImpl for HierarchyUdf {
                             Some(times) => Some(times.value(row)),
                             None => None,
                         };
-                        Some(is_root || spans.iter().any(|&(from, to)| covers(from, to, time)))
+                        Some(is_root || spans.iter().any(|&(from, to)| valid_at(from, to, time)))
                     })
                     .collect();
                 Ok(ColumnarValue::Array(Arc::new(matches)))

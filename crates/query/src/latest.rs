@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use twinlake_model::UTC;
+use twinlake_model::{ColumnType, UTC};
 use twinlake_store::LiveTables;
 
 use crate::hierarchy::text_of;
@@ -34,11 +34,7 @@ impl TableProvider for LatestTable {
             Field::new("entity", DataType::Utf8, false),
             Field::new("type", DataType::Utf8, false),
             Field::new("series", DataType::Utf8, false),
-            Field::new(
-                "time",
-                DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into())),
-                false,
-            ),
+            Field::new("time", ColumnType::Time.data_type(), false),
             Field::new("value", DataType::Float64, false),
         ]))
     }

@@ -67,9 +67,12 @@ pub struct EntityVersion {
     pub valid_to: Option<i64>,
 }
 
-impl EntityVersion {
-    fn covers(&self, time: i64) -> bool {
-        self.valid_from <= time && self.valid_to.is_none_or(|to| time < to)
+/// Whether the stretch `[valid_from, valid_to)` holds at `at`, or now when `at` is `None`
+/// (it has not ended). The one validity test of versions, ancestry rows and subtree spans.
+pub fn valid_at(valid_from: i64, valid_to: Option<i64>, at: Option<i64>) -> bool {
+    match at {
+        None => valid_to.is_none(),
+        Some(t) => valid_from <= t && valid_to.is_none_or(|to| t < to),
     }
 }
 
@@ -85,7 +88,7 @@ pub struct Ancestry {
 
 impl Ancestry {
     pub fn covers(&self, time: i64) -> bool {
-        self.valid_from <= time && self.valid_to.is_none_or(|to| time < to)
+        valid_at(self.valid_from, self.valid_to, Some(time))
     }
 }
 
@@ -193,11 +196,6 @@ impl EntityHistory {
     /// The current version of every registered entity.
     pub fn current(&self) -> impl Iterator<Item = &EntityVersion> {
         self.versions.iter().filter(|v| v.valid_to.is_none())
-    }
-
-    /// The version of every entity registered at `time`.
-    pub fn at(&self, time: i64) -> impl Iterator<Item = &EntityVersion> {
-        self.versions.iter().filter(move |v| v.covers(time))
     }
 
     /// The transitive closure of the parent relation through time: one row per ancestor,
