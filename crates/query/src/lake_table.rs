@@ -340,7 +340,6 @@ struct Known<'a> {
 fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::RoaringBitmap> {
     let entity_column = table.entity_column()?;
     let ids = known.ids;
-    let id_of = |value: &ScalarValue| -> Option<Option<u32>> { Some(ids.id(text_of(value)?)) };
     let mut wanted = roaring::RoaringBitmap::new();
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Or => {
@@ -350,27 +349,39 @@ fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::Roari
             let members = subtree_members(table, expr, known.hierarchy)?;
             wanted.extend(members.iter().filter_map(|entity| ids.id(entity)));
         }
-        Expr::InList(list) if !list.negated => {
-            if column_name(&list.expr)? != entity_column {
-                return None;
-            }
-            for item in &list.list {
-                let Expr::Literal(value, _) = item else {
-                    return None;
-                };
-                // An entity without an id is in no committed file.
-                wanted.extend(id_of(value)?);
-            }
-        }
         _ => {
-            let (column, op, value) = comparison(expr)?;
-            if column != entity_column || op != Operator::Eq {
-                return None;
-            }
-            wanted.extend(id_of(value)?);
+            // An entity without an id is in no committed file.
+            wanted.extend(
+                entity_literals(entity_column, expr)?
+                    .into_iter()
+                    .filter_map(|entity| ids.id(entity)),
+            );
         }
     }
     Some(wanted)
+}
+
+/// The entities `column = '…'` or `column IN ('…', …)` allows (seeing through casts of the
+/// column); None for any other predicate.
+pub(crate) fn entity_literals<'a>(column: &str, expr: &'a Expr) -> Option<Vec<&'a str>> {
+    if let Expr::InList(list) = expr {
+        if list.negated || column_name(&list.expr)? != column {
+            return None;
+        }
+        return list
+            .list
+            .iter()
+            .map(|item| match item {
+                Expr::Literal(value, _) => text_of(value),
+                _ => None,
+            })
+            .collect();
+    }
+    let (name, op, value) = comparison(expr)?;
+    if name != column || op != Operator::Eq {
+        return None;
+    }
+    Some(vec![text_of(value)?])
 }
 
 fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {

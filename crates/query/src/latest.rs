@@ -9,12 +9,12 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use twinlake_model::{ColumnType, UTC};
 use twinlake_store::LiveTables;
 
-use crate::hierarchy::text_of;
+use crate::lake_table::entity_literals;
 
 #[derive(Debug)]
 pub(crate) struct LatestTable {
@@ -59,10 +59,9 @@ impl TableProvider for LatestTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let wanted = filters.iter().find_map(wanted_entities);
-        let wanted: Option<Vec<&str>> = wanted
-            .as_ref()
-            .map(|list| list.iter().map(String::as_str).collect());
+        let wanted = filters
+            .iter()
+            .find_map(|filter| entity_literals("entity", filter));
         let rows = self.live.latest().rows_of(wanted.as_deref());
         let batch = RecordBatch::try_new(
             self.schema(),
@@ -100,37 +99,5 @@ impl TableProvider for LatestTable {
             self.schema(),
             projection.cloned(),
         )?)
-    }
-}
-
-/// The entities `entity = '…'` or `entity IN ('…', …)` allows; None for any other filter.
-fn wanted_entities(filter: &Expr) -> Option<Vec<String>> {
-    let literal = |expr: &Expr| match expr {
-        Expr::Literal(value, _) => text_of(value).map(str::to_owned),
-        _ => None,
-    };
-    let is_entity = |expr: &Expr| match expr {
-        Expr::Column(column) => column.name == "entity",
-        Expr::Cast(cast) => matches!(cast.expr.as_ref(), Expr::Column(c) if c.name == "entity"),
-        _ => false,
-    };
-    match filter {
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) => {
-            if is_entity(left) {
-                literal(right).map(|e| vec![e])
-            } else if is_entity(right) {
-                literal(left).map(|e| vec![e])
-            } else {
-                None
-            }
-        }
-        Expr::InList(list) if !list.negated && is_entity(&list.expr) => {
-            list.list.iter().map(literal).collect()
-        }
-        _ => None,
     }
 }
