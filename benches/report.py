@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--command", required=True)
     args = parser.parse_args()
 
-    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers"]
+    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers", "stores"]
     results = {
         "scale": args.scale,
         "command": args.command,
@@ -62,6 +62,7 @@ def main():
         },
         "queries": load(args.work, "queries.json"),
         "peers": load(args.work, "peers.json"),
+        "stores": load(args.work, "stores.json"),
     }
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -91,6 +92,12 @@ def main():
         f"pyarrow, zstd, default settings | {peers['pyarrow_zstd_bytes_per_value']:.2f} | "
         f"{ratio(peers['twinlake_bytes_per_value'], peers['pyarrow_zstd_bytes_per_value']):.2f} |"
     )
+    for store in results["stores"].values():
+        lines.append(
+            f"| stored bytes per value (measurements) | {peers['twinlake_bytes_per_value']:.2f} | "
+            f"{store['version']}, settled (compacted) | {store['bytes_per_value']:.2f} | "
+            f"{ratio(peers['twinlake_bytes_per_value'], store['bytes_per_value']):.2f} |"
+        )
     lines.append(
         f"| `latest` lookup p50 / p99 | {q['latest_lookup_p50_ms']:.2f} / "
         f"{q['latest_lookup_p99_ms']:.2f} ms | – | – | – |"

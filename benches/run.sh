@@ -38,6 +38,9 @@ missing=()
 command -v cargo >/dev/null || missing+=("cargo (https://rustup.rs)")
 [ -x /usr/sbin/mosquitto ] || missing+=("mosquitto: sudo apt-get install -y mosquitto")
 [ -x /usr/bin/time ] || missing+=("GNU time: sudo apt-get install -y time")
+command -v influxd >/dev/null || missing+=("InfluxDB 1.6: sudo apt-get install -y influxdb")
+command -v victoria-metrics >/dev/null ||
+  missing+=("VictoriaMetrics: sudo apt-get install -y victoria-metrics")
 command -v python3 >/dev/null || missing+=("python3: sudo apt-get install -y python3 python3-pip")
 for module in duckdb deltalake pyarrow; do
   python3 -c "import $module" 2>/dev/null || missing+=("python $module: pip install $module")
@@ -79,6 +82,7 @@ phase queries "$bin" bench queries --devices "$trucks" --rounds "$rounds" \
   --results "$work/results" --json "$work/queries.json"
 phase peers python3 benches/peers.py --lake "$work/lake-data/lake" \
   --results "$work/results" --repeats "$repeats" --json "$work/peers.json"
+phase stores python3 benches/stores.py --lake "$work/lake-data/lake" --json "$work/stores.json"
 
 date="$(date -u +%Y-%m-%d)"
 out="benches/results/$date-$scale.json"

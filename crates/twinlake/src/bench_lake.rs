@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser};
+use clap::Args;
 use prometheus_client::registry::Registry;
 use twinlake_model::{Parsed, Table, TableBuilders, Timestamp, TopicRoot, parse_message};
 use twinlake_query::{QueryEngine, QueryLimits};
@@ -45,13 +45,6 @@ pub(crate) struct LakeBenchArgs {
     dir: Option<PathBuf>,
 }
 
-/// Builds a simulated fleet with the simulator's own defaults.
-#[derive(Debug, Parser)]
-struct FleetArgs {
-    #[command(flatten)]
-    simulate: SimulateArgs,
-}
-
 /// A lake filled with a simulated fleet, as `twinlake simulate --seed 1` would publish it,
 /// parsed by the ingest parser and persisted every `rounds_per_persist` rounds.
 pub(crate) struct FleetLake {
@@ -70,6 +63,10 @@ pub(crate) struct FleetShape<'a> {
     pub(crate) step: Duration,
     pub(crate) start: &'a str,
     pub(crate) rounds_per_persist: u64,
+    /// `twinlake simulate --late`: chance per truck and round of going offline for a while.
+    pub(crate) late: f64,
+    /// `twinlake simulate --missing`: chance that a value is missing from a reading.
+    pub(crate) missing: f64,
 }
 
 pub(crate) async fn fleet_lake(
@@ -98,15 +95,17 @@ pub(crate) async fn fleet_lake(
     .await
     .map_err(|e| e.to_string())?;
 
-    let fleet_args = FleetArgs::try_parse_from([
-        "simulate",
+    let fleet_args = SimulateArgs::parse_options(&[
         "--devices",
         &shape.devices.to_string(),
         "--seed",
         "1",
-    ])
-    .map_err(|e| e.to_string())?;
-    let mut fleet = Fleet::new(&fleet_args.simulate);
+        "--late",
+        &shape.late.to_string(),
+        "--missing",
+        &shape.missing.to_string(),
+    ])?;
+    let mut fleet = Fleet::new(&fleet_args);
     let start = Timestamp::parse_rfc3339(shape.start).map_err(|e| e.to_string())?;
     let step = shape.step.as_nanos() as i64;
     let root = TopicRoot::default();
@@ -125,14 +124,13 @@ pub(crate) async fn fleet_lake(
     add(&root, &mut builders, setup, start, &mut filled.messages);
     for round in 0..shape.rounds {
         let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * step);
-        add(
-            &root,
-            &mut builders,
-            fleet.round(at, shape.step.as_secs_f64()),
-            at,
-            &mut filled.messages,
-        );
-        if (round + 1) % shape.rounds_per_persist == 0 || round + 1 == shape.rounds {
+        let last = round + 1 == shape.rounds;
+        let mut messages = fleet.round(at, shape.step.as_secs_f64());
+        if last {
+            messages.extend(fleet.backlogs());
+        }
+        add(&root, &mut builders, messages, at, &mut filled.messages);
+        if (round + 1) % shape.rounds_per_persist == 0 || last {
             record += 1;
             for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
                 filled
@@ -175,6 +173,8 @@ pub(crate) async fn lake(args: LakeBenchArgs) -> Result<(), String> {
             step: Duration::from_secs(10),
             start: "2026-01-05T00:00:00Z",
             rounds_per_persist: args.rounds_per_persist,
+            late: 0.0,
+            missing: 0.0,
         },
     )
     .await?;

@@ -24,6 +24,13 @@ pub(crate) struct QueriesBenchArgs {
     /// Rounds held in memory between persists.
     #[arg(long, default_value_t = 500)]
     rounds_per_persist: u64,
+    /// Chance per truck and round of losing the link for 10–120 rounds and sending the
+    /// readings late (`twinlake simulate --late`): out-of-order data, as TSBS has.
+    #[arg(long, default_value_t = 0.001)]
+    late: f64,
+    /// Chance that a value is missing from a reading (`twinlake simulate --missing`).
+    #[arg(long, default_value_t = 0.01)]
+    missing: f64,
     /// Timed runs of each query (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -92,6 +99,8 @@ pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
             step: Duration::from_secs(60),
             start: "2026-11-01T00:00:00Z",
             rounds_per_persist: args.rounds_per_persist,
+            late: args.late,
+            missing: args.missing,
         },
     )
     .await?;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
@@ -65,6 +65,38 @@ pub(crate) struct SimulateArgs {
     /// thin-edge's topic root.
     #[arg(long, default_value = "te")]
     topic_root: String,
+    /// Chance per truck and round that the truck loses its link for 10–120 rounds: its
+    /// readings and events wait on the truck and arrive in one late batch when it is back, out
+    /// of order with the rest of the fleet (TSBS's out-of-order data). Alarms, twin and health
+    /// stay on time, as retained state is.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    late: f64,
+    /// Chance that a value is missing from a reading (a sensor that did not answer; TSBS's
+    /// missing data).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    missing: f64,
+}
+
+impl SimulateArgs {
+    /// The simulator's own defaults with these command-line options on top.
+    pub(crate) fn parse_options(options: &[&str]) -> Result<Self, String> {
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            simulate: SimulateArgs,
+        }
+        let arguments = std::iter::once("simulate").chain(options.iter().copied());
+        Command::try_parse_from(arguments)
+            .map(|command| command.simulate)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share between 0 and 1")),
+    }
 }
 
 const MODELS: [(&str, f64); 4] = [
@@ -99,6 +131,9 @@ struct Truck {
     low_fuel: bool,
     stopped_rounds: u32,
     services_down: Vec<bool>,
+    /// Rounds left without a link; readings and events meanwhile wait in `backlog`.
+    offline_rounds: u32,
+    backlog: Vec<Outgoing>,
 }
 
 struct Sensor {
@@ -116,6 +151,8 @@ pub(crate) struct Fleet {
     services: Vec<String>,
     rng: StdRng,
     telemetry_qos: QoS,
+    late: f64,
+    missing: f64,
 }
 
 fn qos_of(level: u8) -> QoS {
@@ -157,6 +194,8 @@ impl Fleet {
                     low_fuel: false,
                     stopped_rounds: 0,
                     services_down: vec![false; args.services.len()],
+                    offline_rounds: 0,
+                    backlog: Vec::new(),
                 }
             })
             .collect::<Vec<_>>();
@@ -168,6 +207,8 @@ impl Fleet {
             services: args.services.clone(),
             rng,
             telemetry_qos: qos_of(args.qos),
+            late: args.late,
+            missing: args.missing,
         }
     }
 
@@ -269,6 +310,16 @@ impl Fleet {
         let mut events = Vec::new();
         let truck = &mut self.trucks[index];
         let id = truck.id.clone();
+        if truck.offline_rounds > 0 {
+            truck.offline_rounds -= 1;
+            if truck.offline_rounds == 0 {
+                out.append(&mut truck.backlog);
+            }
+        } else if self.late > 0.0 && rng.random_bool(self.late) {
+            truck.offline_rounds = rng.random_range(10..=120);
+        }
+        let offline = truck.offline_rounds > 0;
+        let mut held = Vec::new();
 
         // Driving: stops now and then (doors open, load changes), otherwise a bounded random walk.
         if truck.stopped_rounds > 0 {
@@ -325,19 +376,25 @@ impl Fleet {
         } else {
             650.0
         };
-        out.push(Outgoing {
-            topic: format!("{}/device/{id}///m/telemetry", self.root),
-            payload: json!({
-                "time": time,
-                "engine": {"rpm": round(rpm, 0), "temperature": round(truck.engine_temperature, 1), "oil_pressure": round(2.0 + rpm / 2500.0, 2)},
-                "fuel": {"level": round(truck.fuel, 2), "rate": round(rate, 1)},
-                "gps": {"lat": round(truck.lat, 6), "lon": round(truck.lon, 6), "alt": round(500.0 + truck.lat.fract() * 100.0, 1), "speed": round(truck.speed, 1)},
-                "load": round(truck.load * truck.capacity, 0)
-            })
-            .to_string(),
-            retain: false,
-            qos: self.telemetry_qos,
+        let mut reading = json!({
+            "time": time,
+            "engine": {"rpm": round(rpm, 0), "temperature": round(truck.engine_temperature, 1), "oil_pressure": round(2.0 + rpm / 2500.0, 2)},
+            "fuel": {"level": round(truck.fuel, 2), "rate": round(rate, 1)},
+            "gps": {"lat": round(truck.lat, 6), "lon": round(truck.lon, 6), "alt": round(500.0 + truck.lat.fract() * 100.0, 1), "speed": round(truck.speed, 1)},
+            "load": round(truck.load * truck.capacity, 0)
         });
+        drop_missing(&mut reading, self.missing, rng);
+        send(
+            out,
+            &mut held,
+            offline,
+            Outgoing {
+                topic: format!("{}/device/{id}///m/telemetry", self.root),
+                payload: reading.to_string(),
+                retain: false,
+                qos: self.telemetry_qos,
+            },
+        );
 
         // Alarms: raised past a threshold, cleared with hysteresis, retained like thin-edge's.
         let mut alarms = Vec::new();
@@ -375,17 +432,18 @@ impl Fleet {
             .clamp(-25.0, 25.0);
             sensor.humidity = (sensor.humidity + rng.random_range(-1.0..1.0)).clamp(10.0, 95.0);
             let vibration = truck.speed / 40.0;
-            sensor_readings.push((
-                sensor.id.clone(),
-                json!({
-                    "time": time,
-                    "temperature": round(sensor.temperature, 2),
-                    "humidity": round(sensor.humidity, 1),
-                    "vibration": {"x": round(vibration * rng.random_range(0.8..1.2), 3), "y": round(vibration * rng.random_range(0.8..1.2), 3), "z": round(9.81 + vibration * rng.random_range(-0.1..0.1), 3)}
-                }),
-            ));
+            let mut reading = json!({
+                "time": time,
+                "temperature": round(sensor.temperature, 2),
+                "humidity": round(sensor.humidity, 1),
+                "vibration": {"x": round(vibration * rng.random_range(0.8..1.2), 3), "y": round(vibration * rng.random_range(0.8..1.2), 3), "z": round(9.81 + vibration * rng.random_range(-0.1..0.1), 3)}
+            });
+            drop_missing(&mut reading, self.missing, rng);
+            sensor_readings.push((sensor.id.clone(), reading));
             if let Some(probe) = &sensor.probe {
-                sensor_readings.push((probe.clone(), json!({"time": time, "temperature": round(sensor.temperature + rng.random_range(-0.5..0.5), 2)})));
+                let mut reading = json!({"time": time, "temperature": round(sensor.temperature + rng.random_range(-0.5..0.5), 2)});
+                drop_missing(&mut reading, self.missing, rng);
+                sensor_readings.push((probe.clone(), reading));
             }
         }
 
@@ -401,10 +459,12 @@ impl Fleet {
                 health.push((service_index, *down));
             }
         }
-        let collectd = json!({"time": time, "cpu": {"percent-active": round(rng.random_range(2.0..40.0), 1)}, "memory": {"percent-used": round(rng.random_range(20.0..70.0), 1)}});
+        let mut collectd = json!({"time": time, "cpu": {"percent-active": round(rng.random_range(2.0..40.0), 1)}, "memory": {"percent-used": round(rng.random_range(20.0..70.0), 1)}});
+        drop_missing(&mut collectd, self.missing, rng);
 
         for (event_type, payload) in events {
-            out.push(self.live(format!("device/{id}///e/{event_type}"), payload));
+            let event = self.live(format!("device/{id}///e/{event_type}"), payload);
+            send(out, &mut held, offline, event);
         }
         for (alarm_type, payload) in alarms {
             let qos = match self.telemetry_qos {
@@ -423,10 +483,12 @@ impl Fleet {
             out.push(self.retained(format!("device/{id}///twin/firmware"), payload));
         }
         for (sensor, payload) in sensor_readings {
-            out.push(self.live(format!("device/{sensor}///m/environment"), payload));
+            let reading = self.live(format!("device/{sensor}///m/environment"), payload);
+            send(out, &mut held, offline, reading);
         }
         if self.services.iter().any(|s| s == "collectd") {
-            out.push(self.live(format!("device/{id}/service/collectd/m/"), collectd));
+            let reading = self.live(format!("device/{id}/service/collectd/m/"), collectd);
+            send(out, &mut held, offline, reading);
         }
         for (service_index, down) in health {
             let service = &self.services[service_index];
@@ -442,6 +504,17 @@ impl Fleet {
                 status,
             ));
         }
+        self.trucks[index].backlog.append(&mut held);
+    }
+
+    /// What trucks still offline hold when the simulation ends: sent late rather than lost.
+    pub(crate) fn backlogs(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for truck in &mut self.trucks {
+            truck.offline_rounds = 0;
+            out.append(&mut truck.backlog);
+        }
+        out
     }
 
     pub(crate) fn initial_health(&self, time: &str) -> Vec<Outgoing> {
@@ -456,6 +529,36 @@ impl Fleet {
         }
         out
     }
+}
+
+/// A live message goes out now, or waits on the truck while it is offline.
+fn send(out: &mut Vec<Outgoing>, held: &mut Vec<Outgoing>, offline: bool, message: Outgoing) {
+    if offline {
+        held.push(message);
+    } else {
+        out.push(message);
+    }
+}
+
+/// Removes each value of a reading with chance `missing`; its time stays. No draw at all when
+/// `missing` is 0, so a seed gives the same fleet as before missing values existed.
+fn drop_missing(reading: &mut serde_json::Value, missing: f64, rng: &mut StdRng) {
+    if missing <= 0.0 {
+        return;
+    }
+    let Some(fields) = reading.as_object_mut() else {
+        return;
+    };
+    fields.retain(|key, value| {
+        if key == "time" {
+            return true;
+        }
+        if value.is_object() {
+            drop_missing(value, missing, rng);
+            return value.as_object().is_some_and(|group| !group.is_empty());
+        }
+        !rng.random_bool(missing)
+    });
 }
 
 fn round(value: f64, digits: i32) -> f64 {
@@ -559,6 +662,9 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
         }
         round_index += 1;
     }
+    for message in fleet.backlogs() {
+        publish(message).await?;
+    }
     // Wait until the broker has acknowledged everything sent with QoS 1 or 2.
     let all_acknowledged = tokio::time::timeout(
         Duration::from_secs(60),
@@ -588,4 +694,67 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry(messages: &[Outgoing]) -> Vec<serde_json::Value> {
+        messages
+            .iter()
+            .filter(|m| m.topic.ends_with("/m/telemetry"))
+            .map(|m| serde_json::from_str(&m.payload).expect("the simulator writes JSON"))
+            .collect()
+    }
+
+    fn run(options: &[&str], rounds: u64) -> Vec<Outgoing> {
+        let args = SimulateArgs::parse_options(options).expect("valid options");
+        let mut fleet = Fleet::new(&args);
+        let start = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").expect("a time");
+        let mut out = Vec::new();
+        for round in 0..rounds {
+            let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * 60_000_000_000);
+            out.extend(fleet.round(at, 60.0));
+        }
+        out.extend(fleet.backlogs());
+        out
+    }
+
+    fn leaves(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Object(fields) => fields.values().map(leaves).sum(),
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn late_trucks_send_every_reading_out_of_order() {
+        let on_time = telemetry(&run(&["--devices", "5"], 300));
+        let late = telemetry(&run(&["--devices", "5", "--late", "0.01"], 300));
+        assert_eq!(on_time.len(), 5 * 300);
+        assert_eq!(late.len(), 5 * 300, "no reading is lost while offline");
+        let times: Vec<&str> = late.iter().filter_map(|r| r["time"].as_str()).collect();
+        let backwards = times.windows(2).filter(|pair| pair[1] < pair[0]).count();
+        assert!(backwards > 0, "some readings arrive after later ones");
+        let in_order = on_time.iter().filter_map(|r| r["time"].as_str());
+        assert!(in_order.clone().zip(in_order.skip(1)).all(|(a, b)| a <= b));
+    }
+
+    #[test]
+    fn missing_values_leave_the_time_and_the_rest() {
+        let full = telemetry(&run(&["--devices", "5"], 100));
+        let gaps = telemetry(&run(&["--devices", "5", "--missing", "0.05"], 100));
+        let values = |readings: &[serde_json::Value]| readings.iter().map(leaves).sum::<usize>();
+        assert_eq!(values(&full), 5 * 100 * 11, "10 values and the time");
+        let share = 1.0 - (values(&gaps) - gaps.len()) as f64 / (5.0 * 100.0 * 10.0);
+        assert!((0.03..0.07).contains(&share), "missing share {share}");
+        assert!(gaps.iter().all(|r| r["time"].is_string()));
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused() {
+        assert!(SimulateArgs::parse_options(&["--late", "1.5"]).is_err());
+        assert!(SimulateArgs::parse_options(&["--missing", "-0.1"]).is_err());
+    }
 }
