@@ -27,83 +27,47 @@ def files(lake, table):
     return deltalake.DeltaTable(os.path.join(lake, table)).file_uris()
 
 
-# The twin as DuckDB sees it: the newest registration of every entity and the newest value of
-# every twin fragment (the simulated fleet neither moves nor deregisters entities, so the
-# current hierarchy is the hierarchy at every reading's time).
-SETUP = """
-SET TimeZone = 'UTC';
-CREATE VIEW measurements AS
-    SELECT * REPLACE (CAST(time AS TIMESTAMP) AS time) FROM read_parquet({measurements});
-CREATE VIEW entities AS
-    SELECT entity, parent, name, type FROM (
-        SELECT *, row_number() OVER (PARTITION BY entity ORDER BY time DESC) AS n
-        FROM read_parquet({entity_changes}))
-    WHERE n = 1 AND change <> 'deregistered';
-CREATE VIEW twin AS
-    SELECT entity, fragment, value FROM (
-        SELECT *, row_number() OVER (PARTITION BY entity, fragment ORDER BY time DESC) AS n
-        FROM read_parquet({twin_changes}))
-    WHERE n = 1 AND value IS NOT NULL;
-"""
-
-# The same questions as queries/*.sql, in DuckDB's SQL.
-QUERIES = {
-    "06-average-daily-driving-duration": """
-        WITH buckets AS (
-            SELECT entity, time_bucket(INTERVAL '10 minutes', time) AS bucket, avg(value) AS speed
-            FROM measurements WHERE type = 'telemetry' AND series = 'gps.speed'
-            GROUP BY entity, bucket)
-        SELECT d.name AS depot, e.name AS truck,
-               strftime(date_trunc('day', b.bucket), '%Y-%m-%dT%H:%M:%SZ') AS day,
-               round(count(*) FILTER (WHERE b.speed > 1) / 6.0, 2) AS driving_hours
-        FROM buckets b JOIN entities e ON e.entity = b.entity JOIN entities d ON d.entity = e.parent
-        GROUP BY d.name, e.name, day ORDER BY depot, truck, day""",
-    "08-breakdown-frequency": """
-        WITH buckets AS (
-            SELECT entity, time_bucket(INTERVAL '10 minutes', time) AS bucket,
-                   count(*) FILTER (WHERE value = 0) * 1.0 / count(*) >= 0.5 AS down
-            FROM measurements WHERE type = 'telemetry' AND series = 'gps.speed'
-            GROUP BY entity, bucket),
-        transitions AS (
-            SELECT entity, down, lead(down) OVER (PARTITION BY entity ORDER BY bucket) AS next_down
-            FROM buckets)
-        SELECT json_extract_string(m.value, '$') AS model, count(*) AS breakdowns,
-               count(DISTINCT t.entity) AS trucks
-        FROM transitions t JOIN twin m ON m.entity = t.entity AND m.fragment = 'model'
-        WHERE NOT t.down AND t.next_down
-        GROUP BY model ORDER BY model""",
-    "09-average-load-per-model": """
-        SELECT d.name AS depot, json_extract_string(m.value, '$') AS model,
-               CAST(json_extract(c.value, '$.kg') AS DOUBLE) AS capacity_kg,
-               round(avg(l.value), 0) AS avg_load_kg,
-               round(avg(l.value) / CAST(json_extract(c.value, '$.kg') AS DOUBLE), 3) AS avg_load_share
-        FROM measurements l
-        JOIN entities e ON e.entity = l.entity JOIN entities d ON d.entity = e.parent
-        JOIN twin m ON m.entity = e.entity AND m.fragment = 'model'
-        JOIN twin c ON c.entity = e.entity AND c.fragment = 'capacity'
-        WHERE l.type = 'telemetry' AND l.series = 'load'
-        GROUP BY d.name, model, capacity_kg ORDER BY depot, model""",
-    "full-scan": "SELECT count(*), avg(value) FROM measurements",
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+TABLES = ("measurements", "entity_changes", "twin_changes", "alarms", "events", "health")
 
 
-def same(twinlake_rows, duckdb_rows):
-    """Equal row by row; numbers within rounding of the last printed digit."""
+def duckdb_queries():
+    """The same questions as queries/*.sql, in DuckDB's SQL (benches/duckdb/<name>.sql)."""
+    folder = os.path.join(HERE, "duckdb")
+    return {
+        name.removesuffix(".sql"): open(os.path.join(folder, name)).read()
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".sql") and name != "setup.sql"
+    }
+
+
+def as_csv(cell):
+    """A DuckDB value as Twinlake's CSV writes it: NULL empty, booleans in lower case."""
+    if cell is None:
+        return ""
+    if isinstance(cell, bool):
+        return str(cell).lower()
+    return cell
+
+
+def difference(twinlake_rows, duckdb_rows):
+    """None when equal row by row (numbers within rounding of the last printed digit), else
+    the first row that differs."""
     if len(twinlake_rows) != len(duckdb_rows):
-        return False
+        return f"{len(twinlake_rows)} rows vs {len(duckdb_rows)}"
     for ours, theirs in zip(twinlake_rows, duckdb_rows):
-        if len(ours) != len(theirs):
-            return False
-        for a, b in zip(ours, theirs):
-            try:
-                x, y = float(a), float(b)
-            except (TypeError, ValueError):
-                if str(a) != str(b):
-                    return False
-                continue
-            if not math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0101):
-                return False
-    return True
+        theirs = [as_csv(cell) for cell in theirs]
+        if len(ours) != len(theirs) or not all(map(same_cell, ours, theirs)):
+            return f"{ours} vs {theirs}"
+    return None
+
+
+def same_cell(a, b):
+    try:
+        x, y = float(a), float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0101)
 
 
 def main():
@@ -114,11 +78,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    sources = {t: files(args.lake, t) for t in ("measurements", "entity_changes", "twin_changes")}
+    sources = {t: files(args.lake, t) for t in TABLES}
     db = duckdb.connect()
-    db.execute(SETUP.format(**{t: repr(f) for t, f in sources.items()}))
+    with open(os.path.join(HERE, "duckdb", "setup.sql")) as f:
+        db.execute(f.read().format(**{t: repr(f) for t, f in sources.items()}))
     report = {"duckdb_version": duckdb.__version__, "queries": {}}
-    for name, sql in QUERIES.items():
+    for name, sql in duckdb_queries().items():
         times = []
         for _ in range(args.repeats):
             began = time.perf_counter()
@@ -128,7 +93,10 @@ def main():
         ours = os.path.join(args.results, f"{name}.csv")
         if os.path.exists(ours):
             with open(ours, newline="") as f:
-                entry["same_result"] = same(list(csv.reader(f))[1:], rows)
+                differs = difference(list(csv.reader(f))[1:], rows)
+            entry["same_result"] = differs is None
+            if differs:
+                entry["first_difference"] = differs
         report["queries"][name] = entry
 
     table = pq.ParquetDataset(sources["measurements"]).read()

@@ -119,7 +119,11 @@ def main():
     for name, figures in q["queries"].items():
         peer = duck.get(name)
         if peer:
-            same = "same result" if peer.get("same_result") else "**results differ**"
+            same = (
+                f"same {peer['rows']} rows"
+                if peer.get("same_result")
+                else f"**results differ**: {peer.get('first_difference')}"
+            )
             lines.append(
                 f"| `{name}.sql` | {figures['median_ms']:.0f} ms | DuckDB ({same}) | "
                 f"{peer['duckdb_median_ms']:.0f} ms | {ratio(figures['median_ms'], peer['duckdb_median_ms']):.2f} |"

@@ -1,0 +1,62 @@
+-- The tables and views of Twinlake's SQL, rebuilt in DuckDB over the Parquet files of each
+-- Delta table's current snapshot ({measurements} and the like are the file lists). The
+-- simulated fleet neither moves nor deregisters entities, so the current hierarchy is the
+-- hierarchy at every reading's time; the twin does change (firmware), so its history is kept.
+SET TimeZone = 'UTC';
+-- Naive UTC timestamps: DuckDB buckets them without time zone arithmetic.
+CREATE VIEW measurements AS
+    SELECT * REPLACE (CAST(time AS TIMESTAMP) AS time) FROM read_parquet({measurements});
+CREATE VIEW alarms AS SELECT * FROM read_parquet({alarms});
+CREATE VIEW events AS SELECT * FROM read_parquet({events});
+CREATE VIEW health AS SELECT * FROM read_parquet({health});
+CREATE MACRO iso(t) AS strftime(t, '%Y-%m-%dT%H:%M:%SZ');
+-- An entity's label: its name, else the distinctive part of its topic id (main, the device, the service).
+CREATE MACRO label(entity, name) AS coalesce(name, CASE
+    WHEN entity = 'device/main//' THEN 'main'
+    WHEN entity LIKE 'device/%//' THEN split_part(entity, '/', 2)
+    WHEN entity LIKE 'device/%/service/%' THEN split_part(entity, '/', 4)
+    ELSE entity END);
+CREATE TABLE entities AS
+    SELECT entity, kind, parent, name, type FROM (
+        SELECT *, row_number() OVER (PARTITION BY entity ORDER BY time DESC) AS n
+        FROM read_parquet({entity_changes}))
+    WHERE n = 1 AND change <> 'deregistered';
+CREATE TABLE entity_paths AS
+    WITH RECURSIVE up(entity, next, path) AS (
+        SELECT entity, parent, label(entity, name) FROM entities
+        UNION ALL
+        SELECT up.entity, p.parent, label(p.entity, p.name) || '/' || up.path
+        FROM up JOIN entities p ON p.entity = up.next)
+    -- The main device is implicit: a chain ends at it without its own registration.
+    SELECT entity, CASE WHEN next IS NULL THEN path ELSE label(next, NULL) || '/' || path END AS path
+    FROM up WHERE next IS NULL OR next NOT IN (SELECT entity FROM entities);
+CREATE TABLE ancestors AS
+    WITH RECURSIVE up(descendant, ancestor, depth) AS (
+        SELECT entity, parent, 1 FROM entities WHERE parent IS NOT NULL
+        UNION ALL
+        SELECT up.descendant, p.parent, up.depth + 1
+        FROM up JOIN entities p ON p.entity = up.ancestor WHERE p.parent IS NOT NULL)
+    SELECT * FROM up;
+-- As Twinlake's twin_history: a fragment's first value is valid from the beginning of time.
+CREATE TABLE twin_history AS
+    WITH ordered AS (
+        SELECT entity, fragment, value, time,
+               lag(value) OVER (PARTITION BY entity, fragment ORDER BY time) AS previous,
+               row_number() OVER (PARTITION BY entity, fragment ORDER BY time) AS n
+        FROM read_parquet({twin_changes})
+    ), changed AS (
+        SELECT entity, fragment, value, time, n,
+               lead(time) OVER (PARTITION BY entity, fragment ORDER BY time) AS valid_to
+        FROM ordered WHERE n = 1 OR value IS DISTINCT FROM previous)
+    SELECT entity, fragment, value,
+           CASE WHEN n = 1 THEN TIMESTAMPTZ '1970-01-01 00:00:00+00' ELSE time END AS valid_from,
+           valid_to
+    FROM changed WHERE value IS NOT NULL;
+CREATE VIEW twin AS SELECT entity, fragment, value FROM twin_history WHERE valid_to IS NULL;
+CREATE VIEW health_current AS
+    SELECT entity, status, time FROM (
+        SELECT *, row_number() OVER (PARTITION BY entity ORDER BY time DESC) AS n FROM health)
+    WHERE n = 1 AND status IS NOT NULL;
+CREATE VIEW latest AS
+    SELECT entity, type, series, arg_max(value, time) AS value, max(time) AS time
+    FROM measurements GROUP BY entity, type, series;
