@@ -5,7 +5,7 @@
 #   benches/run.sh [--scale smoke|small|medium|large] [--profile bench|dev]
 #
 # --profile dev uses the debug build (CI's smoke run, which checks the harness, not speed).
-# Writes benches/results/<date>-<scale>.json and appends a Markdown table to
+# Writes benches/results/<date>-<scale>[-<run>].json and appends a Markdown table to
 # docs/benchmarks.md (not for smoke, which only checks that the harness works). Installs
 # nothing: it lists what is missing and how to install it, and stops.
 set -euo pipefail
@@ -86,6 +86,8 @@ phase stores python3 benches/stores.py --lake "$work/lake-data/lake" --json "$wo
 
 date="$(date -u +%Y-%m-%d)"
 out="benches/results/$date-$scale.json"
+run=1
+while [ -e "$out" ]; do run=$((run + 1)); out="benches/results/$date-$scale-$run.json"; done
 [ "$scale" = smoke ] && out="$work/$date-smoke.json"
 mkdir -p benches/results
 markdown="$work/table.md"

@@ -1,6 +1,6 @@
 //! The ingest pipeline: MQTT reader → batcher (parse, group) → WAL → acker (hot buffer, PUBACK).
 //!
-//! Three tasks joined by FIFO channels keep acknowledgements in the order messages arrived, as
+//! Four tasks joined by FIFO channels keep acknowledgements in the order messages arrived, as
 //! MQTT requires, while the next group is parsed during the current group's fsync:
 //!
 //! - the reader polls the MQTT connection and hands each publish on with an in-flight permit;
@@ -9,7 +9,8 @@
 //! - the batcher parses messages into Arrow rows and, every `batch_window` or `batch_max_messages`,
 //!   submits them to the WAL as one record;
 //! - the acker waits for each record's fsync, moves its rows to the live tables (so an
-//!   acknowledged message is queryable), then acknowledges its messages and frees their permits.
+//!   acknowledged message is queryable), then frees its messages' permits and passes their
+//!   acknowledgements to the ack sender, which queues them on the MQTT client.
 //!
 //! After each persist the batcher writes a checkpoint of the retained state to the WAL (so it
 //! outlives the segments that held it), and once that is durable the acker deletes the WAL
@@ -115,10 +116,9 @@ pub async fn run_ingest(
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    // Acks are only sent while the reader polls. The acker frees in-flight permits before it
-    // queues acks, so a full queue only waits for the reader's next poll; queued acks cost a
-    // few bytes and the queue grows only as needed, so the bound is generous.
-    let request_capacity = 4 * config.max_inflight_messages + 100_000;
+    // Requests (acks) leave this queue only while the reader polls; a full queue holds up
+    // only `send_acks`, never the reader (see there), so its size is a matter of batching.
+    let request_capacity = 2 * config.max_inflight_messages + 1_000;
     let options = config
         .endpoint
         .options(config.max_packet_bytes, request_capacity)?;
@@ -126,6 +126,7 @@ pub async fn run_ingest(
     let permits = Arc::new(Semaphore::new(config.max_inflight_messages));
     let (to_batcher, from_reader) = mpsc::unbounded_channel();
     let (to_acker, from_batcher) = mpsc::unbounded_channel();
+    let (to_ack_sender, acks) = mpsc::unbounded_channel();
     tracing::info!(
         host = %config.endpoint.host,
         port = config.endpoint.port,
@@ -152,9 +153,10 @@ pub async fn run_ingest(
         metrics.clone(),
         shutdown,
     ));
+    let ack_sender = tokio::spawn(send_acks(acks, client.clone()));
     let acked = acknowledge(
         from_batcher,
-        client.clone(),
+        to_ack_sender,
         wal,
         hot,
         permits.clone(),
@@ -163,6 +165,7 @@ pub async fn run_ingest(
     )
     .await;
     permits.close();
+    let acked = acked.and(ack_sender.await?);
     if let Err(error) = client.disconnect().await {
         tracing::debug!(%error, "MQTT disconnect request not delivered");
     }
@@ -478,9 +481,35 @@ fn checkpoint(
     Ok(())
 }
 
+/// What an acknowledgement needs of a message: its QoS and packet id, not its payload.
+fn ack_token(publish: &Publish) -> Publish {
+    let mut token = Publish::new(String::new(), publish.qos, Vec::new());
+    token.pkid = publish.pkid;
+    token
+}
+
+/// Queues the acknowledgements of durable messages on the MQTT client, in order.
+///
+/// A task of its own so that nothing the reader waits for waits on the client's request
+/// queue: the queue drains only while the reader polls, and when the acker itself queued acks,
+/// a full queue held the acker, the commits behind it held every in-flight permit, and the
+/// reader, waiting for a permit, never polled again: ingest stalled for good with a broker
+/// that sends without an in-flight limit (found by `benches/run.sh --scale medium`).
+async fn send_acks(
+    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
+    client: AsyncClient,
+) -> Result<(), IngestError> {
+    while let Some(tokens) = acks.recv().await {
+        for token in &tokens {
+            client.ack(token).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn acknowledge(
     mut from_batcher: mpsc::UnboundedReceiver<Commit>,
-    client: AsyncClient,
+    to_ack_sender: mpsc::UnboundedSender<Vec<Publish>>,
     wal: Arc<Wal>,
     hot: Arc<LiveTables>,
     permits: Arc<Semaphore>,
@@ -511,14 +540,17 @@ async fn acknowledge(
                 );
             }
         }
-        // Free the in-flight permits before queuing the acks: acks leave only while the reader
-        // polls, and a reader waiting for a permit does not poll. With a broker that sends
-        // without waiting for acks (no in-flight limit), the queue filled up that way and
-        // ingest stalled for good (found by `benches/run.sh --scale medium`).
-        let publishes: Vec<Publish> = commit.messages.into_iter().map(|m| m.publish).collect();
+        // Dropping the messages frees their in-flight permits; their acks go to `send_acks`.
+        let tokens: Vec<Publish> = commit
+            .messages
+            .iter()
+            .map(|m| ack_token(&m.publish))
+            .collect();
+        drop(commit.messages);
         metrics.set_acks_pending(config.max_inflight_messages, &permits);
-        for publish in &publishes {
-            client.ack(publish).await?;
+        if to_ack_sender.send(tokens).is_err() {
+            // `send_acks` failed; run_ingest reports its error.
+            break;
         }
         metrics
             .wal_bytes

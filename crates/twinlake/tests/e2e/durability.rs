@@ -176,3 +176,24 @@ fn a_full_hot_buffer_stops_ingest_without_losing_anything() {
         rows / values as i64 - messages as i64
     );
 }
+
+/// Mosquitto without an in-flight limit sends as fast as it can; acknowledgements then pile up
+/// in the MQTT client's request queue faster than they leave. A small in-flight window (and so
+/// a small request queue) makes the pile-up that stalled ingest for good in the benchmark
+/// happen within a few thousand messages.
+#[test]
+fn a_flood_from_a_broker_without_inflight_limit_never_stalls_ingest() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let window = ["--max-inflight-messages", "20"];
+    let twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &window);
+    let messages = 30_000u64;
+    let acked = publish_numbered(mosquitto.url(), "flood", messages, 0.0, 1);
+    assert_eq!(acked, messages);
+    let stored = twinlake.wait_for_count(
+        "SELECT count(*) FROM measurements WHERE entity = 'device/flood//'",
+        messages as i64,
+        Duration::from_secs(60),
+    );
+    assert_eq!(stored, messages as i64, "ingest stalled");
+}
