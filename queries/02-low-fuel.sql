@@ -9,4 +9,4 @@ JOIN entities t ON t.entity = l.entity
 JOIN entities d ON d.entity = t.parent
 LEFT JOIN twin m ON m.entity = t.entity AND m.fragment = 'model'
 WHERE l.type = 'telemetry' AND l.series = 'fuel.level' AND l.value < 20
-ORDER BY fuel_percent;
+ORDER BY fuel_percent, truck;

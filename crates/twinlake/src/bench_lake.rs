@@ -120,7 +120,7 @@ pub(crate) async fn fleet_lake(
         persist_time: Duration::ZERO,
     };
     let mut setup = fleet.registrations();
-    setup.extend(fleet.initial_health(&start.to_rfc3339()));
+    setup.extend(fleet.initial_health(start));
     add(&root, &mut builders, setup, start, &mut filled.messages);
     for round in 0..shape.rounds {
         let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * step);

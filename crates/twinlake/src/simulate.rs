@@ -517,7 +517,11 @@ impl Fleet {
         out
     }
 
-    pub(crate) fn initial_health(&self, time: &str) -> Vec<Outgoing> {
+    /// Every service reports up a second before the first round: a service that goes down in
+    /// the first round then has a clear order of statuses, not two at the same time.
+    pub(crate) fn initial_health(&self, first_round: Timestamp) -> Vec<Outgoing> {
+        let time =
+            Timestamp::from_unix_nanos(first_round.unix_nanos() - 1_000_000_000).to_rfc3339();
         let mut out = Vec::new();
         for truck in &self.trucks {
             for (index, service) in self.services.iter().enumerate() {
@@ -622,7 +626,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
     };
     let first_time = start.unwrap_or_else(Timestamp::now);
     let mut setup = fleet.registrations();
-    setup.extend(fleet.initial_health(&first_time.to_rfc3339()));
+    setup.extend(fleet.initial_health(first_time));
     for message in setup {
         publish(message).await?;
     }
