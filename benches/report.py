@@ -137,6 +137,9 @@ def main():
         )
     with open(args.markdown, "w") as f:
         f.write("\n".join(lines) + "\n")
+    differ = [name for name, peer in duck.items() if peer.get("same_result") is False]
+    if differ:
+        raise SystemExit(f"Twinlake's and DuckDB's results differ: {', '.join(differ)}")
 
 
 if __name__ == "__main__":

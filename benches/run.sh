@@ -91,11 +91,14 @@ while [ -e "$out" ]; do run=$((run + 1)); out="benches/results/$date-$scale-$run
 [ "$scale" = smoke ] && out="$work/$date-smoke.json"
 mkdir -p benches/results
 markdown="$work/table.md"
+# A result that differs from DuckDB's fails the run, after the figures are written.
+status=0
 python3 benches/report.py --scale "$scale" --work "$work" --out "$out" --markdown "$markdown" \
-  --command "benches/run.sh --scale $scale --profile $profile"
+  --command "benches/run.sh --scale $scale --profile $profile" || status=$?
 if [ "$scale" != smoke ] && [ "$profile" = bench ]; then
   cat "$markdown" >> docs/benchmarks.md
   echo "== appended to docs/benchmarks.md"
 fi
 cat "$markdown"
 echo "== results: $out"
+exit "$status"
