@@ -17,6 +17,9 @@ pub struct IngestMetrics {
     pub not_stored: Family<Labels, Counter>,
     pub retained_duplicates: Counter,
     pub acks_pending: Gauge,
+    /// Acknowledgements of durable messages not yet handed to the MQTT client: it sends them
+    /// only as fast as its event loop turns, so they pile up while a broker floods.
+    pub acks_queued: Gauge,
     pub wal_bytes: Gauge,
     pub fsync_seconds: Histogram,
     pub hot_bytes: Gauge,
@@ -36,6 +39,7 @@ impl IngestMetrics {
             not_stored: Family::default(),
             retained_duplicates: Counter::default(),
             acks_pending: Gauge::default(),
+            acks_queued: Gauge::default(),
             wal_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             hot_bytes: Gauge::default(),
@@ -69,6 +73,11 @@ impl IngestMetrics {
             "acks_pending",
             "Messages received but not yet durable (their acknowledgement not yet queued)",
             metrics.acks_pending.clone(),
+        );
+        prefix.register(
+            "acks_queued",
+            "Acknowledgements of durable messages waiting for the MQTT client to take them",
+            metrics.acks_queued.clone(),
         );
         prefix.register(
             "wal_bytes",

@@ -153,7 +153,7 @@ pub async fn run_ingest(
         metrics.clone(),
         shutdown,
     ));
-    let ack_sender = tokio::spawn(send_acks(acks, client.clone()));
+    let ack_sender = tokio::spawn(send_acks(acks, client.clone(), metrics.clone()));
     let acked = acknowledge(
         from_batcher,
         to_ack_sender,
@@ -498,10 +498,12 @@ fn ack_token(publish: &Publish) -> Publish {
 async fn send_acks(
     mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
     client: AsyncClient,
+    metrics: IngestMetrics,
 ) -> Result<(), IngestError> {
     while let Some(tokens) = acks.recv().await {
         for token in &tokens {
             client.ack(token).await?;
+            metrics.acks_queued.dec();
         }
     }
     Ok(())
@@ -548,6 +550,7 @@ async fn acknowledge(
             .collect();
         drop(commit.messages);
         metrics.set_acks_pending(config.max_inflight_messages, &permits);
+        metrics.acks_queued.inc_by(tokens.len() as i64);
         if to_ack_sender.send(tokens).is_err() {
             // `send_acks` failed; run_ingest reports its error.
             break;

@@ -196,4 +196,13 @@ fn a_flood_from_a_broker_without_inflight_limit_never_stalls_ingest() {
         Duration::from_secs(60),
     );
     assert_eq!(stored, messages as i64, "ingest stalled");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while twinlake.metric("twinlake_acks_queued") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledgements still queued: {:?}",
+            twinlake.metric("twinlake_acks_queued")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
