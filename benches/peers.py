@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """What users would pick instead, on Twinlake's own data: DuckDB answering the same questions
-over the same Parquet files (the files of each Delta table's current snapshot, read with
-Python's `deltalake`), with its results compared to Twinlake's; and the `measurements` rows
-written as plain zstd Parquet by pyarrow with default settings, for bytes per value.
+(`benches/duckdb/<name>.sql` for each `queries/<name>.sql`, on the views of
+`benches/duckdb/setup.sql`) over the same Parquet files (the files of each Delta table's current
+snapshot, read with Python's `deltalake`), with its results compared cell by cell to
+Twinlake's; and the `measurements` rows written as plain zstd Parquet by pyarrow with default
+settings, for bytes per value.
 
 Usage: peers.py --lake DIR --results DIR --json OUT [--repeats 5]
   --lake     the lake root of `twinlake bench queries --dir D` (D/lake)
@@ -34,11 +36,12 @@ TABLES = ("measurements", "entity_changes", "twin_changes", "alarms", "events", 
 def duckdb_queries():
     """The same questions as queries/*.sql, in DuckDB's SQL (benches/duckdb/<name>.sql)."""
     folder = os.path.join(HERE, "duckdb")
-    return {
-        name.removesuffix(".sql"): open(os.path.join(folder, name)).read()
-        for name in sorted(os.listdir(folder))
-        if name.endswith(".sql") and name != "setup.sql"
-    }
+    queries = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".sql") and name != "setup.sql":
+            with open(os.path.join(folder, name)) as f:
+                queries[name.removesuffix(".sql")] = f.read()
+    return queries
 
 
 def as_csv(cell):

@@ -7,6 +7,8 @@
 //! (model, capacity, firmware, home depot) and send a 10-value grouped reading per round with
 //! plausible physics; engine overheat and low fuel raise alarms that clear again; doors, trips,
 //! refuelling and firmware updates are events; services report health and sometimes go down.
+//! With `--late` and `--missing`, trucks lose their link now and then and send what they
+//! measured meanwhile in one late batch, and values go missing, as in TSBS's IoT data.
 //! With the same `--seed` (and `--start`) the same messages are published.
 
 use std::time::Duration;
