@@ -147,7 +147,7 @@ def influxdb(db, sources, work):
     root = os.path.join(work, "influxdb")
     os.makedirs(root)
     http = free_port()
-    config = os.path.join(root, "influxdb.conf")
+    config = os.path.join(work, "influxdb.conf")  # outside the measured directory
     with open(config, "w") as f:
         f.write(INFLUXDB_CONFIG.format(dir=root, rpc=free_port(), http=http))
     base = f"http://127.0.0.1:{http}"
