@@ -85,7 +85,10 @@ def main():
         )
         lines.append(
             f"| publish-to-queryable p50 / p99 ({broker}) | {figures['latency_p50_ms']:.1f} / "
-            f"{figures['latency_p99_ms']:.1f} ms | – | – | – |"
+            f"{figures['latency_p99_ms']:.1f} ms | the same probes delivered to a subscriber | "
+            f"{figures['delivery_latency_p50_ms']:.1f} / {figures['delivery_latency_p99_ms']:.1f} ms | "
+            f"{ratio(figures['latency_p50_ms'], figures['delivery_latency_p50_ms']):.1f} / "
+            f"{ratio(figures['latency_p99_ms'], figures['delivery_latency_p99_ms']):.1f} |"
         )
     lines.append(
         f"| stored bytes per value (measurements) | {peers['twinlake_bytes_per_value']:.2f} | "

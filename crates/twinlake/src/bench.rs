@@ -360,13 +360,21 @@ async fn sustained_ingest(
     Ok(args.messages as f64 / began.elapsed().as_secs_f64())
 }
 
-/// (c) Publish-to-queryable latency of probe events, under a background load of `load_rate`.
+/// Probe latencies: publish to queryable in Twinlake, and, as its floor, publish to delivery
+/// at a subscriber of the same broker at the same moment.
+struct ProbeLatencies {
+    queryable: Vec<Duration>,
+    delivered: Vec<Duration>,
+}
+
+/// (c) Publish-to-queryable latency of probe events, under a background load of `load_rate`,
+/// next to the broker's own publish-to-delivery latency of the same probes.
 async fn latency(
     server: &Server,
     mqtt_port: u16,
     args: &IngestBenchArgs,
     load_rate: f64,
-) -> Result<Vec<Duration>, String> {
+) -> Result<ProbeLatencies, String> {
     let load_messages = (load_rate * (args.probes as f64 * 0.02 + 2.0)) as u64;
     let load = tokio::spawn(publish_readings(
         mqtt_port,
@@ -379,6 +387,7 @@ async fn latency(
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..args.probes).map(|_| AtomicU64::new(0)).collect());
     let origin = Instant::now();
+    let delivered = watch_probe_delivery(mqtt_port, args.probes, origin).await?;
     let publisher = {
         let sent = Arc::clone(&sent);
         let probes = args.probes;
@@ -430,20 +439,78 @@ async fn latency(
     }
     publisher.await.map_err(|e| e.to_string())?;
     load.await.map_err(|e| e.to_string())??;
-    let mut latencies: Vec<Duration> = seen
+    let delivered = tokio::time::timeout(Duration::from_secs(30), delivered)
+        .await
+        .map_err(|_| "the probe subscriber did not receive every probe".to_owned())?
+        .map_err(|e| e.to_string())??;
+    Ok(ProbeLatencies {
+        queryable: since_sent(&seen, &sent, "became visible")?,
+        delivered: since_sent(&delivered, &sent, "were delivered")?,
+    })
+}
+
+/// Subscribes to the probes and returns a task that yields when each arrived (µs since `origin`).
+async fn watch_probe_delivery(
+    port: u16,
+    probes: u64,
+    origin: Instant,
+) -> Result<tokio::task::JoinHandle<Result<Vec<Option<u64>>, String>>, String> {
+    let (subscriber, mut eventloop) =
+        client(port, format!("bench-probe-watch-{}", std::process::id()));
+    subscriber
+        .subscribe("te/device/probe///e/probe", QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("probe subscriber: {e}")),
+        }
+    }
+    Ok(tokio::spawn(async move {
+        let mut arrived = vec![None; probes as usize];
+        while arrived.iter().any(Option::is_none) {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    let at = origin.elapsed().as_micros() as u64;
+                    let id = serde_json::from_slice::<serde_json::Value>(&publish.payload)
+                        .ok()
+                        .and_then(|probe| probe["text"].as_str()?.parse::<usize>().ok());
+                    if let Some(slot) = id.and_then(|id| arrived.get_mut(id)) {
+                        slot.get_or_insert(at);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("probe subscriber: {e}")),
+            }
+        }
+        // Held until here: the event loop stops once its client is gone.
+        drop(subscriber);
+        Ok(arrived)
+    }))
+}
+
+/// Sorted latencies from each probe's send time to its arrival; every probe must have arrived.
+fn since_sent(
+    arrived: &[Option<u64>],
+    sent: &[AtomicU64],
+    what: &str,
+) -> Result<Vec<Duration>, String> {
+    let mut latencies: Vec<Duration> = arrived
         .iter()
-        .zip(sent.iter())
-        .filter_map(|(seen, sent)| {
+        .zip(sent)
+        .filter_map(|(at, sent)| {
             Some(Duration::from_micros(
-                seen.as_ref()?.saturating_sub(sent.load(Ordering::Relaxed)),
+                at.as_ref()?.saturating_sub(sent.load(Ordering::Relaxed)),
             ))
         })
         .collect();
-    if latencies.len() < args.probes as usize {
+    if latencies.len() < sent.len() {
         return Err(format!(
-            "only {} of {} probes became visible",
+            "only {} of {} probes {what}",
             latencies.len(),
-            args.probes
+            sent.len()
         ));
     }
     latencies.sort();
@@ -496,13 +563,16 @@ async fn ingest(args: IngestBenchArgs) -> Result<(), String> {
         "(c) publish-to-queryable latency under a load of {:.0} messages/s...",
         ingest / 2.0
     );
-    let latencies = latency(&server, mqtt_port, &args, ingest / 2.0).await?;
+    let probes = latency(&server, mqtt_port, &args, ingest / 2.0).await?;
     let rss = peak_rss_mib(server.pid);
     let rows = rows(&server.http).await;
     drop(server.process);
 
-    let p50 = percentile(&latencies, 0.5);
-    let p99 = percentile(&latencies, 0.99);
+    let latencies = &probes.queryable;
+    let p50 = percentile(latencies, 0.5);
+    let p99 = percentile(latencies, 0.99);
+    let delivered_p50 = percentile(&probes.delivered, 0.5);
+    let delivered_p99 = percentile(&probes.delivered, 0.99);
     println!("broker: {broker_name}");
     println!(
         "messages per throughput run: {} (10 values each), publishers: {}",
@@ -519,6 +589,11 @@ async fn ingest(args: IngestBenchArgs) -> Result<(), String> {
         latencies.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "    the same probes delivered by the broker to a subscriber: p50 {:.1} ms, p99 {:.1} ms",
+        delivered_p50.as_secs_f64() * 1e3,
+        delivered_p99.as_secs_f64() * 1e3
     );
     println!("(d) Twinlake peak RSS: {rss:.0} MiB (holding {rows:.0} rows in memory)");
     println!(
@@ -541,6 +616,8 @@ async fn ingest(args: IngestBenchArgs) -> Result<(), String> {
             "ratio_to_raw_delivery": ingest / raw,
             "latency_p50_ms": p50.as_secs_f64() * 1e3,
             "latency_p99_ms": p99.as_secs_f64() * 1e3,
+            "delivery_latency_p50_ms": delivered_p50.as_secs_f64() * 1e3,
+            "delivery_latency_p99_ms": delivered_p99.as_secs_f64() * 1e3,
             "twinlake_peak_rss_mib": rss,
         }),
     )
