@@ -95,10 +95,16 @@ impl LatestValues {
         };
         let selected: Vec<(&String, &TypesOfEntity)> = match entities {
             None => tree.iter().collect(),
-            Some(wanted) => wanted
-                .iter()
-                .filter_map(|entity| tree.get_key_value(*entity))
-                .collect(),
+            Some(wanted) => {
+                // An entity named twice (`IN ('a', 'a')`) still gives its series once.
+                let mut wanted = wanted.to_vec();
+                wanted.sort_unstable();
+                wanted.dedup();
+                wanted
+                    .iter()
+                    .filter_map(|entity| tree.get_key_value(*entity))
+                    .collect()
+            }
         };
         let mut rows = Vec::new();
         for (entity, types) in selected {
@@ -181,5 +187,7 @@ mod tests {
         let only_b = latest.rows_of(Some(&["device/b//", "device/none//"]));
         assert_eq!(only_b.len(), 1);
         assert_eq!(only_b[0].entity, "device/b//");
+        // `entity IN ('b', 'b')` selects each series once.
+        assert_eq!(latest.rows_of(Some(&["device/b//", "device/b//"])).len(), 1);
     }
 }
