@@ -234,18 +234,29 @@ async fn publish_readings(
     Ok(())
 }
 
-/// (a) The broker's delivery rate to a QoS 1 subscriber that only counts.
-async fn raw_delivery(port: u16, args: &IngestBenchArgs) -> Result<f64, String> {
-    let (subscriber, mut eventloop) = client(port, format!("bench-null-{}", std::process::id()));
+/// A QoS 1 subscription to `filter`, returned once the broker has acknowledged it.
+async fn subscribed(
+    port: u16,
+    name: &str,
+    filter: &str,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+    let (subscriber, mut eventloop) = client(port, format!("bench-{name}-{}", std::process::id()));
     subscriber
-        .subscribe("te/#", QoS::AtLeastOnce)
+        .subscribe(filter, QoS::AtLeastOnce)
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        if let Ok(Event::Incoming(Incoming::SubAck(_))) = eventloop.poll().await {
-            break;
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::SubAck(_))) => return Ok((subscriber, eventloop)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{name} subscriber: {e}")),
         }
     }
+}
+
+/// (a) The broker's delivery rate to a QoS 1 subscriber that only counts.
+async fn raw_delivery(port: u16, args: &IngestBenchArgs) -> Result<f64, String> {
+    let (_subscriber, mut eventloop) = subscribed(port, "null", "te/#").await?;
     let expected = args.messages;
     let counter = tokio::spawn(async move {
         let mut received = 0u64;
@@ -456,18 +467,7 @@ async fn watch_probe_delivery(
     origin: Instant,
 ) -> Result<tokio::task::JoinHandle<Result<Vec<Option<u64>>, String>>, String> {
     let (subscriber, mut eventloop) =
-        client(port, format!("bench-probe-watch-{}", std::process::id()));
-    subscriber
-        .subscribe("te/device/probe///e/probe", QoS::AtLeastOnce)
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::SubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => return Err(format!("probe subscriber: {e}")),
-        }
-    }
+        subscribed(port, "probe-watch", "te/device/probe///e/probe").await?;
     Ok(tokio::spawn(async move {
         let mut arrived = vec![None; probes as usize];
         while arrived.iter().any(Option::is_none) {
