@@ -20,4 +20,4 @@ pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use endpoint::{EndpointError, MqttEndpoint};
 pub use metrics::IngestMetrics;
 pub use pipeline::{DEFAULT_MAX_PACKET_BYTES, IngestConfig, IngestError, run_ingest};
-pub use retained::{RETAINED_TABLE, RetainedState, restore_from_wal};
+pub use retained::{RETAINED_TABLE, RestoreError, RetainedState, restore_from_wal};

@@ -28,7 +28,7 @@ use twinlake_model::{
     Timestamp, TopicRoot, auto_registrations, parse_message,
 };
 use twinlake_store::LiveTables;
-use twinlake_wal::{PendingAppend, RecordId, Wal, WalError, WalStats};
+use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
 
 use crate::endpoint::{EndpointError, MqttEndpoint};
 use crate::metrics::IngestMetrics;
@@ -44,6 +44,10 @@ pub struct IngestConfig {
     pub topic_root: TopicRoot,
     /// Larger payloads become `rejected` rows holding their first bytes and their size.
     pub max_payload_bytes: usize,
+    /// A message that would become more rows than this, or rows repeating more bytes than
+    /// `max_message_row_bytes` (see `Message::repeated_bytes`), becomes a `rejected` row.
+    pub max_rows_per_message: usize,
+    pub max_message_row_bytes: usize,
     /// The largest MQTT packet accepted at all; above it the broker connection fails, so keep
     /// it well above `max_payload_bytes`.
     pub max_packet_bytes: usize,
@@ -65,6 +69,8 @@ impl IngestConfig {
             endpoint,
             topic_root: TopicRoot::default(),
             max_payload_bytes: 256 * 1024,
+            max_rows_per_message: 10_000,
+            max_message_row_bytes: 16 * 1024 * 1024,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight_messages: 20_000,
             hot_budget_bytes: 2 * 1024 * 1024 * 1024,
@@ -101,8 +107,8 @@ struct Commit {
     append: Option<PendingAppend>,
     rows: Vec<(Table, arrow_array::RecordBatch)>,
     messages: Vec<Received>,
-    /// Once `append` is durable, delete the WAL segments up to this record.
-    truncate_through: Option<RecordId>,
+    /// Once `append` is durable, delete the WAL segments whose rows are all persisted.
+    truncate: bool,
 }
 
 /// Runs ingest until `shutdown` turns true: then it stops taking messages, commits and
@@ -264,8 +270,15 @@ struct Group {
     builders: TableBuilders,
     retained_log: RetainedLog,
     messages: Vec<Received>,
+    /// Payload and repeated bytes of the rows so far: a group is committed before its text
+    /// could come near Arrow's 2 GiB offset limit, whatever the messages.
+    bytes: usize,
     deadline: Option<Instant>,
 }
+
+/// A group is committed once its rows hold about this many bytes. With every message bounded
+/// by `max_message_row_bytes` plus its payload, no column of a group reaches 2 GiB.
+const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 async fn batch(
     mut from_reader: mpsc::UnboundedReceiver<Received>,
@@ -281,6 +294,7 @@ async fn batch(
         builders: TableBuilders::new(),
         retained_log: RetainedLog::default(),
         messages: Vec::new(),
+        bytes: 0,
         deadline: None,
     };
     loop {
@@ -294,7 +308,7 @@ async fn batch(
             Ok(()) = persisted.changed() => {
                 // The group first: the checkpoint must not hold state of unsubmitted messages.
                 submit(&mut group, &wal, &to_acker)?;
-                checkpoint(&retained, &live, &wal, &to_acker)?;
+                checkpoint(&retained, &wal, &to_acker)?;
                 continue;
             }
             _ = shutdown.wait_for(|stop| *stop) => None,
@@ -313,7 +327,10 @@ async fn batch(
         // messages at a time (rumqttd: 100) waits for this commit before sending more, so
         // holding the group for the window would only add latency. Under a flood the queue never
         // empties and groups grow to `batch_max_messages`.
-        if group.messages.len() >= config.batch_max_messages || from_reader.is_empty() {
+        if group.messages.len() >= config.batch_max_messages
+            || group.bytes >= GROUP_MAX_BYTES
+            || from_reader.is_empty()
+        {
             submit(&mut group, &wal, &to_acker)?;
         }
     }
@@ -350,8 +367,24 @@ fn add(
         group.messages.push(received);
         return;
     }
+    group.bytes += payload.len();
     match parse_message(&config.topic_root, topic, payload, received.received_at) {
         Parsed::Data(message) => {
+            let (rows, bytes) = (message.row_count(), message.repeated_bytes());
+            if rows > config.max_rows_per_message || bytes > config.max_message_row_bytes {
+                let rejection = Rejection::too_many_rows(
+                    topic,
+                    payload,
+                    received.received_at,
+                    (rows, bytes),
+                    (config.max_rows_per_message, config.max_message_row_bytes),
+                );
+                tracing::warn!(topic = %rejection.topic, rows, bytes, "message rejected: it would become too many rows");
+                reject(group, &rejection, metrics);
+                group.messages.push(received);
+                return;
+            }
+            group.bytes += bytes;
             if is_retained_kind(message.table()) {
                 if publish.retain && retained.is_unchanged(topic, payload) {
                     metrics.retained_duplicates.inc();
@@ -432,6 +465,7 @@ fn submit(
     to_acker: &mpsc::UnboundedSender<Commit>,
 ) -> Result<(), IngestError> {
     group.deadline = None;
+    group.bytes = 0;
     if group.messages.is_empty() {
         return Ok(());
     }
@@ -453,7 +487,7 @@ fn submit(
         append,
         rows,
         messages,
-        truncate_through: None,
+        truncate: false,
     });
     Ok(())
 }
@@ -463,11 +497,9 @@ fn submit(
 /// last payload of every retained topic.
 fn checkpoint(
     retained: &RetainedState,
-    live: &LiveTables,
     wal: &Wal,
     to_acker: &mpsc::UnboundedSender<Commit>,
 ) -> Result<(), IngestError> {
-    let through = live.persisted_through();
     let append = match retained.checkpoint_batch()? {
         Some(batch) => Some(wal.submit(vec![(RETAINED_TABLE.to_owned(), batch)])?),
         None => None,
@@ -476,7 +508,7 @@ fn checkpoint(
         append,
         rows: Vec::new(),
         messages: Vec::new(),
-        truncate_through: Some(through),
+        truncate: true,
     });
     Ok(())
 }
@@ -532,7 +564,11 @@ async fn acknowledge(
                 hot.append(table, batch, record)?;
             }
         }
-        if let Some(through) = commit.truncate_through {
+        if commit.truncate {
+            // Asked here, not when the checkpoint was written: every record before the
+            // checkpoint has its rows in the live tables by now (this task appended them, in
+            // order), so a record whose rows are only in memory cannot look persisted.
+            let through = hot.persisted_through();
             let segments = wal.truncate_through(through).await?;
             if segments > 0 {
                 tracing::info!(

@@ -121,6 +121,21 @@ impl RetainedLog {
     }
 }
 
+/// Why the WAL's records could not be put back.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Written by another version of Twinlake: replaying without it would let truncation
+    /// delete rows that were never persisted, so the start stops here.
+    #[error(
+        "WAL record {record} holds rows of a table this version of Twinlake does not know, \
+         {table:?}: it was written by another version. Start that version (it persists and \
+         truncates its WAL), or move the WAL aside knowing that these rows are not in the lake"
+    )]
+    UnknownTable { record: u64, table: String },
+    #[error("restoring WAL rows: {0}")]
+    Store(#[from] ArrowError),
+}
+
 /// Puts the rows of replayed WAL records that are not persisted yet back into the live tables,
 /// and rebuilds the retained state. `persisted` gives, per table, the last WAL record whose
 /// rows of that table are in the lake. Returns the state and how many rows were restored.
@@ -128,7 +143,7 @@ pub fn restore_from_wal(
     replay: &Replay,
     live: &LiveTables,
     persisted: &[(Table, Option<u64>)],
-) -> Result<(RetainedState, usize), ArrowError> {
+) -> Result<(RetainedState, usize), RestoreError> {
     let mut retained = RetainedState::default();
     let mut rows = 0;
     for (record, tables) in &replay.records {
@@ -148,9 +163,44 @@ pub fn restore_from_wal(
                     rows += batch.num_rows();
                     live.append(table, batch.clone(), *record)?;
                 }
-                None => tracing::warn!(table = %name, "WAL record for an unknown table skipped"),
+                None => {
+                    return Err(RestoreError::UnknownTable {
+                        record: record.0,
+                        table: name.clone(),
+                    });
+                }
             }
         }
     }
     Ok((retained, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+    use twinlake_store::LiveTables;
+    use twinlake_wal::{RecordId, Replay};
+
+    use super::{RestoreError, restore_from_wal};
+
+    #[test]
+    fn a_wal_table_this_version_does_not_know_stops_the_start() {
+        let column: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let batch = RecordBatch::try_from_iter([("x", column)]).unwrap();
+        let mut replay = Replay::default();
+        replay
+            .records
+            .push((RecordId(7), vec![("from_the_future".to_owned(), batch)]));
+        let result = restore_from_wal(&replay, &LiveTables::new(), &[]);
+        match result {
+            Err(error @ RestoreError::UnknownTable { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("record 7"), "{message}");
+                assert!(message.contains("from_the_future"), "{message}");
+            }
+            other => panic!("restored a WAL with an unknown table: {other:?}"),
+        }
+    }
 }

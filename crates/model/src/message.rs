@@ -63,6 +63,26 @@ impl Message {
             _ => 1,
         }
     }
+
+    /// The bytes of text the message's rows repeat beyond its payload: the entity and type on
+    /// every row, and a measurement's `properties` on every value. A small payload can make
+    /// many large rows (110 KB of `properties` times 22,000 values is 2.4 GB), so limits on
+    /// what one message may become count this, not the payload's size.
+    pub fn repeated_bytes(&self) -> usize {
+        const FIXED: usize = 16; // a time and a value or status
+        let per_row = self.entity.as_str().len() + FIXED;
+        match &self.body {
+            MessageBody::Measurement(m) => {
+                let properties = m.properties.as_ref().map_or(0, String::len);
+                let per_value = per_row + m.measurement_type.len() + properties;
+                m.values.len().saturating_mul(per_value)
+            }
+            MessageBody::MeasurementMeta(meta) => {
+                (per_row + meta.measurement_type.len()).saturating_mul(self.row_count())
+            }
+            _ => per_row,
+        }
+    }
 }
 
 /// thin-edge traffic that is valid but is not telemetry or twin state, so Twinlake does not

@@ -73,6 +73,16 @@ pub enum RejectReason {
         "payload of {size} bytes exceeds the limit of {limit} bytes; only its first bytes are kept"
     )]
     PayloadTooLarge { size: usize, limit: usize },
+    #[error(
+        "the message would become {rows} rows of {bytes} bytes, over the limit of {row_limit} \
+         rows or {byte_limit} bytes per message"
+    )]
+    TooManyRows {
+        rows: usize,
+        bytes: usize,
+        row_limit: usize,
+        byte_limit: usize,
+    },
 }
 
 impl RejectReason {
@@ -86,6 +96,7 @@ impl RejectReason {
             Self::Payload { .. } => "invalid_payload",
             Self::Time { .. } => "invalid_time",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::TooManyRows { .. } => "too_many_rows",
         }
     }
 
@@ -104,6 +115,27 @@ impl RejectReason {
 }
 
 impl Rejection {
+    /// A message whose rows would exceed what one message may become; the payload is kept whole.
+    pub fn too_many_rows(
+        topic: &[u8],
+        payload: &[u8],
+        received_at: Timestamp,
+        (rows, bytes): (usize, usize),
+        (row_limit, byte_limit): (usize, usize),
+    ) -> Self {
+        Self {
+            received_at,
+            topic: String::from_utf8_lossy(topic).into_owned(),
+            payload: payload.to_vec(),
+            reason: RejectReason::TooManyRows {
+                rows,
+                bytes,
+                row_limit,
+                byte_limit,
+            },
+        }
+    }
+
     /// A message over the payload size limit: keeps the first `keep` bytes and says how large
     /// the whole message was.
     pub fn payload_too_large(

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use twinlake_model::Table;
 
 use crate::StoreError;
-use crate::file::{CommittedFiles, PersistedFile, encode_day, read_parquet, sort_dedup_by_day};
+use crate::file::{
+    CommittedFiles, PersistedFile, encode_day, read_parquet, sort_dedup_chunks_by_day,
+};
 use crate::lake;
 use crate::persist::{Persister, StoreMetrics, blocking};
 
@@ -164,11 +166,12 @@ impl Persister {
         let entity_ids = self.live.entity_ids();
         let settings = self.settings().parquet;
         let (input_rows, encoded) = blocking(move || {
-            let merged = arrow_select::concat::concat_batches(&table.schema(), &batches)?;
-            let bytes_per_row = (input_bytes as f64 / merged.num_rows().max(1) as f64).max(1.0);
+            let (input_rows, groups) = sort_dedup_chunks_by_day(table, &batches)?;
+            drop(batches);
+            let bytes_per_row = (input_bytes as f64 / input_rows.max(1) as f64).max(1.0);
             let rows_per_file = ((target_bytes as f64 / bytes_per_row) as usize).max(1);
             let mut encoded = Vec::new();
-            for (day, batch) in sort_dedup_by_day(table, &merged)? {
+            for (day, batch) in groups {
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let length = rows_per_file.min(batch.num_rows() - offset);
@@ -179,7 +182,7 @@ impl Persister {
                     offset += length;
                 }
             }
-            Ok((merged.num_rows(), encoded))
+            Ok((input_rows, encoded))
         })
         .await?;
         let kept: u64 = encoded.iter().map(|file| file.file.rows).sum();
@@ -221,8 +224,8 @@ impl Persister {
         };
         let now = {
             let mut delta = lake_table.delta.lock().await;
-            lake::commit(lake_table, &mut delta, actions, operation, None).await?
-        };
+            lake::commit(lake_table, &mut delta, actions, operation, None).await
+        }?;
         self.publish_files(table, now)?;
         self.metrics
             .retention_removed_files

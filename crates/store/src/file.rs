@@ -114,7 +114,7 @@ impl PersistedFile {
 }
 
 /// Add paths are URI-encoded (`date=2026-11-21` is plain, but other tools may escape).
-fn decode_path(path: &str) -> String {
+pub(crate) fn decode_path(path: &str) -> String {
     url::form_urlencoded::parse(format!("p={path}").as_bytes())
         .next()
         .map_or_else(|| path.to_owned(), |(_, value)| value.into_owned())
@@ -151,6 +151,44 @@ impl Default for ParquetSettings {
             row_group_rows: 1024 * 1024,
         }
     }
+}
+
+/// Rows are sorted and deduplicated in chunks of at most this many bytes of Arrow memory: one
+/// chunk is concatenated into one batch, and a text column of a batch must stay below 2 GiB.
+/// (Exact repeats in different chunks are left for compaction, which merges files again.)
+const SORT_CHUNK_BYTES: usize = 512 * 1024 * 1024;
+
+/// [`sort_dedup_by_day`] over many batches, a bounded chunk at a time. Returns the rows read
+/// and the day groups (a day may have a group per chunk).
+pub(crate) fn sort_dedup_chunks_by_day(
+    table: Table,
+    batches: &[RecordBatch],
+) -> Result<(usize, Vec<(i32, RecordBatch)>), StoreError> {
+    let mut rows = 0;
+    let mut groups = Vec::new();
+    let mut chunk: Vec<&RecordBatch> = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut flush = |chunk: &mut Vec<&RecordBatch>| -> Result<(), StoreError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let merged = arrow_select::concat::concat_batches(&table.schema(), chunk.iter().copied())?;
+        rows += merged.num_rows();
+        groups.extend(sort_dedup_by_day(table, &merged)?);
+        chunk.clear();
+        Ok(())
+    };
+    for batch in batches {
+        let bytes = batch.get_array_memory_size();
+        if chunk_bytes + bytes > SORT_CHUNK_BYTES {
+            flush(&mut chunk)?;
+            chunk_bytes = 0;
+        }
+        chunk.push(batch);
+        chunk_bytes += bytes;
+    }
+    flush(&mut chunk)?;
+    Ok((rows, groups))
 }
 
 /// Sorts rows by the table's key (then by every other column, so identical rows are

@@ -16,7 +16,7 @@ use twinlake_model::{ColumnType, Table};
 use url::Url;
 
 use crate::StoreError;
-use crate::file::{CommittedFiles, PersistedFile};
+use crate::file::{CommittedFiles, PersistedFile, decode_path};
 
 /// The Delta application id under which each commit records the last WAL record it holds.
 pub(crate) const WAL_APP_ID: &str = "twinlake-wal";
@@ -57,14 +57,6 @@ impl LakeConfig {
         self.url.scheme() == "s3"
     }
 
-    /// A Delta locking provider (e.g. DynamoDB) is configured, so commits do not rely on
-    /// conditional writes.
-    fn has_locking_provider(&self) -> bool {
-        self.storage_options
-            .keys()
-            .any(|key| key.eq_ignore_ascii_case("aws_s3_locking_provider"))
-    }
-
     fn table_url(&self, name: &str) -> Result<Url, StoreError> {
         let mut base = self.url.clone();
         if !base.path().ends_with('/') {
@@ -93,15 +85,13 @@ pub struct Lake {
 }
 
 impl Lake {
-    /// Opens the lake, creating missing tables. Refuses an S3 store that does not honour
-    /// conditional writes (on which two writers could both think they committed a version),
-    /// unless a locking provider is configured.
+    /// Opens the lake, creating missing tables. Refuses a store that does not honour
+    /// conditional writes: two writers could both think they committed a version. (deltalake
+    /// 1.x dropped its DynamoDB log store, so there is no locking provider to fall back on.)
     pub async fn open(config: LakeConfig) -> Result<Self, StoreError> {
         deltalake::aws::register_handlers(None);
         let store = root_store(&config)?;
-        if !config.has_locking_provider() {
-            check_conditional_put(store.as_ref(), &config.url).await?;
-        }
+        check_conditional_put(store.as_ref(), &config.url).await?;
         let mut tables = Vec::new();
         for table in Table::ALL {
             let columns = table_columns(table);
@@ -168,27 +158,138 @@ impl Lake {
     }
 }
 
+/// Why a commit did not happen, or may not have.
+#[derive(Debug)]
+pub(crate) enum CommitFailure {
+    /// No log entry was written: no version references the commit's files.
+    NotCommitted(StoreError),
+    /// Writing the log entry failed in a way that may still have reached the store (a timeout,
+    /// a cut connection), and reading the log back did not tell: the files must stay.
+    Unknown(StoreError),
+}
+
+impl From<CommitFailure> for StoreError {
+    fn from(failure: CommitFailure) -> Self {
+        match failure {
+            CommitFailure::NotCommitted(error) | CommitFailure::Unknown(error) => error,
+        }
+    }
+}
+
 /// Commits actions to a table and returns its files afterwards. `through` records the last
 /// WAL record held, atomically with the files.
+///
+/// A commit is the write of its log entry, `_delta_log/<version>.json`: once that is written,
+/// this returns the files even if a step after it (snapshot update, checkpoint, log cleanup)
+/// fails, because the caller must never delete a file a committed version references.
 pub(crate) async fn commit(
     lake_table: &LakeTable,
     delta: &mut DeltaTable,
     actions: Vec<Action>,
     operation: DeltaOperation,
     through: Option<u64>,
-) -> Result<CommittedFiles, StoreError> {
+) -> Result<CommittedFiles, CommitFailure> {
+    use CommitFailure::NotCommitted;
     let mut properties = CommitProperties::default();
     if let Some(through) = through {
         let version = i64::try_from(through)
-            .map_err(|_| StoreError::Config("WAL record id beyond i64".to_owned()))?;
+            .map_err(|_| NotCommitted(StoreError::Config("WAL record id beyond i64".to_owned())))?;
         properties = properties.with_application_transaction(Transaction::new(WAL_APP_ID, version));
     }
-    CommitBuilder::from(properties)
-        .with_actions(actions)
-        .build(Some(delta.snapshot()?), delta.log_store(), operation)
-        .await?;
-    delta.update_incremental(None).await?;
-    files_of(delta, lake_table.name)
+    let before = files_of(delta, lake_table.name).map_err(NotCommitted)?;
+    let snapshot = delta.snapshot().map_err(|e| NotCommitted(e.into()))?;
+    let prepared = CommitBuilder::from(properties)
+        .with_actions(actions.clone())
+        .build(Some(snapshot), delta.log_store(), operation)
+        .into_prepared_commit_future()
+        .await
+        .map_err(|e| NotCommitted(e.into()))?;
+    let written = match prepared.await {
+        Ok(written) => written,
+        Err(error) => {
+            return resolve_failed_commit(lake_table, delta, &actions, error.into()).await;
+        }
+    };
+    let version = written.version;
+    if let Err(error) = written.await {
+        tracing::warn!(table = lake_table.name, version, %error, "a step after the commit failed (checkpoint or log cleanup); the commit stands");
+    }
+    if let Err(error) = delta.update_incremental(None).await {
+        tracing::warn!(table = lake_table.name, version, %error, "reading the table after its commit failed; its files follow from the commit itself");
+        return Ok(apply_actions(before, &actions, lake_table.name, version));
+    }
+    files_of(delta, lake_table.name).or_else(|error| {
+        tracing::warn!(table = lake_table.name, version, %error, "listing the table after its commit failed; its files follow from the commit itself");
+        Ok(apply_actions(before, &actions, lake_table.name, version))
+    })
+}
+
+/// After a failed log write: reads the log to learn whether the entry landed anyway (a PUT that
+/// timed out may have), which the first added file tells, since each file's name is unique.
+async fn resolve_failed_commit(
+    lake_table: &LakeTable,
+    delta: &mut DeltaTable,
+    actions: &[Action],
+    error: StoreError,
+) -> Result<CommittedFiles, CommitFailure> {
+    let Some(added) = actions.iter().find_map(|action| match action {
+        Action::Add(add) => Some(format!("{}/{}", lake_table.name, decode_path(&add.path))),
+        _ => None,
+    }) else {
+        // Nothing was uploaded for it, so nothing can be deleted by mistake either way.
+        return Err(CommitFailure::NotCommitted(error));
+    };
+    if let Err(read) = delta.update_incremental(None).await {
+        tracing::warn!(table = lake_table.name, %error, %read, "a commit failed and the log cannot be read: whether it landed is unknown, so its files stay");
+        return Err(CommitFailure::Unknown(error));
+    }
+    match files_of(delta, lake_table.name) {
+        Ok(now) if now.files.iter().any(|file| file.path == added) => {
+            tracing::warn!(table = lake_table.name, version = now.version, %error, "the commit's log write reported an error but landed");
+            Ok(now)
+        }
+        Ok(_) => Err(CommitFailure::NotCommitted(error)),
+        Err(read) => {
+            tracing::warn!(table = lake_table.name, %error, %read, "a commit failed and the log cannot be read: whether it landed is unknown, so its files stay");
+            Err(CommitFailure::Unknown(error))
+        }
+    }
+}
+
+/// The files after a commit of `actions` on top of `before`, for when the table cannot be read
+/// back: Twinlake is the table's only writer, so no other commit came between.
+fn apply_actions(
+    before: CommittedFiles,
+    actions: &[Action],
+    table_name: &str,
+    version: u64,
+) -> CommittedFiles {
+    let removed: Vec<String> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Remove(remove) => Some(format!("{table_name}/{}", decode_path(&remove.path))),
+            _ => None,
+        })
+        .collect();
+    let mut files: Vec<PersistedFile> = before
+        .files
+        .into_iter()
+        .filter(|file| !removed.contains(&file.path))
+        .collect();
+    for action in actions {
+        if let Action::Add(add) = action {
+            match PersistedFile::from_add(table_name, add) {
+                Ok(file) => files.push(file),
+                Err(error) => {
+                    tracing::error!(table = table_name, %error, "a committed file could not be read back")
+                }
+            }
+        }
+    }
+    CommittedFiles {
+        version: i64::try_from(version).unwrap_or(i64::MAX),
+        files,
+    }
 }
 
 /// A file's path in its table's log (relative to the table) and its partition values.

@@ -20,6 +20,8 @@ mod live;
 mod persist;
 #[cfg(test)]
 mod test_rows;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
@@ -53,8 +55,7 @@ pub enum StoreError {
     #[error(
         "the object store at {0} overwrote an object written with \"create only\": it does not \
          honour conditional writes (If-None-Match), so two commits could claim the same Delta \
-         version. Use a store that does (AWS S3, MinIO, moto, s3s), or configure a locking \
-         provider (aws_s3_locking_provider = \"dynamodb\")"
+         version. Use a store that does (AWS S3, MinIO, moto, s3s)"
     )]
     NoConditionalPut(String),
     #[error("{0}")]

@@ -18,6 +18,9 @@ use crate::{CommittedFiles, PersistedFile};
 /// Small batches (one per group commit) are merged once this many rows have gathered, so a
 /// scan reads a few large batches instead of thousands of tiny ones.
 const MERGE_ROWS: usize = 64 * 1024;
+/// ... or this many bytes: a merged batch stays far below Arrow's 2 GiB offset limit of a
+/// text column, however large each row is.
+const MERGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Rows in memory, in WAL record order.
 #[derive(Debug, Default)]
@@ -27,6 +30,7 @@ struct HotRows {
     /// Recent batches, merged into one sealed batch once they hold `MERGE_ROWS` rows.
     recent: Vec<RecordBatch>,
     recent_rows: usize,
+    recent_bytes: usize,
     rows: usize,
     bytes: usize,
     /// The WAL records the rows came from.
@@ -151,8 +155,8 @@ impl LiveTables {
         batch: RecordBatch,
         record: RecordId,
     ) -> Result<(), ArrowError> {
-        self.last_record.fetch_max(record.0, Ordering::Relaxed);
         if batch.num_rows() == 0 {
+            self.last_record.fetch_max(record.0, Ordering::Relaxed);
             return Ok(());
         }
         if batch.schema() != table.schema() {
@@ -169,21 +173,26 @@ impl LiveTables {
         let hot = &mut live.active;
         hot.rows += batch.num_rows();
         hot.recent_rows += batch.num_rows();
+        hot.recent_bytes += added;
         hot.first_record.get_or_insert(record);
         hot.last_record = Some(record);
         hot.since.get_or_insert_with(Instant::now);
         hot.recent.push(batch);
         let mut size_change = added as isize;
-        if hot.recent_rows >= MERGE_ROWS {
+        if hot.recent_rows >= MERGE_ROWS || hot.recent_bytes >= MERGE_BYTES {
             let recent = std::mem::take(&mut hot.recent);
             let before: usize = recent.iter().map(RecordBatch::get_array_memory_size).sum();
             let merged = arrow_select::concat::concat_batches(&table.schema(), &recent)?;
             size_change += merged.get_array_memory_size() as isize - before as isize;
             hot.sealed.push(merged);
             hot.recent_rows = 0;
+            hot.recent_bytes = 0;
         }
         hot.bytes = hot.bytes.saturating_add_signed(size_change);
         self.add_bytes(size_change);
+        // Only now: with the rows in place first, `persisted_through` never counts a record
+        // whose rows are in neither a file nor this table.
+        self.last_record.fetch_max(record.0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -272,6 +281,7 @@ impl LiveTables {
         frozen.sealed.extend(active.sealed);
         frozen.recent = active.recent;
         frozen.recent_rows = active.recent_rows;
+        frozen.recent_bytes = active.recent_bytes;
         frozen.rows += active.rows;
         frozen.bytes += active.bytes;
         frozen.first_record = frozen.first_record.or(active.first_record);

@@ -18,9 +18,10 @@ use twinlake_model::Table;
 use crate::StoreError;
 use crate::entity_ids::EntityIds;
 use crate::file::{
-    CommittedFiles, EncodedFile, ParquetSettings, PersistedFile, encode_day, sort_dedup_by_day,
+    CommittedFiles, EncodedFile, ParquetSettings, PersistedFile, encode_day,
+    sort_dedup_chunks_by_day,
 };
-use crate::lake::{self, Lake};
+use crate::lake::{self, CommitFailure, Lake};
 use crate::live::{FrozenRows, LiveTables};
 
 /// When a table's rows are persisted, and how files are written.
@@ -227,14 +228,20 @@ impl Persister {
         }
     }
 
+    /// Persists every due table; one table's failure does not hold up the others (their
+    /// persists free memory and let the WAL be truncated). Returns the first failure.
     async fn persist_due(&self) -> Result<(), StoreError> {
+        let mut first_failure = Ok(());
         for table in Table::ALL {
             if let Some(reason) = self.due(table) {
                 tracing::debug!(%table, reason, "persist due");
-                self.persist_table(table).await?;
+                if let Err(error) = self.persist_table(table).await {
+                    tracing::warn!(%table, %error, "persist failed");
+                    first_failure = first_failure.and(Err(error));
+                }
             }
         }
-        Ok(())
+        first_failure
     }
 
     /// Writes the table's active rows to the lake. Returns the rows persisted.
@@ -271,11 +278,7 @@ impl Persister {
     async fn write_and_commit(&self, frozen: &FrozenRows) -> Result<CommittedFiles, StoreError> {
         let table = frozen.table;
         let batches = frozen.batches.clone();
-        let groups = blocking(move || {
-            let merged = arrow_select::concat::concat_batches(&table.schema(), &batches)?;
-            sort_dedup_by_day(table, &merged).map(|groups| (merged.num_rows(), groups))
-        })
-        .await?;
+        let groups = blocking(move || sort_dedup_chunks_by_day(table, &batches)).await?;
         let (input_rows, groups) = groups;
         let kept: usize = groups.iter().map(|(_, batch)| batch.num_rows()).sum();
         self.metrics
@@ -300,8 +303,12 @@ impl Persister {
         .await
     }
 
-    /// Uploads files and commits them (with the removes, for compaction); on failure the
-    /// uploaded files are deleted again (or left for vacuum if even that fails).
+    /// Uploads files and commits them (with the removes, for compaction). When the commit
+    /// surely did not happen the uploaded files are deleted again; when its outcome is unknown
+    /// they stay, and vacuum deletes them if no version references them.
+    ///
+    /// The table's lock is held from the first upload to the commit, so vacuum (which takes it
+    /// too) never sees these files uploaded but not yet committed, however slow the upload.
     pub(crate) async fn upload_and_commit(
         &self,
         table: Table,
@@ -311,37 +318,40 @@ impl Persister {
         operation: deltalake::protocol::DeltaOperation,
     ) -> Result<CommittedFiles, StoreError> {
         let lake_table = self.lake.table(table);
+        let mut delta = lake_table.delta.lock().await;
         let mut uploaded = Vec::new();
         let mut actions = Vec::new();
-        let mut outcome = Ok(());
         for file in encoded {
             if let Err(error) = self.lake.put(&file.file.path, file.bytes).await {
-                outcome = Err(error);
-                break;
+                self.delete_uncommitted(&uploaded).await;
+                return Err(error);
             }
             self.metrics.persisted_bytes.inc_by(file.file.size);
             actions.push(lake::add_action(&file.file, lake_table.name, file.stats));
             uploaded.push(file.file.path);
         }
-        if outcome.is_ok() {
-            actions.extend(
-                removed
-                    .iter()
-                    .map(|file| lake::remove_action(file, lake_table.name, false)),
-            );
-            let mut delta = lake_table.delta.lock().await;
-            match lake::commit(lake_table, &mut delta, actions, operation, through).await {
-                Ok(files) => {
-                    self.metrics.persisted_files.inc_by(uploaded.len() as u64);
-                    return Ok(files);
-                }
-                Err(error) => outcome = Err(error),
+        actions.extend(
+            removed
+                .iter()
+                .map(|file| lake::remove_action(file, lake_table.name, false)),
+        );
+        match lake::commit(lake_table, &mut delta, actions, operation, through).await {
+            Ok(files) => {
+                self.metrics.persisted_files.inc_by(uploaded.len() as u64);
+                Ok(files)
             }
+            Err(CommitFailure::NotCommitted(error)) => {
+                self.delete_uncommitted(&uploaded).await;
+                Err(error)
+            }
+            Err(CommitFailure::Unknown(error)) => Err(error),
         }
-        for path in &uploaded {
+    }
+
+    async fn delete_uncommitted(&self, paths: &[String]) {
+        for path in paths {
             self.lake.delete_uncommitted(path).await;
         }
-        outcome.map(|()| CommittedFiles::default())
     }
 
     /// Gives ids to the entities of the rows that have none and commits them; returns the

@@ -136,3 +136,38 @@ fn print_out(text: &str) {
         eprintln!("error: writing to standard output: {error}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The `command:` list of the `twinlake` service in docker-compose.yml.
+    fn compose_command() -> Vec<String> {
+        let compose = include_str!("../../../docker-compose.yml");
+        let service = compose
+            .split("\n  twinlake:\n")
+            .nth(1)
+            .expect("docker-compose.yml has a twinlake service");
+        let command = service
+            .split("\n    command:\n")
+            .nth(1)
+            .expect("the twinlake service has a command list");
+        command
+            .lines()
+            .map_while(|line| line.trim_start().strip_prefix("- "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_compose_files_serve_command_is_one_twinlake_accepts() {
+        let command = compose_command();
+        assert_eq!(command.first().map(String::as_str), Some("serve"));
+        let arguments = std::iter::once("twinlake".to_owned()).chain(command);
+        if let Err(error) = Cli::try_parse_from(arguments) {
+            panic!("docker-compose.yml runs a command twinlake refuses: {error}");
+        }
+    }
+}

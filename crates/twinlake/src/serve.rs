@@ -19,7 +19,7 @@ use twinlake_server::{HttpState, serve_http};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
 };
-use twinlake_wal::{SyncMode, Wal, WalConfig};
+use twinlake_wal::{RecordId, SyncMode, Wal, WalConfig};
 
 /// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
 /// the same name in `twinlake.toml`; a flag or variable wins over the file, the file over the
@@ -69,6 +69,14 @@ pub(crate) struct ServeOptions {
     /// Payloads above this size are stored in `rejected` with their first bytes [default: 262144].
     #[arg(long, env = "TWINLAKE_MAX_PAYLOAD_BYTES")]
     pub(crate) max_payload_bytes: Option<usize>,
+    /// A message that would become more rows than this is stored in `rejected` [default: 10000].
+    #[arg(long, env = "TWINLAKE_MAX_ROWS_PER_MESSAGE")]
+    pub(crate) max_rows_per_message: Option<usize>,
+    /// A message whose rows would repeat more text than this (entity, type and `properties` on
+    /// every row), e.g. 16MiB, is stored in `rejected` [default: 16MiB].
+    #[arg(long, env = "TWINLAKE_MAX_MESSAGE_ROW_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) max_message_row_bytes: Option<u64>,
     /// Messages received but not yet acknowledged before ingest stops reading [default: 20000].
     #[arg(long, env = "TWINLAKE_MAX_INFLIGHT_MESSAGES")]
     pub(crate) max_inflight_messages: Option<usize>,
@@ -105,9 +113,6 @@ pub(crate) struct ServeOptions {
     /// S3 secret key [default: AWS_SECRET_ACCESS_KEY].
     #[arg(long, env = "TWINLAKE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub(crate) s3_secret_access_key: Option<String>,
-    /// A Delta locking provider (`dynamodb`) for stores without conditional writes.
-    #[arg(long, env = "TWINLAKE_S3_LOCKING_PROVIDER")]
-    pub(crate) s3_locking_provider: Option<String>,
     /// Persist a table once it holds this many rows in memory [default: 1000000].
     #[arg(long, env = "TWINLAKE_PERSIST_MAX_ROWS")]
     pub(crate) persist_max_rows: Option<usize>,
@@ -173,6 +178,8 @@ impl ServeOptions {
             wal_commit_window_ms,
             wal_segment_mb,
             max_payload_bytes,
+            max_rows_per_message,
+            max_message_row_bytes,
             max_inflight_messages,
             hot_budget_mb,
             query_timeout_s,
@@ -185,7 +192,6 @@ impl ServeOptions {
             s3_virtual_hosted_style,
             s3_access_key_id,
             s3_secret_access_key,
-            s3_locking_provider,
             persist_max_rows,
             persist_max_bytes,
             persist_max_age,
@@ -201,6 +207,21 @@ impl ServeOptions {
 
 const MIB: usize = 1024 * 1024;
 
+/// deltalake 1.x ignores a DynamoDB locking provider (it only logs an error), so a setting that
+/// asks for one would promise a safety nobody gives: stop rather than start without it.
+fn refuse_locking_provider() -> Result<(), String> {
+    for name in ["TWINLAKE_S3_LOCKING_PROVIDER", "AWS_S3_LOCKING_PROVIDER"] {
+        if std::env::var_os(name).is_some() {
+            return Err(format!(
+                "{name} is set, but Delta Lake locking providers are not supported (deltalake 1.x \
+                 dropped its DynamoDB log store): unset it and use a store that honours \
+                 conditional writes (If-None-Match), see docs/storage.md"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ServeOptions {
     fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -213,6 +234,7 @@ impl ServeOptions {
             return LakeConfig::local(&self.data_dir().join("lake")).map_err(|e| e.to_string());
         };
         let url = url::Url::parse(url).map_err(|e| format!("--store-url {url}: {e}"))?;
+        refuse_locking_provider()?;
         if url.scheme() == "file" {
             let path = url
                 .to_file_path()
@@ -234,7 +256,6 @@ impl ServeOptions {
         );
         set("aws_access_key_id", self.s3_access_key_id.clone());
         set("aws_secret_access_key", self.s3_secret_access_key.clone());
-        set("aws_s3_locking_provider", self.s3_locking_provider.clone());
         Ok(LakeConfig {
             url,
             storage_options,
@@ -393,6 +414,11 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     .await
     .map_err(|e| format!("loading the lake: {e}"))?;
     let persister = Arc::new(persister);
+    wal_config.ids_after = persisted
+        .iter()
+        .filter_map(|(_, through)| *through)
+        .max()
+        .map(RecordId);
     let (wal, replay) = Wal::open(wal_config).map_err(|e| e.to_string())?;
     let (retained, rows) = restore_from_wal(&replay, &hot, &persisted)
         .map_err(|e| format!("restoring the WAL: {e}"))?;
@@ -427,6 +453,19 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     ingest.topic_root = topic_root;
     if let Some(bytes) = options.max_payload_bytes {
         ingest.max_payload_bytes = bytes;
+    }
+    if let Some(rows) = options.max_rows_per_message {
+        ingest.max_rows_per_message = rows.max(1);
+    }
+    if let Some(bytes) = options.max_message_row_bytes {
+        // Above this a single message could fill a text column past Arrow's 2 GiB offsets.
+        const MOST: u64 = 512 * MIB as u64;
+        if bytes > MOST {
+            return Err(format!(
+                "--max-message-row-bytes {bytes}: at most 512MiB (one message's rows must stay far below Arrow's 2 GiB per column)"
+            ));
+        }
+        ingest.max_message_row_bytes = bytes as usize;
     }
     if let Some(count) = options.max_inflight_messages {
         ingest.max_inflight_messages = count.max(1);

@@ -57,6 +57,10 @@ pub struct WalConfig {
     /// zstd level of records: low, because the WAL is on the ingest path.
     pub zstd_level: i32,
     pub fsync_observer: Option<FsyncObserver>,
+    /// The highest record id anything outside the log has recorded (the lake's "persisted
+    /// through" markers): new records must come after it even when the log's own files are
+    /// gone or older, or replay would take them for records already persisted and skip them.
+    pub ids_after: Option<RecordId>,
 }
 
 impl std::fmt::Debug for WalConfig {
@@ -67,6 +71,7 @@ impl std::fmt::Debug for WalConfig {
             .field("commit_window", &self.commit_window)
             .field("sync", &self.sync)
             .field("zstd_level", &self.zstd_level)
+            .field("ids_after", &self.ids_after)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +88,7 @@ impl WalConfig {
             sync: SyncMode::Always,
             zstd_level: 1,
             fsync_observer: None,
+            ids_after: None,
         }
     }
 }

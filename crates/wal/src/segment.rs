@@ -43,7 +43,10 @@ pub struct ReplayStats {
     pub orphaned_segments: usize,
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(RecordId, PathBuf)>, WalError> {
+const ORPHANED_SUFFIX: &str = ".wal.orphaned";
+
+/// The files of `dir` whose name is `<first record id>` followed by `suffix`, in id order.
+fn list_segments_named(dir: &Path, suffix: &str) -> Result<Vec<(RecordId, PathBuf)>, WalError> {
     let mut segments = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| WalError::io(dir, e))?;
     for entry in entries {
@@ -51,7 +54,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(RecordId, PathBuf)>, WalError> {
         let first = path
             .file_name()
             .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_suffix(".wal"))
+            .and_then(|name| name.strip_suffix(suffix))
             .and_then(|digits| digits.parse::<u64>().ok());
         if let Some(first) = first {
             segments.push((RecordId(first), path));
@@ -59,6 +62,30 @@ fn list_segments(dir: &Path) -> Result<Vec<(RecordId, PathBuf)>, WalError> {
     }
     segments.sort();
     Ok(segments)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(RecordId, PathBuf)>, WalError> {
+    list_segments_named(dir, ".wal")
+}
+
+/// The first id after every record of the segments set aside as orphaned (0 when there are
+/// none). Their records were never replayed, but some may have been persisted before the
+/// damage: the lake's markers can name their ids, so new records must not reuse them.
+pub(crate) fn after_orphaned(dir: &Path) -> Result<u64, WalError> {
+    let mut after = 0;
+    for (first, path) in list_segments_named(dir, ORPHANED_SUFFIX)? {
+        after = after.max(first.0);
+        let bytes = std::fs::read(&path).map_err(|e| WalError::io(&path, e))?;
+        let mut offset = SEGMENT_HEADER as usize;
+        while let Some(rest) = bytes.get(offset..).filter(|rest| !rest.is_empty()) {
+            let Ok(((id, _), framed)) = decode(rest) else {
+                break;
+            };
+            after = after.max(id.0 + 1);
+            offset += framed;
+        }
+    }
+    Ok(after)
 }
 
 /// Reads every segment of `dir` in order. A damaged record ends the log: the segment is cut
@@ -135,7 +162,7 @@ fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
 
 fn set_aside(path: &Path) -> Result<(), WalError> {
     let mut aside = path.as_os_str().to_owned();
-    aside.push(".orphaned");
+    aside.push(&ORPHANED_SUFFIX[".wal".len()..]);
     std::fs::rename(path, &aside).map_err(|e| WalError::io(path, e))
 }
 

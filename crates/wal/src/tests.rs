@@ -236,3 +236,50 @@ fn appends_after_close_fail_cleanly() {
     let result = runtime().block_on(wal.append(tables(&[1])));
     assert!(matches!(result, Err(crate::WalError::Closed)), "{result:?}");
 }
+
+#[test]
+fn a_new_log_continues_after_the_ids_the_lake_recorded() {
+    // The WAL directory was replaced (a new container whose lake is on S3) while the lake says
+    // it persisted records through 41: a new record must not reuse an id up to 41, or replay
+    // would take it for a persisted one and skip it.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut config = config(dir.path());
+    config.ids_after = Some(RecordId(41));
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    assert_eq!(rt.block_on(wal.append(tables(&[1]))).unwrap(), RecordId(42));
+    wal.close();
+    // A floor below the log's own ids changes nothing.
+    config.ids_after = Some(RecordId(3));
+    let (wal, replay) = Wal::open(config).unwrap();
+    assert_eq!(replay.records[0].0, RecordId(42));
+    assert_eq!(rt.block_on(wal.append(tables(&[2]))).unwrap(), RecordId(43));
+}
+
+#[test]
+fn ids_of_segments_set_aside_after_damage_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut config = config(dir.path());
+    config.segment_bytes = 600;
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(rt.block_on(wal.append(tables(&[i]))).unwrap());
+    }
+    wal.close();
+    // Damage the first segment's last record: every later segment is set aside.
+    let segment = first_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (wal, replay) = Wal::open(config).unwrap();
+    assert!(replay.stats.orphaned_segments > 0);
+    let next = rt.block_on(wal.append(tables(&[99]))).unwrap();
+    assert!(
+        next > ids[19],
+        "{next:?} reuses an id of a set-aside record ({:?})",
+        ids[19]
+    );
+}

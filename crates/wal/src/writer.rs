@@ -70,7 +70,16 @@ impl Wal {
                 "WAL sync = \"never\": records are not fsynced, so a machine crash can lose acknowledged messages"
             );
         }
-        let next = next_record_id(&closed, &replay);
+        let own =
+            next_record_id(&closed, &replay).max(RecordId(segment::after_orphaned(&config.dir)?));
+        let next = own.max(RecordId(config.ids_after.map_or(0, |id| id.0 + 1)));
+        if next > own {
+            tracing::warn!(
+                own = own.0,
+                next = next.0,
+                "the lake holds records beyond the WAL's (its directory was replaced or restored): new records continue after the lake's"
+            );
+        }
         // An empty segment left by a crash right after creation is reused under the same name.
         if let Some(empty) = closed.last().filter(|s| s.last.is_none()) {
             std::fs::remove_file(&empty.path).map_err(|e| WalError::io(&empty.path, e))?;

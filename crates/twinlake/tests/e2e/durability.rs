@@ -107,7 +107,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_message() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {

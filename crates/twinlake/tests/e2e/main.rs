@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod durability;
+mod faults;
 mod lake;
 mod queries;
 mod spec;

@@ -1,0 +1,99 @@
+//! Fault injection: what a user can meet (a lost WAL directory, an oversized message), each
+//! against the real binary and a real broker. `cargo test -p twinlake --test e2e faults::`
+//! runs just these.
+
+use std::time::{Duration, Instant};
+
+use crate::durability::{publish_numbered, rss_kib};
+use crate::support::{Broker, Twinlake, free_port, message, publish};
+
+/// Waits until every row of `entity` in `measurements` is in the lake's files.
+fn wait_until_persisted(twinlake: &Twinlake, rows: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sample = "twinlake_persisted_rows_total{table=\"measurements\"}";
+    while twinlake.metric(sample).unwrap_or(0.0) < rows {
+        assert!(
+            Instant::now() < deadline,
+            "rows not persisted: {:?}",
+            twinlake.metric(sample)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A new container whose lake is on S3 starts with an empty WAL directory while the lake says
+/// it persisted records up to some id. New records reused those ids, so after a crash replay
+/// took them for persisted ones and skipped them: acknowledged messages lost.
+#[test]
+fn messages_acknowledged_after_the_wal_directory_was_replaced_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let persist_soon = ["--persist-max-age", "1s"];
+    let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(port), &persist_soon);
+    let url = twinlake.mqtt_url.clone();
+    assert_eq!(
+        publish_numbered(url.clone(), "before", 2_000, 0.0, 1),
+        2_000
+    );
+    wait_until_persisted(&twinlake, 2_000.0);
+    twinlake.stop();
+
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    twinlake.start_again();
+    assert_eq!(publish_numbered(url, "after", 10, 0.0, 1), 10);
+    let after = "SELECT count(*) FROM measurements WHERE entity = 'device/after//'";
+    assert_eq!(
+        twinlake.wait_for_count(after, 10, Duration::from_secs(20)),
+        10
+    );
+    // SIGKILL: only the WAL holds the 10 (the embedded broker keeps nothing across it).
+    twinlake.kill();
+    twinlake.start_again();
+    assert_eq!(twinlake.count(after), 10, "acknowledged messages lost");
+    let before = "SELECT count(*) FROM measurements WHERE entity = 'device/before//'";
+    assert_eq!(twinlake.count(before), 2_000);
+}
+
+/// 110 KB of `properties` and 22,000 values in a 242 KB payload: copied into every value's row
+/// it is 2.4 GB of text, past Arrow's 2 GiB offsets, and the server panicked. It must become a
+/// `rejected` row with its reason while the server goes on.
+#[test]
+fn a_message_that_would_become_gigabytes_of_rows_is_rejected_and_the_server_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
+    let properties = "p".repeat(110_000);
+    // The same key 22,000 times: the streaming parser keeps each as a value, as the report had.
+    let values = ",\"a\":1".repeat(22_000);
+    let bomb = format!("{{\"properties\":\"{properties}\"{values}}}");
+    assert!(
+        bomb.len() < 256 * 1024,
+        "{} bytes: over the payload limit",
+        bomb.len()
+    );
+    publish(
+        &twinlake.mqtt_url,
+        vec![
+            message("te/device/bomb///m/env", &bomb, false, 1),
+            message("te/device/calm///m/env", "{\"t\":1}", false, 1),
+        ],
+    );
+    let calm = "SELECT count(*) FROM measurements WHERE entity = 'device/calm//'";
+    assert_eq!(twinlake.wait_for_count(calm, 1, Duration::from_secs(20)), 1);
+    let rejected = twinlake.query(
+        "SELECT reason_code, reason, octet_length(CAST(payload AS VARCHAR)) AS bytes FROM rejected WHERE topic = 'te/device/bomb///m/env'",
+    );
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["reason_code"], "too_many_rows");
+    assert_eq!(rejected[0]["bytes"], bomb.len());
+    let reason = rejected[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("22000 rows"), "{reason}");
+    let bomb_rows = "SELECT count(*) FROM measurements WHERE entity = 'device/bomb//'";
+    assert_eq!(twinlake.count(bomb_rows), 0);
+    eprintln!(
+        "bomb message: rejected, server alive, RSS {} KiB",
+        rss_kib(twinlake.pid())
+    );
+    // It stays rejected across a restart (the WAL replays the rejection, not the rows).
+    twinlake.restart();
+    assert_eq!(twinlake.count(calm), 1);
+}
