@@ -8,7 +8,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::ScalarUDF;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use twinlake_model::{EntityHistory, Table};
 use twinlake_store::LiveTables;
 
@@ -53,6 +55,12 @@ pub struct QueryLimits {
     pub timeout: Duration,
     /// Memory for sorts, joins and aggregations; beyond it the query fails (no spilling yet).
     pub memory_bytes: usize,
+    /// A result with more rows, or taking more Arrow memory, is refused with an error rather
+    /// than held: the result is collected before it is encoded, so this bounds its memory.
+    pub max_result_rows: usize,
+    pub max_result_bytes: usize,
+    /// Queries running at once; more wait for a turn (within their timeout).
+    pub max_concurrent: usize,
 }
 
 impl Default for QueryLimits {
@@ -60,6 +68,9 @@ impl Default for QueryLimits {
         Self {
             timeout: Duration::from_secs(60),
             memory_bytes: 1024 * 1024 * 1024,
+            max_result_rows: 5_000_000,
+            max_result_bytes: 256 * 1024 * 1024,
+            max_concurrent: 8,
         }
     }
 }
@@ -69,6 +80,9 @@ impl Default for QueryLimits {
 pub struct QueryOutput {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// The query's turn among the concurrent ones, held until the result is dropped (after it
+    /// is encoded), so encoding counts as running too.
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 /// Why a query gave no result; the variants map to what the client did wrong or not.
@@ -104,6 +118,7 @@ impl From<DataFusionError> for QueryError {
 pub struct QueryEngine {
     context: SessionContext,
     limits: QueryLimits,
+    turns: Arc<Semaphore>,
     live: Arc<LiveTables>,
     hierarchy: Arc<HierarchyCache>,
 }
@@ -159,6 +174,7 @@ impl QueryEngine {
         }
         Ok(Self {
             context,
+            turns: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             limits,
             live,
             hierarchy,
@@ -192,18 +208,59 @@ impl QueryEngine {
         Ok(series)
     }
 
-    pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let timeout = self.limits.timeout;
-        tokio::time::timeout(timeout, self.run(sql))
-            .await
-            .map_err(|_| {
-                QueryError::LimitExceeded(format!(
-                    "the query ran longer than its limit of {timeout:?} (setting: query timeout)"
-                ))
-            })?
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
-    async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+    /// Runs a query under every limit: its turn among concurrent queries and its run count
+    /// against the timeout, and its result against the row and byte limits.
+    pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let timeout = self.limits.timeout;
+        tokio::time::timeout(timeout, async {
+            let turn = Arc::clone(&self.turns)
+                .acquire_owned()
+                .await
+                .map_err(|_| QueryError::Failed("the query engine is shutting down".to_owned()))?;
+            let mut output = self.run_bounded(sql).await?;
+            output._turn = Some(turn);
+            Ok(output)
+        })
+        .await
+        .map_err(|_| {
+            QueryError::LimitExceeded(format!(
+                "the query ran longer than its limit of {timeout:?} (setting: query timeout)"
+            ))
+        })?
+    }
+
+    /// Collects the result batch by batch, stopping the query as soon as it is over a limit.
+    async fn run_bounded(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let frame = self.plan(sql).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut stream = frame.execute_stream().await?;
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > self.limits.max_result_rows || bytes > self.limits.max_result_bytes {
+                return Err(QueryError::LimitExceeded(format!(
+                    "the result is larger than its limit of {} rows or {} bytes (settings: \
+                     query max result rows and bytes): aggregate, filter or add a LIMIT",
+                    self.limits.max_result_rows, self.limits.max_result_bytes
+                )));
+            }
+            batches.push(batch);
+        }
+        Ok(QueryOutput {
+            schema,
+            batches,
+            _turn: None,
+        })
+    }
+
+    async fn plan(&self, sql: &str) -> Result<DataFrame, QueryError> {
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -214,9 +271,18 @@ impl QueryEngine {
         if let Err(error) = self.hierarchy.load(&self.context.state()).await {
             tracing::warn!(%error, "the hierarchy could not be refreshed; hierarchy functions use the last one read");
         }
-        let frame = self.context.sql_with_options(sql, read_only).await?;
+        Ok(self.context.sql_with_options(sql, read_only).await?)
+    }
+
+    /// Runs a query of Twinlake's own (not a client's), without the result limits.
+    async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let frame = self.plan(sql).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
-        Ok(QueryOutput { schema, batches })
+        Ok(QueryOutput {
+            schema,
+            batches,
+            _turn: None,
+        })
     }
 }

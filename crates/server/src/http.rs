@@ -84,6 +84,7 @@ async fn answer(state: HttpState, request: QueryRequest) -> Response {
             }
         },
     };
+    let began = tokio::time::Instant::now();
     let output = match state.engine.execute(&request.sql).await {
         Ok(output) => output,
         Err(QueryError::Invalid(message)) => return error(StatusCode::BAD_REQUEST, message),
@@ -94,8 +95,18 @@ async fn answer(state: HttpState, request: QueryRequest) -> Response {
             return error(StatusCode::INTERNAL_SERVER_ERROR, message);
         }
     };
-    let encoded =
-        tokio::task::spawn_blocking(move || format.encode(&output.schema, &output.batches)).await;
+    // The timeout covers the whole answer: encoding gets what the query left of it.
+    let timeout = state.engine.limits().timeout;
+    let encoding =
+        tokio::task::spawn_blocking(move || format.encode(&output.schema, &output.batches));
+    let Ok(encoded) = tokio::time::timeout_at(began + timeout, encoding).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "encoding the result took longer than the query's limit of {timeout:?} (setting: query timeout)"
+            ),
+        );
+    };
     match encoded {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Ok(Err(e)) => error(

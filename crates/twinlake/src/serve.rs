@@ -89,6 +89,17 @@ pub(crate) struct ServeOptions {
     /// Memory a query may use for sorts, joins and aggregations, in MiB [default: 1024].
     #[arg(long, env = "TWINLAKE_QUERY_MEMORY_MB")]
     pub(crate) query_memory_mb: Option<usize>,
+    /// A query result with more rows is refused with an error [default: 5000000].
+    #[arg(long, env = "TWINLAKE_QUERY_MAX_RESULT_ROWS")]
+    pub(crate) query_max_result_rows: Option<usize>,
+    /// A query result taking more memory than this, e.g. 256MiB, is refused with an error
+    /// [default: a quarter of the query memory].
+    #[arg(long, env = "TWINLAKE_QUERY_MAX_RESULT_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) query_max_result_bytes: Option<u64>,
+    /// Queries that run at once; more wait for their turn within their timeout [default: 8].
+    #[arg(long, env = "TWINLAKE_QUERY_MAX_CONCURRENT")]
+    pub(crate) query_max_concurrent: Option<usize>,
     /// Do not store messages on unknown channels in `rejected` (they are still counted).
     #[arg(long, env = "TWINLAKE_IGNORE_UNKNOWN_CHANNELS")]
     pub(crate) ignore_unknown_channels: Option<bool>,
@@ -184,6 +195,9 @@ impl ServeOptions {
             hot_budget_mb,
             query_timeout_s,
             query_memory_mb,
+            query_max_result_rows,
+            query_max_result_bytes,
+            query_max_concurrent,
             ignore_unknown_channels,
             store_url,
             s3_endpoint,
@@ -475,9 +489,23 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     }
     ingest.ignore_unknown_channels = options.ignore_unknown_channels.unwrap_or(false);
 
+    let defaults = QueryLimits::default();
+    let memory_bytes = options.query_memory_mb.unwrap_or(1024) * MIB;
     let limits = QueryLimits {
         timeout: Duration::from_secs(options.query_timeout_s.unwrap_or(60)),
-        memory_bytes: options.query_memory_mb.unwrap_or(1024) * MIB,
+        memory_bytes,
+        max_result_rows: options
+            .query_max_result_rows
+            .unwrap_or(defaults.max_result_rows),
+        max_result_bytes: options
+            .query_max_result_bytes
+            .map_or(memory_bytes / 4, |bytes| {
+                usize::try_from(bytes).unwrap_or(usize::MAX)
+            }),
+        max_concurrent: options
+            .query_max_concurrent
+            .unwrap_or(defaults.max_concurrent)
+            .max(1),
     };
     let engine = Arc::new(
         QueryEngine::new(Arc::clone(&hot), lake.store(), limits)
