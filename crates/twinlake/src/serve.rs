@@ -288,6 +288,10 @@ impl ServeOptions {
         }
     }
 
+    fn query_timeout(&self) -> Duration {
+        Duration::from_secs(self.query_timeout_s.unwrap_or(60))
+    }
+
     fn compaction_settings(&self) -> Result<CompactionSettings, String> {
         let defaults = CompactionSettings::default();
         let mb = |value: Option<u64>, default: u64| value.map_or(default, |mb| mb * MIB as u64);
@@ -312,6 +316,21 @@ impl ServeOptions {
                 }
             }
         }
+        let vacuum_grace = self
+            .vacuum_grace_s
+            .map_or(defaults.vacuum_grace, Duration::from_secs);
+        // A query reads the files of the snapshot it started with for up to its timeout; a file
+        // compaction removed meanwhile must outlive that. (A persist's uploads are safe anyway:
+        // vacuum waits for the table lock that a persist holds from upload to commit.)
+        let least = self.query_timeout() + Duration::from_secs(60);
+        if vacuum_grace < least {
+            return Err(format!(
+                "--vacuum-grace-s {}: at least the query timeout plus a minute ({} s), or vacuum \
+                 could delete files a running query still reads",
+                vacuum_grace.as_secs(),
+                least.as_secs()
+            ));
+        }
         Ok(CompactionSettings {
             target_file_bytes: mb(self.compact_target_mb, defaults.target_file_bytes),
             min_files: self.compact_min_files.unwrap_or(defaults.min_files),
@@ -319,9 +338,7 @@ impl ServeOptions {
                 .compact_max_input_rows
                 .unwrap_or(defaults.max_input_rows)
                 .max(1),
-            vacuum_grace: self
-                .vacuum_grace_s
-                .map_or(defaults.vacuum_grace, Duration::from_secs),
+            vacuum_grace,
             retention_days,
             interval: self
                 .compact_interval_s
@@ -492,7 +509,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let defaults = QueryLimits::default();
     let memory_bytes = options.query_memory_mb.unwrap_or(1024) * MIB;
     let limits = QueryLimits {
-        timeout: Duration::from_secs(options.query_timeout_s.unwrap_or(60)),
+        timeout: options.query_timeout(),
         memory_bytes,
         max_result_rows: options
             .query_max_result_rows
@@ -592,5 +609,34 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ServeOptions;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeOptions,
+    }
+
+    fn options(arguments: &[&str]) -> ServeOptions {
+        let arguments = std::iter::once("serve").chain(arguments.iter().copied());
+        Command::parse_from(arguments).serve
+    }
+
+    #[test]
+    fn a_vacuum_grace_a_running_query_could_outlast_is_refused() {
+        let short = options(&["--vacuum-grace-s", "30"]).compaction_settings();
+        let message = short.expect_err("a 30 s grace under a 60 s query timeout");
+        assert!(message.contains("120 s"), "{message}");
+        let slow_queries = options(&["--vacuum-grace-s", "600", "--query-timeout-s", "900"]);
+        assert!(slow_queries.compaction_settings().is_err());
+        let enough = options(&["--vacuum-grace-s", "120"]).compaction_settings();
+        assert_eq!(enough.map(|s| s.vacuum_grace.as_secs()), Ok(120));
     }
 }
