@@ -21,6 +21,8 @@ pub struct IngestMetrics {
     /// only as fast as its event loop turns, so they pile up while a broker floods.
     pub acks_queued: Gauge,
     pub wal_bytes: Gauge,
+    /// 1 while the WAL waits for disk space: nothing is acknowledged meanwhile.
+    pub wal_disk_full: Gauge,
     pub fsync_seconds: Histogram,
     pub hot_bytes: Gauge,
     /// 1 while ingest has stopped reading because a budget is reached.
@@ -43,6 +45,7 @@ impl IngestMetrics {
             wal_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             hot_bytes: Gauge::default(),
+            wal_disk_full: Gauge::default(),
             backpressure: Gauge::default(),
             backpressure_episodes: Counter::default(),
             subscribed: Gauge::default(),
@@ -83,6 +86,11 @@ impl IngestMetrics {
             "wal_bytes",
             "Bytes in WAL segment files",
             metrics.wal_bytes.clone(),
+        );
+        prefix.register(
+            "wal_disk_full",
+            "1 while the WAL waits for disk space: ingest acknowledges nothing meanwhile",
+            metrics.wal_disk_full.clone(),
         );
         prefix.register(
             "wal_fsync_seconds",

@@ -552,7 +552,16 @@ async fn acknowledge(
 ) -> Result<(), IngestError> {
     while let Some(commit) = from_batcher.recv().await {
         let record = match commit.append {
-            Some(append) => Some(append.await?),
+            Some(append) => match append.await {
+                Ok(record) => Some(record),
+                Err(WalError::DiskFull(reason)) => {
+                    // Shutting down while the disk is full: these messages and those behind
+                    // them stay unacknowledged, so the broker keeps them.
+                    tracing::warn!(%reason, messages = commit.messages.len(), "stopped before the WAL had space for these messages");
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            },
             None => None,
         };
         if let Some(record) = record {

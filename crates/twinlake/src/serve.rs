@@ -19,7 +19,7 @@ use twinlake_server::{HttpState, serve_http};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
 };
-use twinlake_wal::{RecordId, SyncMode, Wal, WalConfig};
+use twinlake_wal::{RecordId, SyncMode, Wal, WalConfig, WalStats};
 
 /// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
 /// the same name in `twinlake.toml`; a flag or variable wins over the file, the file over the
@@ -427,6 +427,10 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     wal_config.fsync_observer = Some(Arc::new(move |took: Duration| {
         fsync_seconds.observe(took.as_secs_f64())
     }));
+    let disk_full = metrics.wal_disk_full.clone();
+    wal_config.disk_full_observer = Some(Arc::new(move |full: bool| {
+        disk_full.set(i64::from(full));
+    }));
     let compaction = options.compaction_settings()?;
     let lake_config = options.lake_config()?;
     tracing::info!(lake = %lake_config.describe(), "opening the lake");
@@ -568,7 +572,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down: taking no new messages, committing and acknowledging the rest");
             let _ = stop.send(true);
-            ingest_outcome(ingest_task.await)
+            ingest_outcome(finish_ingest(ingest_task, &wal).await)
         }
         ended = &mut ingest_task => {
             let _ = stop.send(true);
@@ -584,6 +588,28 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     wal.close();
     tracing::info!("stopped");
     outcome
+}
+
+/// Waits for ingest to commit and acknowledge what it holds. A record waiting for disk space
+/// would hold that up until space returns, so while the disk is full the WAL is closed: the
+/// waiting messages stay unacknowledged, and the broker keeps them.
+async fn finish_ingest(
+    mut ingest_task: tokio::task::JoinHandle<Result<(), twinlake_ingest::IngestError>>,
+    wal: &Arc<Wal>,
+) -> Result<Result<(), twinlake_ingest::IngestError>, tokio::task::JoinError> {
+    loop {
+        tokio::select! {
+            ended = &mut ingest_task => return ended,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if WalStats::get(&wal.stats().disk_full) == 1 {
+                    tracing::warn!("the WAL disk is full: stopping without the messages that wait for it (the broker keeps them)");
+                    let wal = Arc::clone(wal);
+                    let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+                    return ingest_task.await;
+                }
+            }
+        }
+    }
 }
 
 fn ingest_outcome(

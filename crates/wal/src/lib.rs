@@ -61,7 +61,12 @@ pub struct WalConfig {
     /// through" markers): new records must come after it even when the log's own files are
     /// gone or older, or replay would take them for records already persisted and skip them.
     pub ids_after: Option<RecordId>,
+    /// Called with true when a record starts waiting for disk space, false when it stops.
+    pub disk_full_observer: Option<DiskFullObserver>,
 }
+
+/// Told whether the log is waiting for disk space, e.g. to feed a gauge.
+pub type DiskFullObserver = Arc<dyn Fn(bool) + Send + Sync>;
 
 impl std::fmt::Debug for WalConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +94,7 @@ impl WalConfig {
             zstd_level: 1,
             fsync_observer: None,
             ids_after: None,
+            disk_full_observer: None,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct WalStats {
     pub records_written: AtomicU64,
     pub appends: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// 1 while a record waits for disk space.
+    pub disk_full: AtomicU64,
 }
 
 impl WalStats {
@@ -130,9 +138,23 @@ pub enum WalError {
     Poisoned(String),
     #[error("the WAL is closed")]
     Closed,
+    #[error("the WAL closed while its disk was full, before these rows were written: {0}")]
+    DiskFull(String),
 }
 
 impl WalError {
+    /// The disk or the quota is full: a condition to wait out, not a broken log.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            Self::DiskFull(_) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

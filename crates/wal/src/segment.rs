@@ -191,10 +191,17 @@ impl ActiveSegment {
         let mut header = [0u8; SEGMENT_HEADER as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&first.0.to_le_bytes());
-        file.write_all(&header)
-            .map_err(|e| WalError::io(&path, e))?;
-        file.sync_all().map_err(|e| WalError::io(&path, e))?;
-        sync_dir(dir)?;
+        let written = file
+            .write_all(&header)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| WalError::io(&path, e))
+            .and_then(|()| sync_dir(dir));
+        if let Err(error) = written {
+            // A file without its whole header would only be cut at the next replay; without it,
+            // the next attempt (a full disk is waited out) can create the segment again.
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
         Ok(Self {
             file,
             info: SegmentInfo {
@@ -211,6 +218,17 @@ impl ActiveSegment {
             .map_err(|e| WalError::io(&self.info.path, e))?;
         self.info.bytes += framed.len() as u64;
         self.info.last = Some(id);
+        Ok(())
+    }
+
+    /// Cuts the segment back to what `before` describes (its state after the last whole
+    /// record), after a write that did not complete.
+    pub(crate) fn cut_back(&mut self, before: SegmentInfo) -> Result<(), WalError> {
+        self.file
+            .set_len(before.bytes)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| WalError::io(&self.info.path, e))?;
+        self.info = before;
         Ok(())
     }
 

@@ -1,11 +1,12 @@
 //! The writer thread and the handle callers append through.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -85,7 +86,17 @@ impl Wal {
             std::fs::remove_file(&empty.path).map_err(|e| WalError::io(&empty.path, e))?;
             closed.pop();
         }
-        let active = ActiveSegment::create(&config.dir, next)?;
+        // On a full disk the log still opens (replay needs no space) and makes its segment
+        // with the first record, which waits for space: Twinlake starts, answers queries and
+        // persists what it replayed.
+        let active = match ActiveSegment::create(&config.dir, next) {
+            Ok(active) => Some(active),
+            Err(error) if error.is_disk_full() => {
+                tracing::warn!(%error, "WAL disk full at start: new messages wait for space");
+                None
+            }
+            Err(error) => return Err(error),
+        };
         let stats = Arc::new(WalStats::default());
         let state = WriterState {
             config,
@@ -94,6 +105,7 @@ impl Wal {
             next,
             poisoned: None,
             stats: Arc::clone(&stats),
+            backlog: VecDeque::new(),
         };
         state.publish_sizes();
         let (commands, receiver) = std::sync::mpsc::channel();
@@ -181,11 +193,15 @@ fn next_record_id(closed: &[SegmentInfo], replay: &Replay) -> RecordId {
 
 struct WriterState {
     config: WalConfig,
-    active: ActiveSegment,
+    /// The segment records go to; none until the first record after a rotation, or after
+    /// a start on a full disk, creates it.
+    active: Option<ActiveSegment>,
     closed: Vec<SegmentInfo>,
     next: RecordId,
     poisoned: Option<String>,
     stats: Arc<WalStats>,
+    /// Commands that arrived while a record waited for disk space, to be taken in order.
+    backlog: VecDeque<Command>,
 }
 
 type AppendWaiter = oneshot::Sender<Result<RecordId, WalError>>;
@@ -208,20 +224,32 @@ impl Group {
     }
 }
 
+/// Why a record was not written.
+enum WriteFailure {
+    /// The disk (or quota) is full: nothing of the record is in the log, and it can be
+    /// written again once there is space.
+    DiskFull(String),
+    /// Anything else: the log takes no more writes.
+    Failed(String),
+}
+
+/// How long a record waits between attempts while the disk is full.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+
 impl WriterState {
     fn run(mut self, commands: Receiver<Command>) {
-        while let Ok(first) = commands.recv() {
+        while let Some(first) = self.backlog.pop_front().or_else(|| commands.recv().ok()) {
             let mut group = Group::default();
             group.add(first);
             let deadline = Instant::now() + self.config.commit_window;
             while !group.closing {
-                match commands.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                match self.next_command(&commands, deadline) {
                     Ok(command) => group.add(command),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => group.closing = true,
                 }
             }
-            self.commit(group.appends);
+            self.commit(group.appends, &commands);
             for (through, done) in group.truncations {
                 // The caller may have stopped waiting; the truncation happened regardless.
                 let _ = done.send(self.truncate(through));
@@ -233,8 +261,22 @@ impl WriterState {
         tracing::info!(records = self.next.0, "WAL closed");
     }
 
-    /// Writes one record for all `appends` and releases their waiters.
-    fn commit(&mut self, appends: Vec<(TableBatches, AppendWaiter)>) {
+    /// The next command of the group, from the backlog first.
+    fn next_command(
+        &mut self,
+        commands: &Receiver<Command>,
+        deadline: Instant,
+    ) -> Result<Command, RecvTimeoutError> {
+        match self.backlog.pop_front() {
+            Some(command) => Ok(command),
+            None => commands.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        }
+    }
+
+    /// Writes one record for all `appends` and releases their waiters. While the disk is full
+    /// the record waits (its waiters with it, so ingest stops acknowledging) and is written as
+    /// soon as there is space.
+    fn commit(&mut self, appends: Vec<(TableBatches, AppendWaiter)>, commands: &Receiver<Command>) {
         if appends.is_empty() {
             return;
         }
@@ -244,7 +286,27 @@ impl WriterState {
             tables.extend(batches);
             waiters.push(done);
         }
-        let result = self.write_record(&tables);
+        let mut full_since = None::<Instant>;
+        let result = loop {
+            match self.write_record(&tables) {
+                Err(WriteFailure::DiskFull(reason)) => {
+                    if full_since.is_none() {
+                        tracing::warn!(%reason, "WAL disk full: nothing more is acknowledged until there is space; queries go on");
+                        self.set_disk_full(true);
+                    }
+                    full_since.get_or_insert_with(Instant::now);
+                    if !self.wait_for_space(commands) {
+                        break Err(WalError::DiskFull(reason));
+                    }
+                }
+                Err(WriteFailure::Failed(reason)) => break Err(WalError::Poisoned(reason)),
+                Ok(id) => break Ok(id),
+            }
+        };
+        if let Some(since) = full_since {
+            self.set_disk_full(false);
+            tracing::info!(waited = ?since.elapsed(), "WAL disk space back, or the log closed");
+        }
         self.stats
             .appends
             .fetch_add(waiters.len() as u64, Ordering::Relaxed);
@@ -252,58 +314,90 @@ impl WriterState {
             // A waiter that went away (its task was cancelled) still had its rows written.
             let _ = done.send(match &result {
                 Ok(id) => Ok(*id),
-                Err(error) => Err(WalError::Poisoned(error.clone())),
+                Err(WalError::DiskFull(reason)) => Err(WalError::DiskFull(reason.clone())),
+                Err(error) => Err(WalError::Poisoned(error.to_string())),
             });
         }
     }
 
-    fn write_record(&mut self, tables: &TableBatches) -> Result<RecordId, String> {
+    /// Waits a moment for space. Truncations are done meanwhile (they free space), appends
+    /// kept for later in their order. False when the log is closing: then the record is given
+    /// up (its messages stay unacknowledged, so the broker keeps them).
+    fn wait_for_space(&mut self, commands: &Receiver<Command>) -> bool {
+        let until = Instant::now() + DISK_FULL_RETRY;
+        loop {
+            match commands.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Command::Truncate { through, done }) => {
+                    let _ = done.send(self.truncate(through));
+                }
+                Ok(Command::Close) => {
+                    self.backlog.push_back(Command::Close);
+                    return false;
+                }
+                Ok(append) => self.backlog.push_back(append),
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn set_disk_full(&self, full: bool) {
+        self.stats
+            .disk_full
+            .store(u64::from(full), Ordering::Relaxed);
+        if let Some(observe) = &self.config.disk_full_observer {
+            observe(full);
+        }
+    }
+
+    fn write_record(&mut self, tables: &TableBatches) -> Result<RecordId, WriteFailure> {
         if let Some(reason) = &self.poisoned {
-            return Err(reason.clone());
+            return Err(WriteFailure::Failed(reason.clone()));
         }
         let id = self.next;
-        let framed =
-            record::encode(id, tables, self.config.zstd_level).map_err(|e| e.to_string())?;
-        let written = self.active.append(&framed, id).and_then(|()| self.sync());
+        let framed = record::encode(id, tables, self.config.zstd_level)
+            .map_err(|e| WriteFailure::Failed(e.to_string()))?;
+        let mut active = match self.active.take() {
+            Some(active) => active,
+            None => ActiveSegment::create(&self.config.dir, id).map_err(|e| self.fail(e))?,
+        };
+        let before = active.info.clone();
+        let written = active
+            .append(&framed, id)
+            .and_then(|()| sync(&active, &self.config, &self.stats));
         if let Err(error) = written {
-            // After a failed write or fsync the file's tail is unknown and the page cache cannot
-            // be trusted; writing on could put acknowledged records behind garbage.
-            let reason = error.to_string();
-            tracing::error!(%reason, "WAL write failed; no further writes are accepted");
-            self.poisoned = Some(reason.clone());
-            return Err(reason);
+            // On a full disk, cut back to the last whole record: the next attempt writes the
+            // record anew, so nothing depends on pages a failed write or fsync left behind.
+            let outcome = match error.is_disk_full() {
+                true => active.cut_back(before).err().unwrap_or(error),
+                false => error,
+            };
+            self.active = Some(active);
+            return Err(self.fail(outcome));
         }
         self.next = RecordId(id.0 + 1);
         self.stats.records_written.fetch_add(1, Ordering::Relaxed);
-        if self.active.info.bytes >= self.config.segment_bytes
-            && let Err(error) = self.rotate()
-        {
-            let reason = error.to_string();
-            tracing::error!(%reason, "WAL segment rotation failed; no further writes are accepted");
-            self.poisoned = Some(reason);
+        if active.info.bytes >= self.config.segment_bytes {
+            // The next record starts a new segment.
+            self.closed.push(active.info);
+        } else {
+            self.active = Some(active);
         }
         self.publish_sizes();
         Ok(id)
     }
 
-    fn sync(&self) -> Result<(), WalError> {
-        if self.config.sync == SyncMode::Never {
-            return Ok(());
+    /// A full disk can be waited out; after any other failed write or fsync the file's tail is
+    /// unknown and the page cache cannot be trusted, so writing on could put acknowledged
+    /// records behind garbage: the log takes no more writes.
+    fn fail(&mut self, error: WalError) -> WriteFailure {
+        let reason = error.to_string();
+        if error.is_disk_full() {
+            return WriteFailure::DiskFull(reason);
         }
-        let started = Instant::now();
-        self.active.sync()?;
-        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if let Some(observe) = &self.config.fsync_observer {
-            observe(started.elapsed());
-        }
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> Result<(), WalError> {
-        let next = ActiveSegment::create(&self.config.dir, self.next)?;
-        let finished = std::mem::replace(&mut self.active, next);
-        self.closed.push(finished.info);
-        Ok(())
+        tracing::error!(%reason, "WAL write failed; no further writes are accepted");
+        self.poisoned = Some(reason.clone());
+        WriteFailure::Failed(reason)
     }
 
     fn truncate(&mut self, through: RecordId) -> Result<usize, WalError> {
@@ -325,10 +419,25 @@ impl WriterState {
     }
 
     fn publish_sizes(&self) {
-        let bytes = self.closed.iter().map(|s| s.bytes).sum::<u64>() + self.active.info.bytes;
+        let active = self.active.as_ref().map(|a| a.info.bytes);
+        let bytes = self.closed.iter().map(|s| s.bytes).sum::<u64>() + active.unwrap_or(0);
         self.stats.bytes.store(bytes, Ordering::Relaxed);
+        let segments = self.closed.len() + usize::from(active.is_some());
         self.stats
             .segments
-            .store(self.closed.len() as u64 + 1, Ordering::Relaxed);
+            .store(segments as u64, Ordering::Relaxed);
     }
+}
+
+fn sync(active: &ActiveSegment, config: &WalConfig, stats: &WalStats) -> Result<(), WalError> {
+    if config.sync == SyncMode::Never {
+        return Ok(());
+    }
+    let started = Instant::now();
+    active.sync()?;
+    stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    if let Some(observe) = &config.fsync_observer {
+        observe(started.elapsed());
+    }
+    Ok(())
 }

@@ -166,3 +166,120 @@ fn query_bombs_end_in_errors_within_the_limits_while_ingest_goes_on() {
         "peak RSS {peak} KiB under query bombs at a 256 MiB query limit"
     );
 }
+
+/// A small tmpfs mounted at a path for the test's lifetime (tests run as root in CI).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Writes a file until the disk is full; removing it gives the space back.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn wait_for_metric(twinlake: &Twinlake, sample: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while twinlake.metric(sample) != Some(value) {
+        assert!(
+            Instant::now() < deadline,
+            "{sample} stayed {:?}, not {value}",
+            twinlake.metric(sample)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The WAL's disk fills up under QoS 1 ingest through Mosquitto: Twinlake stops acknowledging
+/// (the broker keeps the messages), queries go on, and once there is space again everything
+/// arrives without a restart. Then a SIGKILL and a start on a full disk: it still starts.
+#[test]
+fn a_full_wal_disk_holds_acknowledgements_and_recovers_by_itself_and_across_a_restart() {
+    let mosquitto = crate::support::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("wal"), "3m");
+    let small_segments = ["--wal-segment-mb", "1"];
+    let broker = Broker::External(mosquitto.url());
+    let mut twinlake = Twinlake::start(dir.path(), broker, &small_segments);
+    let filler = disk.fill();
+
+    let url = mosquitto.url();
+    let first = std::thread::spawn(move || publish_numbered(url, "full", 2_000, 0.0, 10));
+    wait_for_metric(&twinlake, "twinlake_wal_disk_full", 1.0);
+    let full = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/full//' AND series = 'seq'";
+    let stored = twinlake.count(full);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        twinlake.count(full),
+        stored,
+        "rows stored while the disk was full"
+    );
+    assert!(
+        stored < 2_000,
+        "the disk never filled: the test proves nothing"
+    );
+    assert_eq!(first.join().unwrap(), 2_000, "mosquitto took every message");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        twinlake.wait_for_count(full, 2_000, Duration::from_secs(60)),
+        2_000
+    );
+    wait_for_metric(&twinlake, "twinlake_wal_disk_full", 0.0);
+    eprintln!(
+        "disk full: {stored} of 2000 messages stored before the disk filled; all after space returned, no restart"
+    );
+
+    let filler = disk.fill();
+    let url = mosquitto.url();
+    let second = std::thread::spawn(move || publish_numbered(url, "again", 500, 0.0, 10));
+    wait_for_metric(&twinlake, "twinlake_wal_disk_full", 1.0);
+    assert_eq!(second.join().unwrap(), 500);
+    twinlake.kill();
+    twinlake.start_again();
+    assert_eq!(
+        twinlake.count(full),
+        2_000,
+        "queries on a restart with a full disk"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let again = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/again//' AND series = 'seq'";
+    assert_eq!(
+        twinlake.wait_for_count(again, 500, Duration::from_secs(60)),
+        500
+    );
+    drop(twinlake);
+    drop(disk);
+}
