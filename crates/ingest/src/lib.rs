@@ -15,6 +15,7 @@ mod endpoint;
 mod metrics;
 mod pipeline;
 mod retained;
+mod session;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use endpoint::{EndpointError, MqttEndpoint};

@@ -20,6 +20,8 @@ pub struct IngestMetrics {
     /// Acknowledgements of durable messages not yet handed to the MQTT client: it sends them
     /// only as fast as its event loop turns, so they pile up while a broker floods.
     pub acks_queued: Gauge,
+    /// Acks not sent because the broker started a new session meanwhile.
+    pub acks_of_lost_sessions: Counter,
     pub wal_bytes: Gauge,
     /// 1 while the WAL waits for disk space: nothing is acknowledged meanwhile.
     pub wal_disk_full: Gauge,
@@ -40,6 +42,7 @@ impl IngestMetrics {
             rejected: Family::default(),
             not_stored: Family::default(),
             retained_duplicates: Counter::default(),
+            acks_of_lost_sessions: Counter::default(),
             acks_pending: Gauge::default(),
             acks_queued: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -81,6 +84,11 @@ impl IngestMetrics {
             "acks_queued",
             "Acknowledgements of durable messages waiting for the MQTT client to take them",
             metrics.acks_queued.clone(),
+        );
+        prefix.register(
+            "acks_of_lost_sessions",
+            "Acknowledgements not sent because the broker started a new session meanwhile (their packet ids would mean other messages)",
+            metrics.acks_of_lost_sessions.clone(),
         );
         prefix.register(
             "wal_bytes",

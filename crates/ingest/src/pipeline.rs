@@ -33,6 +33,7 @@ use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
 use crate::endpoint::{EndpointError, MqttEndpoint};
 use crate::metrics::IngestMetrics;
 use crate::retained::{RETAINED_TABLE, RetainedLog, RetainedState, is_retained_kind};
+use crate::session::SessionGate;
 
 /// The largest MQTT packet ingest and the embedded broker accept by default.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
@@ -98,6 +99,8 @@ pub enum IngestError {
 /// A message with its place in the in-flight budget.
 struct Received {
     publish: Publish,
+    /// The connection it arrived on (see [`SessionGate`]).
+    connection: u64,
     received_at: Timestamp,
     _permit: OwnedSemaphorePermit,
 }
@@ -141,9 +144,10 @@ pub async fn run_ingest(
         "ingest connecting"
     );
 
+    let gate = Arc::new(SessionGate::default());
     let reader = tokio::spawn(read(
         eventloop,
-        client.clone(),
+        (client.clone(), Arc::clone(&gate)),
         to_batcher,
         Arc::clone(&permits),
         Arc::clone(&hot),
@@ -159,7 +163,7 @@ pub async fn run_ingest(
         metrics.clone(),
         shutdown,
     ));
-    let ack_sender = tokio::spawn(send_acks(acks, client.clone(), metrics.clone()));
+    let ack_sender = tokio::spawn(send_acks(acks, (client.clone(), gate), metrics.clone()));
     let acked = acknowledge(
         from_batcher,
         to_ack_sender,
@@ -182,7 +186,7 @@ pub async fn run_ingest(
 
 async fn read(
     mut eventloop: EventLoop,
-    client: AsyncClient,
+    (client, gate): (AsyncClient, Arc<SessionGate>),
     to_batcher: mpsc::UnboundedSender<Received>,
     permits: Arc<Semaphore>,
     hot: Arc<LiveTables>,
@@ -203,6 +207,7 @@ async fn read(
                 metrics.set_acks_pending(config.max_inflight_messages, &permits);
                 let received = Received {
                     publish,
+                    connection: gate.connection(),
                     received_at,
                     _permit: permit,
                 };
@@ -214,13 +219,25 @@ async fn read(
                     session_present = connack.session_present,
                     "connected to the MQTT broker"
                 );
-                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(%error, %filter, "could not subscribe");
+                let queued = gate.connected(connack.session_present, || {
+                    client.try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                });
+                if let Err(error) = queued {
+                    // The request queue is full (acks piling up): wait for room rather than
+                    // stay connected and receive nothing.
+                    tracing::warn!(%error, %filter, "subscription not queued yet; waiting for room");
+                    subscribe_later(client.clone(), filter.clone(), Duration::ZERO);
                 }
             }
-            Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                metrics.subscribed.set(1);
-                tracing::info!(%filter, "subscribed");
+            Ok(Event::Incoming(Incoming::SubAck(suback))) => {
+                if suback.return_codes.iter().all(granted) {
+                    metrics.subscribed.set(1);
+                    tracing::info!(%filter, "subscribed");
+                } else {
+                    metrics.subscribed.set(0);
+                    tracing::error!(%filter, codes = ?suback.return_codes, "the broker refused the subscription: nothing is received; asking again in 10 s");
+                    subscribe_later(client.clone(), filter.clone(), Duration::from_secs(10));
+                }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
@@ -238,6 +255,20 @@ async fn read(
             }
         }
     }
+}
+
+fn granted(code: &rumqttc::SubscribeReasonCode) -> bool {
+    matches!(code, rumqttc::SubscribeReasonCode::Success(_))
+}
+
+/// Queues a subscription after `delay`, waiting for room in the request queue.
+fn subscribe_later(client: AsyncClient, filter: String, delay: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+            tracing::error!(%error, %filter, "could not subscribe: the MQTT client has stopped");
+        }
+    });
 }
 
 /// Holds the reader while the in-memory rows exceed their budget.
@@ -513,11 +544,19 @@ fn checkpoint(
     Ok(())
 }
 
-/// What an acknowledgement needs of a message: its QoS and packet id, not its payload.
-fn ack_token(publish: &Publish) -> Publish {
-    let mut token = Publish::new(String::new(), publish.qos, Vec::new());
-    token.pkid = publish.pkid;
-    token
+/// What an acknowledgement needs of a message: its QoS, packet id and connection.
+struct AckToken {
+    publish: Publish,
+    connection: u64,
+}
+
+fn ack_token(received: &Received) -> AckToken {
+    let mut publish = Publish::new(String::new(), received.publish.qos, Vec::new());
+    publish.pkid = received.publish.pkid;
+    AckToken {
+        publish,
+        connection: received.connection,
+    }
 }
 
 /// Queues the acknowledgements of durable messages on the MQTT client, in order.
@@ -528,22 +567,45 @@ fn ack_token(publish: &Publish) -> Publish {
 /// reader, waiting for a permit, never polled again: ingest stalled for good with a broker
 /// that sends without an in-flight limit (found by `benches/run.sh --scale medium`).
 async fn send_acks(
-    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
-    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
+    (client, gate): (AsyncClient, Arc<SessionGate>),
     metrics: IngestMetrics,
 ) -> Result<(), IngestError> {
     while let Some(tokens) = acks.recv().await {
         for token in &tokens {
-            client.ack(token).await?;
+            send_ack(token, &client, &gate, &metrics).await?;
             metrics.acks_queued.dec();
         }
     }
     Ok(())
 }
 
+/// Queues one ack, waiting for room in the client's queue; an ack of a session the broker
+/// no longer has is dropped (see [`SessionGate`]).
+async fn send_ack(
+    token: &AckToken,
+    client: &AsyncClient,
+    gate: &SessionGate,
+    metrics: &IngestMetrics,
+) -> Result<(), IngestError> {
+    loop {
+        match gate.admit(token.connection, || client.try_ack(&token.publish)) {
+            None => {
+                metrics.acks_of_lost_sessions.inc();
+                return Ok(());
+            }
+            Some(Ok(())) => return Ok(()),
+            Some(Err(rumqttc::ClientError::TryRequest(_))) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Some(Err(error)) => return Err(error.into()),
+        }
+    }
+}
+
 async fn acknowledge(
     mut from_batcher: mpsc::UnboundedReceiver<Commit>,
-    to_ack_sender: mpsc::UnboundedSender<Vec<Publish>>,
+    to_ack_sender: mpsc::UnboundedSender<Vec<AckToken>>,
     wal: Arc<Wal>,
     hot: Arc<LiveTables>,
     permits: Arc<Semaphore>,
@@ -588,11 +650,7 @@ async fn acknowledge(
             }
         }
         // Dropping the messages frees their in-flight permits; their acks go to `send_acks`.
-        let tokens: Vec<Publish> = commit
-            .messages
-            .iter()
-            .map(|m| ack_token(&m.publish))
-            .collect();
+        let tokens: Vec<AckToken> = commit.messages.iter().map(ack_token).collect();
         drop(commit.messages);
         metrics.set_acks_pending(config.max_inflight_messages, &permits);
         metrics.acks_queued.inc_by(tokens.len() as i64);

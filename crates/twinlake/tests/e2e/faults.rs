@@ -283,3 +283,44 @@ fn a_full_wal_disk_holds_acknowledgements_and_recovers_by_itself_and_across_a_re
     drop(twinlake);
     drop(disk);
 }
+
+/// The broker restarts without the session (persistence off): Twinlake reconnects, subscribes
+/// again on the new session and stores what is published afterwards, and every message the old
+/// broker acknowledged before is there.
+#[test]
+fn after_the_broker_restarts_without_the_session_ingest_subscribes_again() {
+    let port = free_port();
+    let mosquitto = crate::support::Mosquitto::start_on(port);
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &[]);
+    assert_eq!(
+        publish_numbered(mosquitto.url(), "old", 1_000, 0.0, 1),
+        1_000
+    );
+    let old = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/old//'";
+    assert_eq!(
+        twinlake.wait_for_count(old, 1_000, Duration::from_secs(30)),
+        1_000
+    );
+
+    drop(mosquitto);
+    wait_for_metric(&twinlake, "twinlake_mqtt_subscribed", 0.0);
+    let mosquitto = crate::support::Mosquitto::start_on(port);
+    wait_for_metric(&twinlake, "twinlake_mqtt_subscribed", 1.0);
+    assert_eq!(
+        publish_numbered(mosquitto.url(), "new", 1_000, 0.0, 1),
+        1_000
+    );
+    let new = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/new//'";
+    assert_eq!(
+        twinlake.wait_for_count(new, 1_000, Duration::from_secs(30)),
+        1_000
+    );
+    assert_eq!(twinlake.count(old), 1_000);
+    assert!(
+        twinlake
+            .metric("twinlake_acks_of_lost_sessions_total")
+            .is_some(),
+        "the count of dropped acks of lost sessions is in /metrics"
+    );
+}

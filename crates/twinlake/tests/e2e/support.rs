@@ -46,8 +46,13 @@ const MOSQUITTO_PLAIN: &str = "allow_anonymous true\npersistence false\nmax_queu
 
 impl Mosquitto {
     pub(crate) fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// A broker on a given port, e.g. one that replaces a stopped broker (with none of its
+    /// sessions: persistence is off).
+    pub(crate) fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = format!("listener {port} 127.0.0.1\n{MOSQUITTO_PLAIN}");
         Self::spawn(dir, port, config, None)
     }
