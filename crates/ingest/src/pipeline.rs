@@ -54,6 +54,9 @@ pub struct IngestConfig {
     pub max_packet_bytes: usize,
     /// Messages received but not yet durable in the WAL; at the limit ingest stops reading.
     pub max_inflight_messages: usize,
+    /// ... and their bytes (topic and payload): a count alone would let 20,000 messages of up
+    /// to `max_packet_bytes` each sit in memory.
+    pub max_inflight_bytes: usize,
     /// Memory of the in-memory rows; at the limit ingest stops reading until it drops.
     pub hot_budget_bytes: usize,
     /// A group is committed when no further message is waiting, when it holds this many
@@ -74,6 +77,7 @@ impl IngestConfig {
             max_message_row_bytes: 16 * 1024 * 1024,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight_messages: 20_000,
+            max_inflight_bytes: 256 * 1024 * 1024,
             hot_budget_bytes: 2 * 1024 * 1024 * 1024,
             batch_max_messages: 5_000,
             batch_window: Duration::from_millis(5),
@@ -102,7 +106,20 @@ struct Received {
     /// The connection it arrived on (see [`SessionGate`]).
     connection: u64,
     received_at: Timestamp,
-    _permit: OwnedSemaphorePermit,
+    /// Its place in the in-flight budgets of messages and bytes.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// The in-flight byte budget as semaphore permits (a semaphore counts in u32 per acquire).
+fn inflight_byte_permits(config: &IngestConfig) -> usize {
+    config.max_inflight_bytes.clamp(1, u32::MAX as usize)
+}
+
+/// What a message takes of the in-flight byte budget: its topic and payload, and never more
+/// than the whole budget (a message larger than it still goes through, alone).
+fn inflight_size(publish: &Publish, config: &IngestConfig) -> u32 {
+    let bytes = publish.topic.len() + publish.payload.len();
+    bytes.clamp(1, inflight_byte_permits(config)) as u32
 }
 
 /// One group commit on its way to the acker.
@@ -133,6 +150,7 @@ pub async fn run_ingest(
         .options(config.max_packet_bytes, request_capacity)?;
     let (client, eventloop) = AsyncClient::new(options, request_capacity);
     let permits = Arc::new(Semaphore::new(config.max_inflight_messages));
+    let inflight_bytes = Arc::new(Semaphore::new(inflight_byte_permits(&config)));
     let (to_batcher, from_reader) = mpsc::unbounded_channel();
     let (to_acker, from_batcher) = mpsc::unbounded_channel();
     let (to_ack_sender, acks) = mpsc::unbounded_channel();
@@ -149,7 +167,7 @@ pub async fn run_ingest(
         eventloop,
         (client.clone(), Arc::clone(&gate)),
         to_batcher,
-        Arc::clone(&permits),
+        (Arc::clone(&permits), Arc::clone(&inflight_bytes)),
         Arc::clone(&hot),
         config.clone(),
         metrics.clone(),
@@ -175,6 +193,7 @@ pub async fn run_ingest(
     )
     .await;
     permits.close();
+    inflight_bytes.close();
     let acked = acked.and(ack_sender.await?);
     if let Err(error) = client.disconnect().await {
         tracing::debug!(%error, "MQTT disconnect request not delivered");
@@ -188,7 +207,7 @@ async fn read(
     mut eventloop: EventLoop,
     (client, gate): (AsyncClient, Arc<SessionGate>),
     to_batcher: mpsc::UnboundedSender<Received>,
-    permits: Arc<Semaphore>,
+    (permits, inflight_bytes): (Arc<Semaphore>, Arc<Semaphore>),
     hot: Arc<LiveTables>,
     config: IngestConfig,
     metrics: IngestMetrics,
@@ -204,12 +223,17 @@ async fn read(
                     // Shutting down: the message stays unacknowledged, so the broker keeps it.
                     continue;
                 };
+                let size = inflight_size(&publish, &config);
+                let Ok(bytes_permit) = Arc::clone(&inflight_bytes).acquire_many_owned(size).await
+                else {
+                    continue;
+                };
                 metrics.set_acks_pending(config.max_inflight_messages, &permits);
                 let received = Received {
                     publish,
                     connection: gate.connection(),
                     received_at,
-                    _permit: permit,
+                    _permits: (permit, bytes_permit),
                 };
                 // A closed batcher means shutdown: the message is left to the broker.
                 let _ = to_batcher.send(received);

@@ -80,6 +80,11 @@ pub(crate) struct ServeOptions {
     /// Messages received but not yet acknowledged before ingest stops reading [default: 20000].
     #[arg(long, env = "TWINLAKE_MAX_INFLIGHT_MESSAGES")]
     pub(crate) max_inflight_messages: Option<usize>,
+    /// Bytes (topic and payload) of messages received but not yet acknowledged before ingest
+    /// stops reading, e.g. 256MiB [default: 256MiB].
+    #[arg(long, env = "TWINLAKE_MAX_INFLIGHT_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) max_inflight_bytes: Option<u64>,
     /// Memory for in-memory rows, in MiB; at the limit ingest stops reading [default: 2048].
     #[arg(long, env = "TWINLAKE_HOT_BUDGET_MB")]
     pub(crate) hot_budget_mb: Option<usize>,
@@ -192,6 +197,7 @@ impl ServeOptions {
             max_rows_per_message,
             max_message_row_bytes,
             max_inflight_messages,
+            max_inflight_bytes,
             hot_budget_mb,
             query_timeout_s,
             query_memory_mb,
@@ -504,6 +510,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     }
     if let Some(count) = options.max_inflight_messages {
         ingest.max_inflight_messages = count.max(1);
+    }
+    if let Some(bytes) = options.max_inflight_bytes {
+        ingest.max_inflight_bytes = usize::try_from(bytes).unwrap_or(usize::MAX).max(1);
     }
     if let Some(mb) = options.hot_budget_mb {
         ingest.hot_budget_bytes = mb * MIB;

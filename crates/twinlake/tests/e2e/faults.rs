@@ -324,3 +324,32 @@ fn after_the_broker_restarts_without_the_session_ingest_subscribes_again() {
         "the count of dropped acks of lost sessions is in /metrics"
     );
 }
+
+/// While nothing can be acknowledged (the WAL's disk is full), ingest keeps taking messages
+/// only up to its in-flight budgets. Counting messages alone, 20,000 messages of up to the
+/// packet limit could sit in memory; the byte budget holds 200 KB messages to a handful.
+#[test]
+fn messages_held_unacknowledged_are_bounded_by_bytes() {
+    let mosquitto = crate::support::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("wal"), "3m");
+    let budget = ["--max-inflight-bytes", "4MiB", "--wal-segment-mb", "1"];
+    let twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &budget);
+    let filler = disk.fill();
+    let large = format!("{{\"properties\":\"{}\",\"v\":1}}", "p".repeat(200_000));
+    let messages = (0..100)
+        .map(|_| message("te/device/large///m/env", &large, false, 1))
+        .collect();
+    publish(&mosquitto.url(), messages);
+    wait_for_metric(&twinlake, "twinlake_wal_disk_full", 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    let held = twinlake.metric("twinlake_acks_pending").unwrap_or(f64::MAX);
+    eprintln!("in-flight bytes: {held} messages of 200 KB held at a 4 MiB budget");
+    assert!(
+        held <= 21.0,
+        "{held} messages of 200 KB held with a 4 MiB in-flight budget"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let large_rows = "SELECT count(*) FROM measurements WHERE entity = 'device/large//'";
+    assert!(twinlake.wait_for_count(large_rows, 100, Duration::from_secs(60)) >= 100);
+}
