@@ -12,6 +12,7 @@
 
 mod broker;
 mod endpoint;
+mod limits;
 mod metrics;
 mod pipeline;
 mod retained;
@@ -19,6 +20,7 @@ mod session;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use endpoint::{EndpointError, MqttEndpoint};
+pub use limits::GrowthLimits;
 pub use metrics::IngestMetrics;
 pub use pipeline::{DEFAULT_MAX_PACKET_BYTES, IngestConfig, IngestError, run_ingest};
 pub use retained::{RETAINED_TABLE, RestoreError, RetainedState, restore_from_wal};

@@ -16,6 +16,9 @@ pub struct IngestMetrics {
     pub rejected: Family<Labels, Counter>,
     pub not_stored: Family<Labels, Counter>,
     pub retained_duplicates: Counter,
+    /// Retained messages stored but not remembered: the retained state is at its limit.
+    pub retained_untracked: Counter,
+    pub retained_bytes: Gauge,
     pub acks_pending: Gauge,
     /// Acknowledgements of durable messages not yet handed to the MQTT client: it sends them
     /// only as fast as its event loop turns, so they pile up while a broker floods.
@@ -42,6 +45,8 @@ impl IngestMetrics {
             rejected: Family::default(),
             not_stored: Family::default(),
             retained_duplicates: Counter::default(),
+            retained_untracked: Counter::default(),
+            retained_bytes: Gauge::default(),
             acks_of_lost_sessions: Counter::default(),
             acks_pending: Gauge::default(),
             acks_queued: Gauge::default(),
@@ -74,6 +79,16 @@ impl IngestMetrics {
             "retained_duplicates",
             "Retained messages replayed by the broker unchanged, not stored again",
             metrics.retained_duplicates.clone(),
+        );
+        prefix.register(
+            "retained_untracked",
+            "Retained messages stored but not remembered, the retained state being at its byte limit: the broker's next replay of their topic is stored again",
+            metrics.retained_untracked.clone(),
+        );
+        prefix.register(
+            "retained_bytes",
+            "Bytes of the retained state (last payload of each retained topic), as of its last checkpoint",
+            metrics.retained_bytes.clone(),
         );
         prefix.register(
             "acks_pending",

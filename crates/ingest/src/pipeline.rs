@@ -31,6 +31,7 @@ use twinlake_store::LiveTables;
 use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
 
 use crate::endpoint::{EndpointError, MqttEndpoint};
+use crate::limits::GrowthLimits;
 use crate::metrics::IngestMetrics;
 use crate::retained::{RETAINED_TABLE, RetainedLog, RetainedState, is_retained_kind};
 use crate::session::SessionGate;
@@ -65,6 +66,11 @@ pub struct IngestConfig {
     pub batch_window: Duration,
     /// Keep topics with unknown channels out of `rejected` (they are still counted).
     pub ignore_unknown_channels: bool,
+    /// Bytes of the last payload of each retained topic kept to recognise the broker's
+    /// replays; beyond it, replays of further topics are stored again.
+    pub max_retained_bytes: usize,
+    /// How many entities and series devices may create, and how deep entities may nest.
+    pub growth: GrowthLimits,
 }
 
 impl IngestConfig {
@@ -82,6 +88,8 @@ impl IngestConfig {
             batch_max_messages: 5_000,
             batch_window: Duration::from_millis(5),
             ignore_unknown_channels: false,
+            max_retained_bytes: 128 * 1024 * 1024,
+            growth: GrowthLimits::default(),
         }
     }
 }
@@ -172,6 +180,8 @@ pub async fn run_ingest(
         config.clone(),
         metrics.clone(),
     ));
+    let mut retained = retained;
+    retained.limit_to(config.max_retained_bytes);
     let batcher = tokio::spawn(batch(
         from_reader,
         to_acker,
@@ -325,6 +335,8 @@ struct Group {
     builders: TableBuilders,
     retained_log: RetainedLog,
     messages: Vec<Received>,
+    /// When a limit's rejection was last logged, per reason code.
+    limit_warnings: std::collections::HashMap<&'static str, Instant>,
     /// Payload and repeated bytes of the rows so far: a group is committed before its text
     /// could come near Arrow's 2 GiB offset limit, whatever the messages.
     bytes: usize,
@@ -349,6 +361,7 @@ async fn batch(
         builders: TableBuilders::new(),
         retained_log: RetainedLog::default(),
         messages: Vec::new(),
+        limit_warnings: std::collections::HashMap::new(),
         bytes: 0,
         deadline: None,
     };
@@ -361,9 +374,13 @@ async fn batch(
                 continue;
             }
             Ok(()) = persisted.changed() => {
-                // The group first: the checkpoint must not hold state of unsubmitted messages.
-                submit(&mut group, &wal, &to_acker)?;
-                checkpoint(&retained, &wal, &to_acker)?;
+                // Only worth a checkpoint (the whole retained state) when a segment could go.
+                if WalStats::get(&wal.stats().closed_segments) > 0 {
+                    // The group first: the checkpoint must not hold state of unsubmitted messages.
+                    submit(&mut group, &wal, &to_acker)?;
+                    checkpoint(&retained, &wal, &to_acker)?;
+                    metrics.retained_bytes.set(retained.bytes() as i64);
+                }
                 continue;
             }
             _ = shutdown.wait_for(|stop| *stop) => None,
@@ -375,7 +392,7 @@ async fn batch(
             &mut group,
             received,
             &config,
-            (&mut retained, &mut entities),
+            (&mut retained, &mut entities, &live),
             &metrics,
         );
         // Commit as soon as nothing more is waiting: a broker that sends only a few unacknowledged
@@ -399,7 +416,7 @@ fn add(
     group: &mut Group,
     received: Received,
     config: &IngestConfig,
-    (retained, entities): (&mut RetainedState, &mut EntityHistory),
+    (retained, entities, live): (&mut RetainedState, &mut EntityHistory, &LiveTables),
     metrics: &IngestMetrics,
 ) {
     metrics.messages.inc();
@@ -434,12 +451,17 @@ fn add(
                     (rows, bytes),
                     (config.max_rows_per_message, config.max_message_row_bytes),
                 );
-                tracing::warn!(topic = %rejection.topic, rows, bytes, "message rejected: it would become too many rows");
-                reject(group, &rejection, metrics);
+                reject_over_limit(group, &rejection, metrics);
                 group.messages.push(received);
                 return;
             }
             group.bytes += bytes;
+            if let Some(reason) = config.growth.exceeded_by(&message, entities, live.latest()) {
+                let rejection = Rejection::over_limit(topic, payload, received.received_at, reason);
+                reject_over_limit(group, &rejection, metrics);
+                group.messages.push(received);
+                return;
+            }
             if is_retained_kind(message.table()) {
                 if publish.retain && retained.is_unchanged(topic, payload) {
                     metrics.retained_duplicates.inc();
@@ -447,8 +469,13 @@ fn add(
                     return;
                 }
                 let topic = Bytes::copy_from_slice(topic);
-                retained.record(topic.clone(), publish.payload.clone());
-                group.retained_log.push(topic, publish.payload.clone());
+                // The WAL gets what the state now holds for the topic, so replay rebuilds it.
+                if retained.record(topic.clone(), publish.payload.clone()) {
+                    group.retained_log.push(topic, publish.payload.clone());
+                } else {
+                    metrics.retained_untracked.inc();
+                    group.retained_log.push(topic, Bytes::new());
+                }
             }
             if !payload.is_empty() {
                 register(
@@ -501,6 +528,22 @@ fn register(
         entities.apply(EntityChangeRow::new(&entity, &change));
         builders.append_entity_change(&entity, &change);
     }
+}
+
+/// A rejection for a limit of Twinlake's (not a malformed message): the operator should hear
+/// of it, but a device hammering a limit must not flood the log, so at most one warning per
+/// reason every 10 s (the metric counts every one).
+fn reject_over_limit(group: &mut Group, rejection: &Rejection, metrics: &IngestMetrics) {
+    let code = rejection.reason.code();
+    let due = group
+        .limit_warnings
+        .get(code)
+        .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+    if due {
+        tracing::warn!(topic = %rejection.topic, reason = %rejection.reason, "message rejected: over a limit");
+        group.limit_warnings.insert(code, Instant::now());
+    }
+    reject(group, rejection, metrics);
 }
 
 fn reject(group: &mut Group, rejection: &Rejection, metrics: &IngestMetrics) {

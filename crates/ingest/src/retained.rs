@@ -38,13 +38,47 @@ pub(crate) fn is_retained_kind(table: Table) -> bool {
     )
 }
 
-/// The last stored payload of every retained topic.
-#[derive(Debug, Default)]
+/// The last stored payload of every retained topic, up to a byte limit: past it a new topic
+/// is stored as data but not remembered, so its next replay by the broker is stored again (a
+/// repeat, never a loss), instead of the state growing with whatever topics devices invent.
+#[derive(Debug)]
 pub struct RetainedState {
     last: HashMap<Bytes, Bytes>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Default for RetainedState {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl RetainedState {
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            last: HashMap::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Sets the byte limit, forgetting topics until the state is within it.
+    pub fn limit_to(&mut self, limit: usize) {
+        self.limit = limit;
+        while self.bytes > limit {
+            let Some(topic) = self.last.keys().next().cloned() else {
+                break;
+            };
+            self.forget(&topic);
+        }
+    }
+
+    /// Bytes of topics and payloads held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// True when `payload` on `topic` is exactly what was last stored for it.
     pub(crate) fn is_unchanged(&self, topic: &[u8], payload: &[u8]) -> bool {
         self.last
@@ -53,12 +87,24 @@ impl RetainedState {
     }
 
     /// Remembers a stored retained message; an empty payload clears the topic, as it does in
-    /// the broker.
-    pub(crate) fn record(&mut self, topic: Bytes, payload: Bytes) {
+    /// the broker. False when it did not fit within the limit (the topic is then forgotten).
+    pub(crate) fn record(&mut self, topic: Bytes, payload: Bytes) -> bool {
+        self.forget(&topic);
         if payload.is_empty() {
-            self.last.remove(&topic);
-        } else {
-            self.last.insert(topic, payload);
+            return true;
+        }
+        let size = topic.len() + payload.len();
+        if self.bytes.saturating_add(size) > self.limit {
+            return false;
+        }
+        self.bytes += size;
+        self.last.insert(topic, payload);
+        true
+    }
+
+    fn forget(&mut self, topic: &Bytes) {
+        if let Some(payload) = self.last.remove(topic) {
+            self.bytes -= topic.len() + payload.len();
         }
     }
 
@@ -183,7 +229,35 @@ mod tests {
     use twinlake_store::LiveTables;
     use twinlake_wal::{RecordId, Replay};
 
-    use super::{RestoreError, restore_from_wal};
+    use bytes::Bytes;
+
+    use super::{RestoreError, RetainedState, restore_from_wal};
+
+    #[test]
+    fn the_retained_state_stays_within_its_byte_limit() {
+        let mut state = RetainedState::with_limit(40);
+        let topic = |n: u32| Bytes::from(format!("te/device/d{n}///a/x"));
+        assert!(state.record(topic(1), Bytes::from_static(b"0123456789")));
+        assert_eq!(state.bytes(), 18 + 10);
+        // A second topic does not fit: it is stored as data but not remembered.
+        assert!(!state.record(topic(2), Bytes::from_static(b"0123456789")));
+        assert!(!state.is_unchanged(&topic(2), b"0123456789"));
+        // A smaller payload for a known topic replaces the old one and frees the difference.
+        assert!(state.record(topic(1), Bytes::from_static(b"01")));
+        assert_eq!(state.bytes(), 18 + 2);
+        assert!(state.is_unchanged(&topic(1), b"01"));
+        // An empty payload clears the topic.
+        assert!(state.record(topic(1), Bytes::new()));
+        assert_eq!((state.bytes(), state.len()), (0, 0));
+        // A lower limit forgets topics until the state fits.
+        let mut state = RetainedState::default();
+        for n in 0..10 {
+            assert!(state.record(topic(n), Bytes::from_static(b"x")));
+        }
+        state.limit_to(40);
+        assert!(state.bytes() <= 40, "{}", state.bytes());
+        assert_eq!(state.len(), 2);
+    }
 
     #[test]
     fn a_wal_table_this_version_does_not_know_stops_the_start() {

@@ -83,6 +83,25 @@ pub enum RejectReason {
         row_limit: usize,
         byte_limit: usize,
     },
+    #[error(
+        "{entity} is a new entity, and Twinlake already knows its limit of {limit} entities \
+         (setting: max entities)"
+    )]
+    TooManyEntities { entity: String, limit: usize },
+    #[error(
+        "{entity} would be {depth} levels below the main device, deeper than the limit of \
+         {limit} (setting: max entity depth)"
+    )]
+    TooDeep {
+        entity: String,
+        depth: usize,
+        limit: usize,
+    },
+    #[error(
+        "the measurement starts a new series, and Twinlake already holds its limit of {limit} \
+         series (setting: max series)"
+    )]
+    TooManySeries { limit: usize },
 }
 
 impl RejectReason {
@@ -97,6 +116,9 @@ impl RejectReason {
             Self::Time { .. } => "invalid_time",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyRows { .. } => "too_many_rows",
+            Self::TooManyEntities { .. } => "too_many_entities",
+            Self::TooDeep { .. } => "too_deep",
+            Self::TooManySeries { .. } => "too_many_series",
         }
     }
 
@@ -115,6 +137,21 @@ impl RejectReason {
 }
 
 impl Rejection {
+    /// A message over one of Twinlake's limits; the payload is kept whole.
+    pub fn over_limit(
+        topic: &[u8],
+        payload: &[u8],
+        received_at: Timestamp,
+        reason: RejectReason,
+    ) -> Self {
+        Self {
+            received_at,
+            topic: String::from_utf8_lossy(topic).into_owned(),
+            payload: payload.to_vec(),
+            reason,
+        }
+    }
+
     /// A message whose rows would exceed what one message may become; the payload is kept whole.
     pub fn too_many_rows(
         topic: &[u8],
@@ -123,17 +160,13 @@ impl Rejection {
         (rows, bytes): (usize, usize),
         (row_limit, byte_limit): (usize, usize),
     ) -> Self {
-        Self {
-            received_at,
-            topic: String::from_utf8_lossy(topic).into_owned(),
-            payload: payload.to_vec(),
-            reason: RejectReason::TooManyRows {
-                rows,
-                bytes,
-                row_limit,
-                byte_limit,
-            },
-        }
+        let reason = RejectReason::TooManyRows {
+            rows,
+            bytes,
+            row_limit,
+            byte_limit,
+        };
+        Self::over_limit(topic, payload, received_at, reason)
     }
 
     /// A message over the payload size limit: keeps the first `keep` bytes and says how large

@@ -278,7 +278,7 @@ const REJECTED: &[Column] = &[
     required(
         "reason_code",
         Text,
-        "A stable name for the kind of reason: `invalid_topic`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`, `too_many_rows`.",
+        "A stable name for the kind of reason: `invalid_topic`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`, `too_many_rows`, `too_many_entities`, `too_deep`, `too_many_series`.",
     ),
     required("reason", Text, "What was wrong, for a person to act on."),
 ];

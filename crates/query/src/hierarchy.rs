@@ -39,6 +39,10 @@ pub(crate) struct Hierarchy {
     subtrees: Mutex<HashMap<String, Arc<Subtree>>>,
 }
 
+/// How many subtrees one hierarchy keeps built: far more than the depots and trucks a
+/// dashboard asks about at once.
+const MEMOISED_SUBTREES: usize = 1024;
+
 /// `[from, to)` in ns; `to` is `None` while it lasts.
 type Span = (i64, Option<i64>);
 
@@ -94,7 +98,11 @@ impl Hierarchy {
                 .push((row.valid_from, row.valid_to));
         }
         let subtree = Arc::new(subtree);
-        if let Ok(mut cached) = self.subtrees.lock() {
+        // A root per row (`in_subtree(entity, entity)`) must not grow the memo without bound:
+        // past its size, subtrees are built for the query and not kept.
+        if let Ok(mut cached) = self.subtrees.lock()
+            && cached.len() < MEMOISED_SUBTREES
+        {
             cached.insert(root.to_owned(), Arc::clone(&subtree));
         }
         subtree
@@ -107,8 +115,10 @@ pub(crate) struct HierarchyCache {
     live: Arc<LiveTables>,
     changes: Arc<dyn TableProvider>,
     /// The last fold and the `entity_changes` state it was built from.
-    latest: RwLock<(Option<u64>, Arc<Hierarchy>)>,
-    folding: tokio::sync::Mutex<()>,
+    latest: Arc<RwLock<(Option<u64>, Arc<Hierarchy>)>>,
+    /// Held from the start of a fold to its end, even when the query that started it timed
+    /// out meanwhile: the next query waits for that fold instead of starting another.
+    folding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl HierarchyCache {
@@ -116,8 +126,11 @@ impl HierarchyCache {
         Self {
             live,
             changes,
-            latest: RwLock::new((None, Arc::new(Hierarchy::new(EntityHistory::new())))),
-            folding: tokio::sync::Mutex::new(()),
+            latest: Arc::new(RwLock::new((
+                None,
+                Arc::new(Hierarchy::new(EntityHistory::new())),
+            ))),
+            folding: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -141,7 +154,7 @@ impl HierarchyCache {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let _one_fold_at_a_time = self.folding.lock().await;
+        let one_fold_at_a_time = Arc::clone(&self.folding).lock_owned().await;
         if let Some(current) = self.current() {
             return Ok(current);
         }
@@ -149,16 +162,20 @@ impl HierarchyCache {
         let plan = self.changes.scan(state, None, &[], None).await?;
         let batches = collect(plan, state.task_ctx()).await?;
         let rows = change_rows(&batches)?;
-        // The closure grows with entities × depth: fold off the async runtime.
-        let hierarchy = tokio::task::spawn_blocking(move || {
-            Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)))
+        // The closure grows with entities × depth: fold off the async runtime. The fold keeps
+        // the lock and publishes its result itself, so a query that stops waiting for it
+        // (timeout) neither wastes it nor lets a second fold start beside it.
+        let latest = Arc::clone(&self.latest);
+        tokio::task::spawn_blocking(move || {
+            let hierarchy = Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)));
+            if let Ok(mut latest) = latest.write() {
+                *latest = (Some(changes), Arc::clone(&hierarchy));
+            }
+            drop(one_fold_at_a_time);
+            hierarchy
         })
         .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        if let Ok(mut latest) = self.latest.write() {
-            *latest = (Some(changes), Arc::clone(&hierarchy));
-        }
-        Ok(hierarchy)
+        .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
@@ -692,4 +709,32 @@ fn string_array(array: &ArrayRef) -> Result<StringArray> {
         .downcast_ref::<StringArray>()
         .cloned()
         .ok_or_else(|| DataFusionError::Execution("expected text".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use twinlake_model::EntityHistory;
+
+    use super::{Hierarchy, MEMOISED_SUBTREES};
+
+    #[test]
+    fn subtrees_asked_for_by_every_row_do_not_grow_the_memo_without_bound() {
+        let hierarchy = Hierarchy::new(EntityHistory::new());
+        for n in 0..3 * MEMOISED_SUBTREES {
+            // A root that is no entity still answers (with nothing below it).
+            assert_eq!(
+                hierarchy
+                    .subtree(&format!("device/r{n}//"))
+                    .members(true)
+                    .count(),
+                0
+            );
+        }
+        let memoised = hierarchy
+            .subtrees
+            .lock()
+            .map(|m| m.len())
+            .unwrap_or(usize::MAX);
+        assert_eq!(memoised, MEMOISED_SUBTREES);
+    }
 }

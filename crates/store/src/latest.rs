@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampNanosecondType};
@@ -36,6 +37,8 @@ type TypesOfEntity = HashMap<String, HashMap<String, LatestValue>>;
 #[derive(Debug, Default)]
 pub struct LatestValues {
     series: RwLock<SeriesTree>,
+    /// How many series the tree holds, readable without its lock.
+    count: AtomicUsize,
 }
 
 impl LatestValues {
@@ -73,7 +76,11 @@ impl LatestValues {
             };
             let Some(held) = entry(&mut tree, entity.value(row))
                 .and_then(|types| entry(types, kind.value(row)))
-                .and_then(|by_series| entry(by_series, series.value(row)))
+                .and_then(|by_series| {
+                    let new = !by_series.contains_key(series.value(row));
+                    self.count.fetch_add(usize::from(new), Ordering::Relaxed);
+                    entry(by_series, series.value(row))
+                })
             else {
                 continue;
             };
@@ -124,11 +131,15 @@ impl LatestValues {
 
     /// The number of series held.
     pub fn len(&self) -> usize {
-        self.series.read().map_or(0, |tree| {
-            tree.values()
-                .flat_map(HashMap::values)
-                .map(HashMap::len)
-                .sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the series is held already.
+    pub fn holds(&self, entity: &str, measurement_type: &str, series: &str) -> bool {
+        self.series.read().is_ok_and(|tree| {
+            tree.get(entity)
+                .and_then(|types| types.get(measurement_type))
+                .is_some_and(|by_series| by_series.contains_key(series))
         })
     }
 

@@ -88,6 +88,23 @@ pub(crate) struct ServeOptions {
     /// Memory for in-memory rows, in MiB; at the limit ingest stops reading [default: 2048].
     #[arg(long, env = "TWINLAKE_HOT_BUDGET_MB")]
     pub(crate) hot_budget_mb: Option<usize>,
+    /// Memory for the last payload of each retained topic (to recognise the broker's replays),
+    /// e.g. 128MiB; past it, replays of further topics are stored again [default: 128MiB].
+    #[arg(long, env = "TWINLAKE_MAX_RETAINED_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) max_retained_bytes: Option<u64>,
+    /// Entities (registered or waiting for their parent); a message from a further new entity
+    /// is stored in `rejected` [default: 1000000].
+    #[arg(long, env = "TWINLAKE_MAX_ENTITIES")]
+    pub(crate) max_entities: Option<usize>,
+    /// Levels an entity may be below the main device; a deeper registration is stored in
+    /// `rejected` [default: 16].
+    #[arg(long, env = "TWINLAKE_MAX_ENTITY_DEPTH")]
+    pub(crate) max_entity_depth: Option<usize>,
+    /// Measurement series (entity, type, series); a measurement starting a further series is
+    /// stored in `rejected` [default: 2000000].
+    #[arg(long, env = "TWINLAKE_MAX_SERIES")]
+    pub(crate) max_series: Option<usize>,
     /// Wall time a query may run, in seconds [default: 60].
     #[arg(long, env = "TWINLAKE_QUERY_TIMEOUT_S")]
     pub(crate) query_timeout_s: Option<u64>,
@@ -199,6 +216,10 @@ impl ServeOptions {
             max_inflight_messages,
             max_inflight_bytes,
             hot_budget_mb,
+            max_retained_bytes,
+            max_entities,
+            max_entity_depth,
+            max_series,
             query_timeout_s,
             query_memory_mb,
             query_max_result_rows,
@@ -516,6 +537,13 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     }
     if let Some(mb) = options.hot_budget_mb {
         ingest.hot_budget_bytes = mb * MIB;
+    }
+    let growth = &mut ingest.growth;
+    growth.max_entities = options.max_entities.unwrap_or(growth.max_entities);
+    growth.max_entity_depth = options.max_entity_depth.unwrap_or(growth.max_entity_depth);
+    growth.max_series = options.max_series.unwrap_or(growth.max_series);
+    if let Some(bytes) = options.max_retained_bytes {
+        ingest.max_retained_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
     ingest.ignore_unknown_channels = options.ignore_unknown_channels.unwrap_or(false);
 

@@ -108,6 +108,8 @@ pub struct WalStats {
     /// Bytes currently held in segment files.
     pub bytes: AtomicU64,
     pub segments: AtomicU64,
+    /// Segments no longer written to: the ones truncation may delete.
+    pub closed_segments: AtomicU64,
     pub records_written: AtomicU64,
     pub appends: AtomicU64,
     pub fsyncs: AtomicU64,

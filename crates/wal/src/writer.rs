@@ -426,6 +426,9 @@ impl WriterState {
         self.stats
             .segments
             .store(segments as u64, Ordering::Relaxed);
+        self.stats
+            .closed_segments
+            .store(self.closed.len() as u64, Ordering::Relaxed);
     }
 }
 

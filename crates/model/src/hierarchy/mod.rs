@@ -109,6 +109,9 @@ pub struct EntityHistory {
     children: HashMap<String, BTreeSet<String>>,
     /// Entity → the registration waiting for its parent.
     pending: HashMap<String, Pending>,
+    /// Parent → the entities whose registration waits for it, so that a registration looks
+    /// only at its own waiting children, not at every pending one.
+    pending_children: HashMap<String, BTreeSet<String>>,
     /// Entities that have had a version (their next one starts when it is received).
     seen: HashSet<String>,
 }
@@ -128,6 +131,7 @@ impl EntityHistory {
             current: HashMap::new(),
             children: HashMap::new(),
             pending: HashMap::new(),
+            pending_children: HashMap::new(),
             seen: HashSet::new(),
         };
         history.open_version(
@@ -160,6 +164,58 @@ impl EntityHistory {
         self.current.contains_key(entity) || self.pending.contains_key(entity)
     }
 
+    /// How many entities are registered now or wait for their parent.
+    pub fn known(&self) -> usize {
+        self.current.len() + self.pending.len()
+    }
+
+    /// How far below a root an entity whose parent is `parent` would be (1 for a child of the
+    /// main device), following registered and waiting registrations alike; None for a chain
+    /// that never ends in a root (a cycle).
+    pub fn depth_under(&self, parent: Option<&str>) -> Option<usize> {
+        let mut depth = 1;
+        let mut next = parent;
+        while let Some(id) = next {
+            if depth > self.known() + 1 {
+                return None;
+            }
+            let facts = match self.current.get(id) {
+                Some(&index) => &self.versions[index].facts,
+                None => match self.pending.get(id) {
+                    Some(pending) => &pending.facts,
+                    None => return Some(depth),
+                },
+            };
+            depth += 1;
+            next = facts.parent.as_deref();
+        }
+        Some(depth - 1)
+    }
+
+    fn add_pending(&mut self, entity: String, pending: Pending) {
+        self.remove_pending(&entity);
+        if let Some(parent) = &pending.facts.parent {
+            self.pending_children
+                .entry(parent.clone())
+                .or_default()
+                .insert(entity.clone());
+        }
+        self.pending.insert(entity, pending);
+    }
+
+    fn remove_pending(&mut self, entity: &str) -> Option<Pending> {
+        let pending = self.pending.remove(entity)?;
+        if let Some(parent) = &pending.facts.parent
+            && let Some(waiting) = self.pending_children.get_mut(parent)
+        {
+            waiting.remove(entity);
+            if waiting.is_empty() {
+                self.pending_children.remove(parent);
+            }
+        }
+        Some(pending)
+    }
+
     /// Applies one change; changes must come in time order.
     pub fn apply(&mut self, row: EntityChangeRow) {
         let Some(facts) = row.facts else {
@@ -174,7 +230,7 @@ impl EntityHistory {
             .as_deref()
             .is_some_and(|parent| !self.current.contains_key(parent));
         if parent_missing || self.would_cycle(&row.entity, facts.parent.as_deref()) {
-            self.pending.insert(
+            self.add_pending(
                 row.entity,
                 Pending {
                     change: row.change,
@@ -183,7 +239,7 @@ impl EntityHistory {
             );
             return;
         }
-        self.pending.remove(&row.entity);
+        self.remove_pending(&row.entity);
         self.register(row.entity.clone(), facts, row.time);
         self.release_pending_children(row.entity, row.time);
     }
@@ -249,34 +305,32 @@ impl EntityHistory {
         depth: u32,
         rows: &mut Vec<Ancestry>,
     ) {
-        let Some(parent) = version.facts.parent.as_deref() else {
-            return;
-        };
-        // A cycle cannot be registered, but a bound keeps a corrupt table from looping.
-        if depth as usize > by_entity.len() {
-            return;
-        }
-        for parent_version in by_entity.get(parent).into_iter().flatten() {
-            let Some(overlap) =
-                intersect(span, (parent_version.valid_from, parent_version.valid_to))
-            else {
+        // A stack of its own, not recursion: a chain as deep as a table holds must not
+        // overflow the thread's stack.
+        let mut stack = vec![(version, span, depth)];
+        while let Some((version, span, depth)) = stack.pop() {
+            let Some(parent) = version.facts.parent.as_deref() else {
                 continue;
             };
-            rows.push(Ancestry {
-                ancestor: parent.to_owned(),
-                descendant: descendant.to_owned(),
-                depth,
-                valid_from: overlap.0,
-                valid_to: overlap.1,
-            });
-            self.collect_ancestors(
-                by_entity,
-                descendant,
-                parent_version,
-                overlap,
-                depth + 1,
-                rows,
-            );
+            // A cycle cannot be registered, but a bound keeps a corrupt table from looping.
+            if depth as usize > by_entity.len() {
+                continue;
+            }
+            for parent_version in by_entity.get(parent).into_iter().flatten() {
+                let Some(overlap) =
+                    intersect(span, (parent_version.valid_from, parent_version.valid_to))
+                else {
+                    continue;
+                };
+                rows.push(Ancestry {
+                    ancestor: parent.to_owned(),
+                    descendant: descendant.to_owned(),
+                    depth,
+                    valid_from: overlap.0,
+                    valid_to: overlap.1,
+                });
+                stack.push((parent_version, overlap, depth + 1));
+            }
         }
     }
 
@@ -334,14 +388,9 @@ impl EntityHistory {
     fn release_pending_children(&mut self, parent: String, time: i64) {
         let mut arrived = vec![parent];
         while let Some(parent) = arrived.pop() {
-            let waiting: Vec<String> = self
-                .pending
-                .iter()
-                .filter(|(_, p)| p.facts.parent.as_deref() == Some(parent.as_str()))
-                .map(|(entity, _)| entity.clone())
-                .collect();
+            let waiting = self.pending_children.remove(&parent).unwrap_or_default();
             for entity in waiting {
-                let Some(pending) = self.pending.remove(&entity) else {
+                let Some(pending) = self.remove_pending(&entity) else {
                     continue;
                 };
                 if pending.change == ChangeKind::AutoRegistered
@@ -357,7 +406,7 @@ impl EntityHistory {
 
     /// The entity and all its descendants end at `time`.
     fn deregister(&mut self, entity: &str, time: i64) {
-        self.pending.remove(entity);
+        self.remove_pending(entity);
         if !self.current.contains_key(entity) {
             return;
         }

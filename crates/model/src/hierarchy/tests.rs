@@ -214,3 +214,39 @@ fn a_rename_keeps_the_ancestry_in_one_stretch() {
         .collect();
     assert_eq!(b_under_a, vec![(0, None)]);
 }
+
+/// A chain of 20,000 children registered leaf first: each waits for its parent, and the root's
+/// registration releases them all. Looking through every waiting registration for each one
+/// released took quadratic time (4×10⁸ comparisons); the index by parent takes one step each.
+#[test]
+fn a_long_chain_of_waiting_registrations_is_released_in_linear_time() {
+    let chain = 20_000;
+    let entity = |n: usize| format!("device/c{n}//");
+    let mut history = EntityHistory::new();
+    for n in (1..chain).rev() {
+        history.apply(registered(1, &entity(n), child(&entity(n - 1), "c")));
+    }
+    assert_eq!(history.known(), 1 + chain - 1);
+    assert_eq!(history.depth_under(Some(&entity(chain - 1))), Some(chain));
+    let began = std::time::Instant::now();
+    history.apply(registered(2, &entity(0), child(MAIN, "c")));
+    eprintln!(
+        "released {chain} waiting registrations in {:?}",
+        began.elapsed()
+    );
+    assert_eq!(history.current().count(), 1 + chain);
+    assert_eq!(
+        history.depth_under(Some(&entity(chain - 1))),
+        Some(chain + 1)
+    );
+    assert_eq!(history.depth_under(Some(MAIN)), Some(1));
+    assert_eq!(history.depth_under(None), Some(0));
+}
+
+#[test]
+fn depth_of_a_waiting_cycle_is_none() {
+    let mut history = EntityHistory::new();
+    history.apply(registered(1, "device/a//", child("device/b//", "a")));
+    history.apply(registered(1, "device/b//", child("device/a//", "b")));
+    assert_eq!(history.depth_under(Some("device/a//")), None);
+}

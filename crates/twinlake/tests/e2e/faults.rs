@@ -353,3 +353,128 @@ fn messages_held_unacknowledged_are_bounded_by_bytes() {
     let large_rows = "SELECT count(*) FROM measurements WHERE entity = 'device/large//'";
     assert!(twinlake.wait_for_count(large_rows, 100, Duration::from_secs(60)) >= 100);
 }
+
+/// Devices that invent names: new series, new entities, registrations nested ever deeper, and
+/// alarm types by the thousand (retained). Each is held to its limit: what passes it is a
+/// `rejected` row with the reason, the rest is stored, and the server goes on.
+#[test]
+fn devices_that_invent_names_are_held_to_the_growth_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [
+        "--max-series",
+        "500",
+        "--max-entities",
+        "200",
+        "--max-entity-depth",
+        "16",
+        "--max-retained-bytes",
+        "64KiB",
+    ];
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &limits);
+    let url = twinlake.mqtt_url.clone();
+    let rejected = |code: &str| {
+        twinlake.count(&format!(
+            "SELECT count(*) FROM rejected WHERE reason_code = '{code}'"
+        ))
+    };
+
+    // A chain of 20 child devices, each under the previous one: 16 levels are allowed.
+    let chain = (0..20)
+        .map(|n| {
+            let parent = match n {
+                0 => "device/main//".to_owned(),
+                n => format!("device/deep{}//", n - 1),
+            };
+            let payload = format!("{{\"@type\":\"child-device\",\"@parent\":\"{parent}\"}}");
+            message(&format!("te/device/deep{n}//"), &payload, true, 1)
+        })
+        .collect();
+    publish(&url, chain);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rejected("too_deep") == 0 {
+        assert!(Instant::now() < deadline, "no registration was too deep");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Level 17 is refused; the levels below it wait for a parent that never comes.
+    let rejected_deep = "SELECT count(*) FROM rejected WHERE reason_code = 'too_deep' AND topic = 'te/device/deep16//'";
+    assert_eq!(twinlake.count(rejected_deep), 1);
+    let deepest =
+        "SELECT CAST(max(depth) AS BIGINT) FROM entity_ancestors WHERE ancestor = 'device/main//'";
+    assert_eq!(twinlake.count(deepest), 16);
+
+    // 400 new child devices: the hierarchy may hold 200 entities in all. (Each limit is
+    // met in turn: a message refused for one limit adds nothing to the others.)
+    let children = (0..400)
+        .map(|n| message(&format!("te/device/c{n}///m/env"), "{\"t\":1}", false, 1))
+        .collect();
+    publish(&url, children);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rejected("too_many_entities") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no entity was refused past the limit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let entities = twinlake.count("SELECT count(*) FROM entities");
+    assert!(entities <= 200, "{entities} entities with a limit of 200");
+
+    // 1,000 series from one device, one new name per message.
+    let series = (0..1_000)
+        .map(|n| {
+            message(
+                "te/device/main///m/env",
+                &format!("{{\"s{n}\":1}}"),
+                false,
+                1,
+            )
+        })
+        .collect();
+    publish(&url, series);
+    let stored = "SELECT count(DISTINCT series) FROM measurements WHERE entity = 'device/main//'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while twinlake.count(stored) + rejected("too_many_series") < 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "not every series message was answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (kept, refused) = (twinlake.count(stored), rejected("too_many_series"));
+    assert!(
+        refused > 0 && kept < 1_000,
+        "series limit: {kept} kept, {refused} rejected"
+    );
+
+    // 2,000 retained alarm types: the retained state keeps 64 KiB of them, all are stored.
+    let alarms = (0..2_000)
+        .map(|n| {
+            let topic = format!("te/device/main///a/type{n}");
+            message(
+                &topic,
+                "{\"text\":\"invented\",\"severity\":\"minor\"}",
+                true,
+                1,
+            )
+        })
+        .collect();
+    publish(&url, alarms);
+    let stored_alarms = "SELECT count(*) FROM alarms WHERE entity = 'device/main//'";
+    assert_eq!(
+        twinlake.wait_for_count(stored_alarms, 2_000, Duration::from_secs(30)),
+        2_000
+    );
+    let untracked = twinlake
+        .metric("twinlake_retained_untracked_total")
+        .unwrap_or(0.0);
+    assert!(
+        untracked > 0.0,
+        "the retained state never reached its 64 KiB"
+    );
+    eprintln!(
+        "growth limits: series {kept} kept / {refused} rejected at 500; entities {entities} at 200; \
+         the 17th of 20 nested registrations rejected at depth 16; {untracked} of 2000 retained alarms \
+         untracked at 64 KiB; RSS {} KiB",
+        rss_kib(twinlake.pid())
+    );
+}
