@@ -478,3 +478,85 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
         rss_kib(twinlake.pid())
     );
 }
+
+/// S3 flags for a lake in `bucket` behind `proxy`.
+fn s3_flags(proxy: &crate::support::TcpProxy, prefix: &str) -> Vec<String> {
+    [
+        "--store-url",
+        &format!("s3://twinlake/{prefix}"),
+        "--s3-endpoint",
+        &format!("http://127.0.0.1:{}", proxy.port),
+        "--s3-allow-http",
+        "true",
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key-id",
+        "test",
+        "--s3-secret-access-key",
+        "testtesttest",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The answers to Delta log writes are lost on the way back (the object store wrote the
+/// commit; Twinlake saw a cut connection): whether the commit happened is for Twinlake to find
+/// out. Deleting the files of a commit that did happen left a version pointing at missing
+/// files. Every row must be there exactly once (after compaction), and no query may fail.
+#[test]
+fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
+    let moto = crate::support::Moto::start("twinlake");
+    let proxy = crate::support::TcpProxy::start(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = s3_flags(&proxy, "ambiguous");
+    flags.extend(
+        [
+            "--persist-max-rows",
+            "500",
+            "--persist-max-age",
+            "1s",
+            "--compact-interval-s",
+            "3",
+            "--compact-min-files",
+            "2",
+        ]
+        .map(str::to_owned),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
+    proxy.lose_answers_to(b"PUT /twinlake/ambiguous/measurements/_delta_log/0", 3);
+    assert_eq!(
+        publish_numbered(twinlake.mqtt_url.clone(), "cut", 3_000, 1_000.0, 1),
+        3_000
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.answers_still_to_lose() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer commits than answers to lose"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/cut//'";
+    let all = "SELECT count(*) FROM measurements WHERE entity = 'device/cut//'";
+    assert_eq!(
+        twinlake.wait_for_count(distinct, 3_000, Duration::from_secs(60)),
+        3_000
+    );
+    wait_until_persisted(&twinlake, 3_000.0);
+    // Compaction merges whatever a commit written twice left, and reads every file it lists.
+    assert_eq!(
+        twinlake.wait_for_count(all, 3_000, Duration::from_secs(60)),
+        3_000
+    );
+
+    // A second Twinlake with an empty WAL reads the same rows from S3 alone.
+    let mut reader_flags = s3_flags(&proxy, "ambiguous");
+    reader_flags.extend(["--persist-max-age", "1h"].map(str::to_owned));
+    let reader_flags: Vec<&str> = reader_flags.iter().map(String::as_str).collect();
+    drop(twinlake);
+    let fresh = tempfile::tempdir().unwrap();
+    let reader = Twinlake::start(fresh.path(), Broker::Embedded(free_port()), &reader_flags);
+    assert_eq!(reader.count(distinct), 3_000);
+    assert_eq!(reader.count(all), 3_000);
+}

@@ -534,6 +534,10 @@ pub(crate) struct TcpProxy {
     acceptor: Option<std::thread::JoinHandle<()>>,
     /// Requests have this header renamed on the way: the server never sees it.
     hidden_header: Option<&'static [u8]>,
+    /// The next requests whose first line holds this text reach the server, but their
+    /// connection is cut before the answer comes back: the client cannot tell whether they
+    /// happened. The count says how many more.
+    lost_answers: std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>,
 }
 
 impl TcpProxy {
@@ -555,9 +559,21 @@ impl TcpProxy {
             connections: Default::default(),
             acceptor: None,
             hidden_header,
+            lost_answers: Default::default(),
         };
         proxy.set_up(true);
         proxy
+    }
+
+    /// Lets the next `count` requests that mention `pattern` in their first line reach the
+    /// server, and cuts their connection before the answer.
+    pub(crate) fn lose_answers_to(&self, pattern: &'static [u8], count: usize) {
+        *self.lost_answers.lock().unwrap() = (Some(pattern), count);
+    }
+
+    /// How many answers the proxy was asked to lose and has not lost yet.
+    pub(crate) fn answers_still_to_lose(&self) -> usize {
+        self.lost_answers.lock().unwrap().1
     }
 
     pub(crate) fn set_up(&mut self, up: bool) {
@@ -576,11 +592,12 @@ impl TcpProxy {
         }
         let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         self.up.store(true, Ordering::SeqCst);
-        let (flag, connections, target, hidden) = (
+        let (flag, connections, target, hidden, lost_answers) = (
             std::sync::Arc::clone(&self.up),
             std::sync::Arc::clone(&self.connections),
             self.target,
             self.hidden_header,
+            std::sync::Arc::clone(&self.lost_answers),
         );
         self.acceptor = Some(std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -595,28 +612,60 @@ impl TcpProxy {
                 let mut open = connections.lock().unwrap();
                 open.push(client.try_clone().unwrap());
                 open.push(server.try_clone().unwrap());
-                for (from, to, hide) in [
-                    (
-                        client.try_clone().unwrap(),
-                        server.try_clone().unwrap(),
-                        hidden,
-                    ),
-                    (server, client, None),
-                ] {
-                    std::thread::spawn(move || forward(from, to, hide));
+                let cut = Cut {
+                    lost_answers: std::sync::Arc::clone(&lost_answers),
+                    armed: Default::default(),
+                };
+                let requests = (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Filter::Requests(hidden, cut.clone()),
+                );
+                let answers = (server, client, Filter::Answers(cut));
+                for (from, to, filter) in [requests, answers] {
+                    std::thread::spawn(move || forward(from, to, filter));
                 }
             }
         }));
     }
 }
 
-/// Copies bytes until either side closes, renaming the header `hide` (same length, so that
-/// nothing else in the request moves).
-fn forward(
-    mut from: std::net::TcpStream,
-    mut to: std::net::TcpStream,
-    hide: Option<&'static [u8]>,
-) {
+/// One connection's part in losing answers: armed once a request to lose went to the server.
+#[derive(Clone)]
+struct Cut {
+    lost_answers: std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cut {
+    /// Arms the cut when `chunk` starts a request to lose.
+    fn watch(&self, chunk: &[u8]) {
+        let mut lost = self.lost_answers.lock().unwrap();
+        let first_line = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
+        if let (Some(pattern), remaining @ 1..) = (lost.0, lost.1)
+            && first_line.windows(pattern.len()).any(|w| w == pattern)
+        {
+            lost.1 = remaining - 1;
+            self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a forwarding direction does to what passes.
+enum Filter {
+    /// Client to server: rename a header (same length, so nothing else moves), watch for
+    /// requests whose answer is to be lost.
+    Requests(Option<&'static [u8]>, Cut),
+    /// Server to client: drop the answer and cut both ways once the cut is armed.
+    Answers(Cut),
+}
+
+/// Copies bytes until either side closes.
+fn forward(mut from: std::net::TcpStream, mut to: std::net::TcpStream, filter: Filter) {
     use std::io::{Read, Write};
     let mut buffer = vec![0; 64 * 1024];
     while let Ok(read) = from.read(&mut buffer) {
@@ -624,12 +673,23 @@ fn forward(
             break;
         }
         let chunk = &mut buffer[..read];
-        if let Some(name) = hide {
-            for at in 0..chunk.len().saturating_sub(name.len()) {
-                if chunk[at..at + name.len()].eq_ignore_ascii_case(name) {
-                    chunk[at..at + 2].copy_from_slice(b"x-");
+        match &filter {
+            Filter::Requests(hide, cut) => {
+                if let Some(name) = hide {
+                    for at in 0..chunk.len().saturating_sub(name.len()) {
+                        if chunk[at..at + name.len()].eq_ignore_ascii_case(name) {
+                            chunk[at..at + 2].copy_from_slice(b"x-");
+                        }
+                    }
                 }
+                cut.watch(chunk);
             }
+            Filter::Answers(cut) if cut.armed() => {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Filter::Answers(_) => {}
         }
         if to.write_all(chunk).is_err() {
             break;
