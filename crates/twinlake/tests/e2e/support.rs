@@ -537,7 +537,7 @@ pub(crate) struct TcpProxy {
     /// The next requests whose first line holds this text reach the server, but their
     /// connection is cut before the answer comes back: the client cannot tell whether they
     /// happened. The count says how many more.
-    lost_answers: std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>,
+    lost_answers: LostAnswers,
 }
 
 impl TcpProxy {
@@ -630,10 +630,13 @@ impl TcpProxy {
     }
 }
 
+/// The request text whose answers are to be lost, and how many more.
+type LostAnswers = std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>;
+
 /// One connection's part in losing answers: armed once a request to lose went to the server.
 #[derive(Clone)]
 struct Cut {
-    lost_answers: std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>,
+    lost_answers: LostAnswers,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
