@@ -6,6 +6,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
@@ -80,9 +81,58 @@ impl Default for QueryLimits {
 pub struct QueryOutput {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
-    /// The query's turn among the concurrent ones, held until the result is dropped (after it
-    /// is encoded), so encoding counts as running too.
-    _turn: Option<OwnedSemaphorePermit>,
+}
+
+/// A running query's result, batch by batch, under the query's limits.
+pub struct ResultStream {
+    pub schema: SchemaRef,
+    batches: SendableRecordBatchStream,
+    deadline: tokio::time::Instant,
+    limits: QueryLimits,
+    rows: usize,
+    bytes: usize,
+    /// The query's turn among the concurrent ones, until the stream is dropped.
+    _turn: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for ResultStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultStream")
+            .field("rows", &self.rows)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResultStream {
+    /// The next batch; an error once the query is past its timeout or its result past the row
+    /// or byte limit (counted over everything streamed so far). None after the last batch.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        let next = tokio::time::timeout_at(self.deadline, self.batches.next()).await;
+        let Ok(next) = next else {
+            return Some(Err(timed_out(self.limits.timeout)));
+        };
+        let batch = match next? {
+            Ok(batch) => batch,
+            Err(error) => return Some(Err(error.into())),
+        };
+        self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
+        if self.rows > self.limits.max_result_rows || self.bytes > self.limits.max_result_bytes {
+            return Some(Err(QueryError::LimitExceeded(format!(
+                "the result is larger than its limit of {} rows or {} bytes (settings: query max \
+                 result rows and bytes): aggregate, filter or add a LIMIT",
+                self.limits.max_result_rows, self.limits.max_result_bytes
+            ))));
+        }
+        Some(Ok(batch))
+    }
+}
+
+fn timed_out(timeout: Duration) -> QueryError {
+    QueryError::LimitExceeded(format!(
+        "the query ran longer than its limit of {timeout:?} (setting: query timeout)"
+    ))
 }
 
 /// Why a query gave no result; the variants map to what the client did wrong or not.
@@ -208,55 +258,45 @@ impl QueryEngine {
         Ok(series)
     }
 
-    pub fn limits(&self) -> &QueryLimits {
-        &self.limits
+    /// Runs a query under every limit and collects its result (which the row and byte limits
+    /// keep small): for answers that are used whole, such as benchmarks and tests.
+    pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let mut results = self.stream(sql).await?;
+        let mut batches = Vec::new();
+        while let Some(batch) = results.next().await {
+            batches.push(batch?);
+        }
+        Ok(QueryOutput {
+            schema: Arc::clone(&results.schema),
+            batches,
+        })
     }
 
-    /// Runs a query under every limit: its turn among concurrent queries and its run count
-    /// against the timeout, and its result against the row and byte limits.
-    pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let timeout = self.limits.timeout;
-        tokio::time::timeout(timeout, async {
+    /// Starts a query and gives its result batch by batch: nothing is collected, so an answer
+    /// can go to a client as it is computed. The query's turn among concurrent queries, its
+    /// timeout and its row and byte limits hold until the last batch (or the stream is dropped).
+    pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let started = tokio::time::timeout_at(deadline, async {
             let turn = Arc::clone(&self.turns)
                 .acquire_owned()
                 .await
                 .map_err(|_| QueryError::Failed("the query engine is shutting down".to_owned()))?;
-            let mut output = self.run_bounded(sql).await?;
-            output._turn = Some(turn);
-            Ok(output)
+            let frame = self.plan(sql).await?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.execute_stream().await?;
+            Ok::<_, QueryError>((turn, schema, batches))
         })
-        .await
-        .map_err(|_| {
-            QueryError::LimitExceeded(format!(
-                "the query ran longer than its limit of {timeout:?} (setting: query timeout)"
-            ))
-        })?
-    }
-
-    /// Collects the result batch by batch, stopping the query as soon as it is over a limit.
-    async fn run_bounded(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let frame = self.plan(sql).await?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let mut stream = frame.execute_stream().await?;
-        let (mut rows, mut bytes) = (0usize, 0usize);
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            rows += batch.num_rows();
-            bytes += batch.get_array_memory_size();
-            if rows > self.limits.max_result_rows || bytes > self.limits.max_result_bytes {
-                return Err(QueryError::LimitExceeded(format!(
-                    "the result is larger than its limit of {} rows or {} bytes (settings: \
-                     query max result rows and bytes): aggregate, filter or add a LIMIT",
-                    self.limits.max_result_rows, self.limits.max_result_bytes
-                )));
-            }
-            batches.push(batch);
-        }
-        Ok(QueryOutput {
+        .await;
+        let (turn, schema, batches) = started.map_err(|_| timed_out(self.limits.timeout))??;
+        Ok(ResultStream {
             schema,
             batches,
-            _turn: None,
+            deadline,
+            limits: self.limits.clone(),
+            rows: 0,
+            bytes: 0,
+            _turn: turn,
         })
     }
 
@@ -279,10 +319,6 @@ impl QueryEngine {
         let frame = self.plan(sql).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
-        Ok(QueryOutput {
-            schema,
-            batches,
-            _turn: None,
-        })
+        Ok(QueryOutput { schema, batches })
     }
 }

@@ -16,4 +16,4 @@ mod lake_table;
 mod latest;
 mod views;
 
-pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput};
+pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream};

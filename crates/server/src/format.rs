@@ -38,78 +38,153 @@ impl ResultFormat {
             Self::Parquet => "application/vnd.apache.parquet",
         }
     }
+}
 
-    /// Encodes the whole result. CPU work: call it off the async runtime.
-    pub fn encode(
-        self,
+/// Encodes a result batch by batch, so that an answer is never whole in memory: the bytes of
+/// each batch can go to the client before the next batch is computed. CPU work: call it off
+/// the async runtime.
+pub(crate) struct ResultEncoder {
+    state: Encoding,
+}
+
+impl std::fmt::Debug for ResultEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultEncoder").finish_non_exhaustive()
+    }
+}
+
+enum Encoding {
+    /// A JSON array: `[` first, `,` between batches, `]` last.
+    Json {
+        rows_written: bool,
+    },
+    Ndjson,
+    Csv {
+        header_written: bool,
+    },
+    Arrow(arrow_ipc::writer::StreamWriter<Vec<u8>>),
+    Parquet(parquet::arrow::ArrowWriter<Vec<u8>>),
+}
+
+/// Rows per Parquet row group of an answer: a row group is held until it is complete.
+const PARQUET_ROW_GROUP_ROWS: usize = 64 * 1024;
+
+impl ResultEncoder {
+    /// An encoder, and the bytes that open the answer (an Arrow schema message, `[`).
+    pub(crate) fn start(
+        format: ResultFormat,
         schema: &SchemaRef,
-        batches: &[RecordBatch],
-    ) -> Result<Vec<u8>, ArrowError> {
-        match self {
-            Self::Json => {
-                let bytes = json::<arrow_json::writer::JsonArray>(batches)?;
-                // With no rows at all the writer writes nothing; an empty result is still an array.
-                Ok(if bytes.is_empty() {
-                    b"[]".to_vec()
-                } else {
-                    bytes
-                })
+    ) -> Result<(Self, Vec<u8>), ArrowError> {
+        let (state, head) = match format {
+            ResultFormat::Json => (
+                Encoding::Json {
+                    rows_written: false,
+                },
+                b"[".to_vec(),
+            ),
+            ResultFormat::Ndjson => (Encoding::Ndjson, Vec::new()),
+            ResultFormat::Csv => (
+                Encoding::Csv {
+                    header_written: false,
+                },
+                Vec::new(),
+            ),
+            ResultFormat::Arrow => {
+                let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+                let head = std::mem::take(writer.get_mut());
+                (Encoding::Arrow(writer), head)
             }
-            Self::Ndjson => json::<arrow_json::writer::LineDelimited>(batches),
-            Self::Csv => {
-                let batches = with_text_times(batches)?;
-                let mut writer = arrow_csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(Vec::new());
-                for batch in &batches {
-                    writer.write(batch)?;
+            ResultFormat::Parquet => {
+                let properties = parquet::file::properties::WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
+                    .build();
+                let writer = parquet::arrow::ArrowWriter::try_new(
+                    Vec::new(),
+                    schema.clone(),
+                    Some(properties),
+                )
+                .map_err(parquet_error)?;
+                (Encoding::Parquet(writer), Vec::new())
+            }
+        };
+        Ok((Self { state }, head))
+    }
+
+    /// The bytes of one more batch.
+    pub(crate) fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+        match &mut self.state {
+            Encoding::Json { rows_written } => {
+                let array = json::<arrow_json::writer::JsonArray>(batch)?;
+                // `[row,row]` of this batch without its brackets, after a comma if need be.
+                let Some(rows) = array
+                    .trim_ascii()
+                    .strip_prefix(b"[")
+                    .and_then(|a| a.strip_suffix(b"]"))
+                    .filter(|rows| !rows.is_empty())
+                else {
+                    return Ok(Vec::new());
+                };
+                let mut out = Vec::with_capacity(rows.len() + 1);
+                if *rows_written {
+                    out.push(b',');
                 }
+                out.extend_from_slice(rows);
+                *rows_written = true;
+                Ok(out)
+            }
+            Encoding::Ndjson => json::<arrow_json::writer::LineDelimited>(batch),
+            Encoding::Csv { header_written } => {
+                let batch = text_times(batch)?;
+                let mut writer = arrow_csv::WriterBuilder::new()
+                    .with_header(!*header_written)
+                    .build(Vec::new());
+                writer.write(&batch)?;
+                *header_written = true;
                 Ok(writer.into_inner())
             }
-            Self::Arrow => {
-                let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
-                for batch in batches {
-                    writer.write(batch)?;
-                }
+            Encoding::Arrow(writer) => {
+                writer.write(batch)?;
+                Ok(std::mem::take(writer.get_mut()))
+            }
+            Encoding::Parquet(writer) => {
+                writer.write(batch).map_err(parquet_error)?;
+                // Row groups already written can go; the footer comes with `finish`.
+                Ok(std::mem::take(writer.inner_mut()))
+            }
+        }
+    }
+
+    /// The bytes that close the answer (`]`, the Arrow end-of-stream, the Parquet footer).
+    pub(crate) fn finish(self) -> Result<Vec<u8>, ArrowError> {
+        match self.state {
+            Encoding::Json { .. } => Ok(b"]".to_vec()),
+            Encoding::Ndjson | Encoding::Csv { .. } => Ok(Vec::new()),
+            Encoding::Arrow(mut writer) => {
                 writer.finish()?;
-                writer.into_inner()
+                Ok(std::mem::take(writer.get_mut()))
             }
-            Self::Parquet => {
-                let mut writer =
-                    parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)
-                        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-                for batch in batches {
-                    writer
-                        .write(batch)
-                        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-                }
-                writer
-                    .into_inner()
-                    .map_err(|e| ArrowError::ExternalError(Box::new(e)))
-            }
+            Encoding::Parquet(writer) => writer.into_inner().map_err(parquet_error),
         }
     }
 }
 
+fn parquet_error(error: parquet::errors::ParquetError) -> ArrowError {
+    ArrowError::ExternalError(Box::new(error))
+}
+
 /// JSON rows in `F`'s layout (array or lines), nulls written out, times as text.
-fn json<F: arrow_json::writer::JsonFormat>(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
-    let batches = with_text_times(batches)?;
+fn json<F: arrow_json::writer::JsonFormat>(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let batch = text_times(batch)?;
     let mut writer = arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, F>(Vec::new());
-    for batch in &batches {
-        writer.write(batch)?;
-    }
+    writer.write(&batch)?;
     writer.finish()?;
     Ok(writer.into_inner())
 }
 
 /// Time columns as RFC 3339 text in UTC with the `Z` suffix and only the fraction digits needed
 /// (`2021-01-01T05:30:45Z`, `…:22.123Z`), the way Twinlake writes times everywhere.
-fn with_text_times(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
-    batches.iter().map(text_times).collect()
-}
-
 fn text_times(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     use std::sync::Arc;
 

@@ -4,16 +4,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use twinlake_query::{QueryEngine, QueryError};
+use twinlake_query::{QueryEngine, QueryError, ResultStream};
 
-use crate::format::ResultFormat;
+use crate::format::{ResultEncoder, ResultFormat};
 
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
@@ -71,6 +73,11 @@ async fn query_post(
     }
 }
 
+/// An answer's first bytes are gathered before its status is sent: a result that ends (or
+/// fails) within them gets a complete response or a JSON error; a longer one streams, and an
+/// error after its first bytes can only cut the response short.
+const ANSWER_HEAD_BYTES: usize = 1024 * 1024;
+
 async fn answer(state: HttpState, request: QueryRequest) -> Response {
     let format = match request.format.as_deref() {
         None => ResultFormat::default(),
@@ -84,40 +91,121 @@ async fn answer(state: HttpState, request: QueryRequest) -> Response {
             }
         },
     };
-    let began = tokio::time::Instant::now();
-    let output = match state.engine.execute(&request.sql).await {
-        Ok(output) => output,
-        Err(QueryError::Invalid(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(QueryError::LimitExceeded(message)) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, message);
-        }
-        Err(QueryError::Failed(message)) => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, message);
-        }
+    let mut results = match state.engine.stream(&request.sql).await {
+        Ok(results) => results,
+        Err(failure) => return query_error(failure),
     };
-    // The timeout covers the whole answer: encoding gets what the query left of it.
-    let timeout = state.engine.limits().timeout;
-    let encoding =
-        tokio::task::spawn_blocking(move || format.encode(&output.schema, &output.batches));
-    let Ok(encoded) = tokio::time::timeout_at(began + timeout, encoding).await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "encoding the result took longer than the query's limit of {timeout:?} (setting: query timeout)"
-            ),
-        );
+    let (encoder, mut head) = match ResultEncoder::start(format, &results.schema) {
+        Ok(started) => started,
+        Err(e) => return encoding_error(e),
     };
-    match encoded {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the result: {e}"),
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the result: {e}"),
-        ),
+    let mut encoder = Some(encoder);
+    while head.len() < ANSWER_HEAD_BYTES {
+        match next_chunk(&mut results, &mut encoder).await {
+            Ok(Some(bytes)) => head.extend_from_slice(&bytes),
+            Ok(None) => {
+                return ([(header::CONTENT_TYPE, format.content_type())], head).into_response();
+            }
+            Err(failure) => return failure.into_response(),
+        }
     }
+    let rest = futures::stream::unfold(
+        (results, encoder),
+        |(mut results, mut encoder)| async move {
+            match next_chunk(&mut results, &mut encoder).await {
+                Ok(Some(bytes)) => Some((Ok(Bytes::from(bytes)), (results, encoder))),
+                Ok(None) => None,
+                Err(failure) => {
+                    tracing::error!(error = %failure.message, "query failed after its answer began: the answer is cut short");
+                    Some((Err(failure), (results, None)))
+                }
+            }
+        },
+    );
+    let body = futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(rest);
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A query that failed, with the status that says whose fault it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct AnswerError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for AnswerError {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
+}
+
+/// The encoded bytes of the next batch, or of the answer's end (after which the encoder is
+/// gone and this gives None).
+async fn next_chunk(
+    results: &mut ResultStream,
+    encoder: &mut Option<ResultEncoder>,
+) -> Result<Option<Vec<u8>>, AnswerError> {
+    let Some(mut taken) = encoder.take() else {
+        return Ok(None);
+    };
+    let batch = match results.next().await {
+        Some(Ok(batch)) => Some(batch),
+        Some(Err(failure)) => return Err(answer_error(failure)),
+        None => None,
+    };
+    let encoded = tokio::task::spawn_blocking(move || match batch {
+        Some(batch) => taken.batch(&batch).map(|bytes| (Some(taken), bytes)),
+        None => taken.finish().map(|bytes| (None, bytes)),
+    })
+    .await;
+    match encoded {
+        Ok(Ok((still, bytes))) => {
+            let last = still.is_none();
+            *encoder = still;
+            // Once finished the end bytes are the last chunk; an empty batch gives no bytes
+            // but the answer goes on.
+            if last && bytes.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(bytes))
+        }
+        Ok(Err(e)) => Err(AnswerError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("encoding the result: {e}"),
+        }),
+        Err(e) => Err(AnswerError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("encoding the result: {e}"),
+        }),
+    }
+}
+
+fn answer_error(failure: QueryError) -> AnswerError {
+    let status = match &failure {
+        QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        QueryError::LimitExceeded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    AnswerError {
+        status,
+        message: failure.to_string(),
+    }
+}
+
+fn query_error(failure: QueryError) -> Response {
+    answer_error(failure).into_response()
+}
+
+fn encoding_error(e: arrow_schema::ArrowError) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("encoding the result: {e}"),
+    )
 }
 
 fn error(status: StatusCode, message: String) -> Response {

@@ -411,6 +411,24 @@ mod reqwest {
     }
 }
 
+/// How a query over HTTP ended: its status, and its whole body or why the body was cut short.
+pub(crate) fn query_outcome(http: &str, sql: &str) -> (u16, Result<String, String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = ::reqwest::Client::new()
+            .post(format!("{http}/api/v1/query"))
+            .json(&serde_json::json!({ "sql": sql, "format": "json" }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.map_err(|e| format!("{e:?}")))
+    })
+}
+
 /// One message for [`publish`].
 pub(crate) struct Message {
     pub(crate) topic: String,
