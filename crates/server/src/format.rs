@@ -230,3 +230,84 @@ fn text_times(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+
+    use super::{ResultEncoder, ResultFormat};
+
+    /// Three batches of 1,000 rows (one empty batch among them), as a query streams them.
+    fn batches() -> Vec<RecordBatch> {
+        let batch = |from: i64, rows: i64| {
+            let n: ArrayRef = Arc::new(Int64Array::from_iter_values(from..from + rows));
+            let text: ArrayRef = Arc::new(StringArray::from_iter_values(
+                (from..from + rows).map(|v| format!("row \"{v}\"")),
+            ));
+            let time: ArrayRef = Arc::new(
+                TimestampNanosecondArray::from_iter_values((from..from + rows).map(|v| v * 1_000))
+                    .with_timezone("UTC"),
+            );
+            RecordBatch::try_from_iter([("n", n), ("text", text), ("time", time)]).unwrap()
+        };
+        vec![
+            batch(0, 1_000),
+            batch(1_000, 0),
+            batch(1_000, 1_000),
+            batch(2_000, 1_000),
+        ]
+    }
+
+    /// The whole answer, as a client receives it.
+    fn encode(format: ResultFormat) -> Vec<u8> {
+        let batches = batches();
+        let (mut encoder, mut out) = ResultEncoder::start(format, &batches[0].schema()).unwrap();
+        for batch in &batches {
+            out.extend(encoder.batch(batch).unwrap());
+        }
+        out.extend(encoder.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn answers_encoded_batch_by_batch_read_back_whole_in_every_format() {
+        let json: serde_json::Value = serde_json::from_slice(&encode(ResultFormat::Json)).unwrap();
+        let rows = json.as_array().unwrap();
+        assert_eq!(rows.len(), 3_000);
+        assert_eq!(rows[2_999]["n"], 2_999);
+        assert_eq!(rows[1]["time"], "1970-01-01T00:00:00.000001Z");
+
+        let ndjson = String::from_utf8(encode(ResultFormat::Ndjson)).unwrap();
+        assert_eq!(ndjson.lines().count(), 3_000);
+
+        let csv = String::from_utf8(encode(ResultFormat::Csv)).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 3_000, "one header, then the rows");
+        assert!(csv.starts_with("n,text,time\n"), "{}", &csv[..40]);
+
+        let arrow = encode(ResultFormat::Arrow);
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
+        let rows: usize = reader.map(|batch| batch.unwrap().num_rows()).sum();
+        assert_eq!(rows, 3_000);
+
+        let parquet = bytes::Bytes::from(encode(ResultFormat::Parquet));
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet)
+                .unwrap()
+                .build()
+                .unwrap();
+        let rows: usize = reader.map(|batch| batch.unwrap().num_rows()).sum();
+        assert_eq!(rows, 3_000);
+    }
+
+    #[test]
+    fn an_answer_without_rows_is_still_well_formed() {
+        let schema = batches()[0].schema();
+        let (encoder, head) = ResultEncoder::start(ResultFormat::Json, &schema).unwrap();
+        let mut whole = head;
+        whole.extend(encoder.finish().unwrap());
+        assert_eq!(whole, b"[]");
+    }
+}
