@@ -184,17 +184,26 @@ fn a_flipped_bit_in_the_last_record_fails_its_checksum() {
     assert!(stats.torn_bytes > 0);
 }
 
+/// A log of small (600-byte) segments holding 20 records, one row each; returns its config,
+/// the open log and the record ids.
+fn twenty_records_in_small_segments(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+) -> (WalConfig, Wal, Vec<RecordId>) {
+    let mut config = config(dir);
+    config.segment_bytes = 600;
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    let ids = (0..20)
+        .map(|i| rt.block_on(wal.append(tables(&[i]))).unwrap())
+        .collect();
+    (config, wal, ids)
+}
+
 #[test]
 fn segments_rotate_by_size_and_truncation_drops_whole_persisted_segments() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let mut config = config(dir.path());
-    config.segment_bytes = 600;
-    let (wal, _) = Wal::open(config.clone()).unwrap();
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(rt.block_on(wal.append(tables(&[i]))).unwrap());
-    }
+    let (config, wal, ids) = twenty_records_in_small_segments(dir.path(), &rt);
     let segments = WalStats::get(&wal.stats().segments);
     assert!(segments > 3, "{segments} segments");
     let removed = rt.block_on(wal.truncate_through(ids[9])).unwrap();
@@ -260,13 +269,7 @@ fn a_new_log_continues_after_the_ids_the_lake_recorded() {
 fn ids_of_segments_set_aside_after_damage_are_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let mut config = config(dir.path());
-    config.segment_bytes = 600;
-    let (wal, _) = Wal::open(config.clone()).unwrap();
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(rt.block_on(wal.append(tables(&[i]))).unwrap());
-    }
+    let (config, wal, ids) = twenty_records_in_small_segments(dir.path(), &rt);
     wal.close();
     // Damage the first segment's last record: every later segment is set aside.
     let segment = first_segment(dir.path());

@@ -107,16 +107,22 @@ fn sigkill_at_random_moments_loses_no_acknowledged_message() {
     );
 }
 
-pub(crate) fn rss_kib(pid: u32) -> u64 {
+/// A memory figure of a process from `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` its peak),
+/// in KiB.
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 #[test]

@@ -4,17 +4,26 @@
 
 use std::time::{Duration, Instant};
 
-use crate::durability::{publish_numbered, rss_kib};
+use crate::durability::{publish_numbered, rss_kib, status_kib};
 use crate::support::{Broker, Twinlake, free_port, message, publish};
 
-/// Waits until every row of `entity` in `measurements` is in the lake's files.
+/// Waits until `rows` rows of `measurements` are in the lake's files.
 fn wait_until_persisted(twinlake: &Twinlake, rows: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let sample = "twinlake_persisted_rows_total{table=\"measurements\"}";
-    while twinlake.metric(sample).unwrap_or(0.0) < rows {
+    wait_for_metric_where(twinlake, sample, |persisted| persisted >= rows);
+}
+
+fn wait_for_metric(twinlake: &Twinlake, sample: &str, value: f64) {
+    wait_for_metric_where(twinlake, sample, |now| now == value);
+}
+
+/// Waits (60 s at most) until the metric `sample` is there and `wanted` of its value.
+fn wait_for_metric_where(twinlake: &Twinlake, sample: &str, wanted: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !twinlake.metric(sample).is_some_and(&wanted) {
         assert!(
             Instant::now() < deadline,
-            "rows not persisted: {:?}",
+            "{sample} stayed at {:?}",
             twinlake.metric(sample)
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -102,17 +111,9 @@ fn a_message_that_would_become_gigabytes_of_rows_is_rejected_and_the_server_live
     assert_eq!(twinlake.count(calm), 1);
 }
 
-/// The peak resident memory of a process so far (`VmHWM`), in KiB.
+/// The peak resident memory of a process so far, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    status_kib(pid, "VmHWM:")
 }
 
 /// Result, sort and join bombs over HTTP while a device publishes: each ends in a clear error
@@ -212,18 +213,6 @@ impl Drop for SmallDisk {
             .arg("-l")
             .arg(&self.path)
             .status();
-    }
-}
-
-fn wait_for_metric(twinlake: &Twinlake, sample: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while twinlake.metric(sample) != Some(value) {
-        assert!(
-            Instant::now() < deadline,
-            "{sample} stayed {:?}, not {value}",
-            twinlake.metric(sample)
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -395,6 +395,15 @@ mod reqwest {
     }
 
     pub(crate) fn blocking_post(url: &str, request: &serde_json::Value) -> (u16, String) {
+        let (status, body) = blocking_post_outcome(url, request);
+        (status, body.unwrap())
+    }
+
+    /// The status, and the whole body or why it was cut short.
+    pub(crate) fn blocking_post_outcome(
+        url: &str,
+        request: &serde_json::Value,
+    ) -> (u16, Result<String, String>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -406,27 +415,16 @@ mod reqwest {
                 .send()
                 .await
                 .unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
+            let status = response.status().as_u16();
+            (status, response.text().await.map_err(|e| format!("{e:?}")))
         })
     }
 }
 
 /// How a query over HTTP ended: its status, and its whole body or why the body was cut short.
 pub(crate) fn query_outcome(http: &str, sql: &str) -> (u16, Result<String, String>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let response = ::reqwest::Client::new()
-            .post(format!("{http}/api/v1/query"))
-            .json(&serde_json::json!({ "sql": sql, "format": "json" }))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.text().await.map_err(|e| format!("{e:?}")))
-    })
+    let request = serde_json::json!({ "sql": sql, "format": "json" });
+    reqwest::blocking_post_outcome(&format!("{http}/api/v1/query"), &request)
 }
 
 /// One message for [`publish`].
