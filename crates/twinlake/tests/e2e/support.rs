@@ -554,6 +554,8 @@ pub(crate) struct TcpProxy {
     /// connection is cut before the answer comes back: the client cannot tell whether they
     /// happened. The count says how many more.
     lost_answers: LostAnswers,
+    /// While set, bytes are swallowed both ways: requests hang, as behind a dead route.
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TcpProxy {
@@ -576,6 +578,7 @@ impl TcpProxy {
             acceptor: None,
             hidden_header,
             lost_answers: Default::default(),
+            blackhole: Default::default(),
         };
         proxy.set_up(true);
         proxy
@@ -590,6 +593,18 @@ impl TcpProxy {
     /// How many answers the proxy was asked to lose and has not lost yet.
     pub(crate) fn answers_still_to_lose(&self) -> usize {
         self.lost_answers.lock().unwrap().1
+    }
+
+    /// Swallows every byte both ways (requests hang until the client gives up) until lifted;
+    /// lifting it closes the hung connections, so clients connect again.
+    pub(crate) fn set_blackhole(&self, on: bool) {
+        self.blackhole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            for stream in self.connections.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     pub(crate) fn set_up(&mut self, up: bool) {
@@ -608,12 +623,13 @@ impl TcpProxy {
         }
         let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         self.up.store(true, Ordering::SeqCst);
-        let (flag, connections, target, hidden, lost_answers) = (
+        let (flag, connections, target, hidden, lost_answers, blackhole) = (
             std::sync::Arc::clone(&self.up),
             std::sync::Arc::clone(&self.connections),
             self.target,
             self.hidden_header,
             std::sync::Arc::clone(&self.lost_answers),
+            std::sync::Arc::clone(&self.blackhole),
         );
         self.acceptor = Some(std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -631,6 +647,7 @@ impl TcpProxy {
                 let cut = Cut {
                     lost_answers: std::sync::Arc::clone(&lost_answers),
                     armed: Default::default(),
+                    blackhole: std::sync::Arc::clone(&blackhole),
                 };
                 let requests = (
                     client.try_clone().unwrap(),
@@ -649,11 +666,13 @@ impl TcpProxy {
 /// The request text whose answers are to be lost, and how many more.
 type LostAnswers = std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>;
 
-/// One connection's part in losing answers: armed once a request to lose went to the server.
+/// One connection's part in the proxy's faults: losing answers (armed once a request to lose
+/// went to the server) and the blackhole.
 #[derive(Clone)]
 struct Cut {
     lost_answers: LostAnswers,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cut {
@@ -692,6 +711,10 @@ fn forward(mut from: std::net::TcpStream, mut to: std::net::TcpStream, filter: F
             break;
         }
         let chunk = &mut buffer[..read];
+        let (Filter::Requests(_, cut) | Filter::Answers(cut)) = &filter;
+        if cut.blackhole.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
         match &filter {
             Filter::Requests(hide, cut) => {
                 if let Some(name) = hide {
