@@ -518,7 +518,7 @@ fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
     );
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
-    proxy.lose_answers_to(b"PUT /twinlake/ambiguous/measurements/_delta_log/0", 3);
+    proxy.lose_answers_to(b"PUT ", b"/twinlake/ambiguous/measurements/_delta_log/0", 3);
     assert_eq!(
         publish_numbered(twinlake.mqtt_url.clone(), "cut", 3_000, 1_000.0, 1),
         3_000
@@ -749,5 +749,62 @@ fn an_s3_blackhole_under_load_loses_nothing() {
         reader.count(distinct),
         4_000,
         "rows in S3 after the blackhole"
+    );
+}
+
+/// Sets a Delta table property with Python's `deltalake`, as an operator would.
+fn set_table_property(moto_port: u16, table: &str, key: &str, value: &str) {
+    let script = format!(
+        "import deltalake\n\
+         options = {{'AWS_ENDPOINT_URL': 'http://127.0.0.1:{moto_port}', 'AWS_ALLOW_HTTP': 'true',\n\
+           'AWS_REGION': 'us-east-1', 'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'testtesttest'}}\n\
+         table = deltalake.DeltaTable('{table}', storage_options=options)\n\
+         table.alter.set_table_properties({{'{key}': '{value}'}})\n"
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with deltalake (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Delta writes a checkpoint every `delta.checkpointInterval` versions (100 by default; 5 here,
+/// set as an operator would). S3 never completes one (every answer to a checkpoint write is
+/// lost, retries included): the commits stand, their files stay, every row is persisted once.
+#[test]
+fn failed_checkpoint_writes_on_s3_undo_no_commit() {
+    let moto = crate::support::Moto::start("twinlake");
+    let proxy = crate::support::TcpProxy::start(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = s3_flags(&proxy, "checkpoint");
+    flags.extend(["--persist-max-rows", "50", "--persist-max-age", "1s"].map(str::to_owned));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
+    twinlake.stop();
+    let table = "s3://twinlake/checkpoint/measurements";
+    set_table_property(moto.port, table, "delta.checkpointInterval", "5");
+    twinlake.start_again();
+    proxy.lose_answers_to(b"PUT ", b".checkpoint.parquet", 1_000);
+    let url = twinlake.mqtt_url.clone();
+    assert_eq!(publish_numbered(url, "versions", 1_000, 100.0, 1), 1_000);
+    wait_until_persisted(&twinlake, 1_000.0);
+    let lost = 1_000 - proxy.answers_still_to_lose();
+    assert!(lost > 0, "no checkpoint write was tried");
+    let distinct =
+        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/versions//'";
+    let all = "SELECT count(*) FROM measurements WHERE entity = 'device/versions//'";
+    assert_eq!(
+        (twinlake.count(distinct), twinlake.count(all)),
+        (1_000, 1_000)
+    );
+    let failures = twinlake
+        .metric("twinlake_persist_failures_total")
+        .unwrap_or(0.0);
+    eprintln!(
+        "S3 checkpoint writes: {lost} answers lost, {failures} persist failures, every row once"
     );
 }

@@ -584,10 +584,10 @@ impl TcpProxy {
         proxy
     }
 
-    /// Lets the next `count` requests that mention `pattern` in their first line reach the
-    /// server, and cuts their connection before the answer.
-    pub(crate) fn lose_answers_to(&self, pattern: &'static [u8], count: usize) {
-        *self.lost_answers.lock().unwrap() = (Some(pattern), count);
+    /// Lets the next `count` requests whose first line starts with `method` and holds `text`
+    /// reach the server, and cuts their connection before the answer.
+    pub(crate) fn lose_answers_to(&self, method: &'static [u8], text: &'static [u8], count: usize) {
+        *self.lost_answers.lock().unwrap() = (Some((method, text)), count);
     }
 
     /// How many answers the proxy was asked to lose and has not lost yet.
@@ -664,7 +664,10 @@ impl TcpProxy {
 }
 
 /// The request text whose answers are to be lost, and how many more.
-type LostAnswers = std::sync::Arc<std::sync::Mutex<(Option<&'static [u8]>, usize)>>;
+type LostAnswers = std::sync::Arc<std::sync::Mutex<(Option<RequestMatch>, usize)>>;
+
+/// Requests whose first line starts with a method and holds some text.
+type RequestMatch = (&'static [u8], &'static [u8]);
 
 /// One connection's part in the proxy's faults: losing answers (armed once a request to lose
 /// went to the server) and the blackhole.
@@ -680,8 +683,9 @@ impl Cut {
     fn watch(&self, chunk: &[u8]) {
         let mut lost = self.lost_answers.lock().unwrap();
         let first_line = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
-        if let (Some(pattern), remaining @ 1..) = (lost.0, lost.1)
-            && first_line.windows(pattern.len()).any(|w| w == pattern)
+        if let (Some((method, text)), remaining @ 1..) = (lost.0, lost.1)
+            && first_line.starts_with(method)
+            && first_line.windows(text.len()).any(|w| w == text)
         {
             lost.1 = remaining - 1;
             self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
