@@ -808,3 +808,56 @@ fn failed_checkpoint_writes_on_s3_undo_no_commit() {
         "S3 checkpoint writes: {lost} answers lost, {failures} persist failures, every row once"
     );
 }
+
+/// S3 refuses the data files of one table (403 Forbidden, which no client retries): that
+/// table's persists fail and retry, and every other table goes on persisting meanwhile. Persist
+/// used to stop at the first failing table, so the tables after `measurements` waited for it.
+#[test]
+fn one_table_that_cannot_persist_holds_up_no_other() {
+    let moto = crate::support::Moto::start("twinlake");
+    let proxy = crate::support::TcpProxy::start(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = s3_flags(&proxy, "stall");
+    flags.extend(["--persist-max-age", "1s"].map(str::to_owned));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
+    proxy.refuse(Some((b"PUT ", b"/twinlake/stall/measurements/date")));
+    let events = (0..200)
+        .map(|n| {
+            let payload = format!("{{\"text\":\"event {n}\",\"time\":\"2026-11-30T10:00:00Z\"}}");
+            message("te/device/main///e/door", &payload, false, 1)
+        })
+        .collect();
+    let mut messages: Vec<_> = events;
+    messages.push(message("te/device/main///m/env", "{\"t\":1}", false, 1));
+    publish(&twinlake.mqtt_url, messages);
+    let persisted = |table: &str| {
+        twinlake
+            .metric(&format!(
+                "twinlake_persisted_rows_total{{table=\"{table}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while persisted("events") < 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "events not persisted while measurements fail: {}",
+            persisted("events")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        persisted("measurements"),
+        0.0,
+        "S3 took the measurements after all"
+    );
+    assert!(
+        twinlake
+            .metric("twinlake_persist_failures_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    proxy.refuse(None);
+    wait_until_persisted(&twinlake, 1.0);
+}

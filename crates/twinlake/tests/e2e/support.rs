@@ -556,6 +556,8 @@ pub(crate) struct TcpProxy {
     lost_answers: LostAnswers,
     /// While set, bytes are swallowed both ways: requests hang, as behind a dead route.
     blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests answered 403 Forbidden at once, without reaching the server.
+    refused: Refused,
 }
 
 impl TcpProxy {
@@ -579,6 +581,7 @@ impl TcpProxy {
             hidden_header,
             lost_answers: Default::default(),
             blackhole: Default::default(),
+            refused: Default::default(),
         };
         proxy.set_up(true);
         proxy
@@ -593,6 +596,12 @@ impl TcpProxy {
     /// How many answers the proxy was asked to lose and has not lost yet.
     pub(crate) fn answers_still_to_lose(&self) -> usize {
         self.lost_answers.lock().unwrap().1
+    }
+
+    /// Answers the requests whose first line starts with `method` and holds `text` with
+    /// 403 Forbidden (an error no client retries), until `None`.
+    pub(crate) fn refuse(&self, request: Option<RequestMatch>) {
+        *self.refused.lock().unwrap() = request;
     }
 
     /// Swallows every byte both ways (requests hang until the client gives up) until lifted;
@@ -623,14 +632,18 @@ impl TcpProxy {
         }
         let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         self.up.store(true, Ordering::SeqCst);
-        let (flag, connections, target, hidden, lost_answers, blackhole) = (
+        let (flag, connections, target, hidden) = (
             std::sync::Arc::clone(&self.up),
             std::sync::Arc::clone(&self.connections),
             self.target,
             self.hidden_header,
-            std::sync::Arc::clone(&self.lost_answers),
-            std::sync::Arc::clone(&self.blackhole),
         );
+        let faults = Cut {
+            lost_answers: std::sync::Arc::clone(&self.lost_answers),
+            armed: Default::default(),
+            blackhole: std::sync::Arc::clone(&self.blackhole),
+            refused: std::sync::Arc::clone(&self.refused),
+        };
         self.acceptor = Some(std::thread::spawn(move || {
             for client in listener.incoming() {
                 if !flag.load(Ordering::SeqCst) {
@@ -644,10 +657,10 @@ impl TcpProxy {
                 let mut open = connections.lock().unwrap();
                 open.push(client.try_clone().unwrap());
                 open.push(server.try_clone().unwrap());
+                // Each connection arms its own cut; the rest is the proxy's.
                 let cut = Cut {
-                    lost_answers: std::sync::Arc::clone(&lost_answers),
                     armed: Default::default(),
-                    blackhole: std::sync::Arc::clone(&blackhole),
+                    ..faults.clone()
                 };
                 let requests = (
                     client.try_clone().unwrap(),
@@ -667,7 +680,15 @@ impl TcpProxy {
 type LostAnswers = std::sync::Arc<std::sync::Mutex<(Option<RequestMatch>, usize)>>;
 
 /// Requests whose first line starts with a method and holds some text.
-type RequestMatch = (&'static [u8], &'static [u8]);
+pub(crate) type RequestMatch = (&'static [u8], &'static [u8]);
+
+type Refused = std::sync::Arc<std::sync::Mutex<Option<RequestMatch>>>;
+
+/// Whether the first line of `chunk` (a request's start) is one `request` describes.
+fn matches(chunk: &[u8], (method, text): RequestMatch) -> bool {
+    let first_line = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
+    first_line.starts_with(method) && first_line.windows(text.len()).any(|w| w == text)
+}
 
 /// One connection's part in the proxy's faults: losing answers (armed once a request to lose
 /// went to the server) and the blackhole.
@@ -676,16 +697,15 @@ struct Cut {
     lost_answers: LostAnswers,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: Refused,
 }
 
 impl Cut {
     /// Arms the cut when `chunk` starts a request to lose.
     fn watch(&self, chunk: &[u8]) {
         let mut lost = self.lost_answers.lock().unwrap();
-        let first_line = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
-        if let (Some((method, text)), remaining @ 1..) = (lost.0, lost.1)
-            && first_line.starts_with(method)
-            && first_line.windows(text.len()).any(|w| w == text)
+        if let (Some(request), remaining @ 1..) = (lost.0, lost.1)
+            && matches(chunk, request)
         {
             lost.1 = remaining - 1;
             self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -727,6 +747,19 @@ fn forward(mut from: std::net::TcpStream, mut to: std::net::TcpStream, filter: F
                             chunk[at..at + 2].copy_from_slice(b"x-");
                         }
                     }
+                }
+                if cut
+                    .refused
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|r| matches(chunk, r))
+                {
+                    let refusal =
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = from.write_all(refusal);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    return;
                 }
                 cut.watch(chunk);
             }
