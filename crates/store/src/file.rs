@@ -164,6 +164,14 @@ pub(crate) fn sort_dedup_chunks_by_day(
     table: Table,
     batches: &[RecordBatch],
 ) -> Result<(usize, Vec<(i32, RecordBatch)>), StoreError> {
+    sort_dedup_in_chunks(table, batches, SORT_CHUNK_BYTES)
+}
+
+fn sort_dedup_in_chunks(
+    table: Table,
+    batches: &[RecordBatch],
+    chunk_limit: usize,
+) -> Result<(usize, Vec<(i32, RecordBatch)>), StoreError> {
     let mut rows = 0;
     let mut groups = Vec::new();
     let mut chunk: Vec<&RecordBatch> = Vec::new();
@@ -180,7 +188,7 @@ pub(crate) fn sort_dedup_chunks_by_day(
     };
     for batch in batches {
         let bytes = batch.get_array_memory_size();
-        if chunk_bytes + bytes > SORT_CHUNK_BYTES {
+        if chunk_bytes + bytes > chunk_limit {
             flush(&mut chunk)?;
             chunk_bytes = 0;
         }
@@ -459,6 +467,34 @@ mod tests {
         // The repeated device/b row is gone; the two device/a rows at 20 s differ in value.
         assert_eq!(entities, ["device/a//", "device/a//", "device/b//"]);
         assert_eq!(groups[1].1.num_rows(), 1);
+    }
+
+    #[test]
+    fn batches_beyond_a_chunk_are_sorted_apart_and_no_row_is_lost() {
+        let batch = |seconds: i64| {
+            measurements(&[
+                ("device/b//", r#"{"t":2}"#, seconds),
+                ("device/a//", r#"{"t":1}"#, seconds),
+                ("device/a//", r#"{"t":1}"#, seconds),
+            ])
+        };
+        let batches = [batch(10), batch(20), batch(30)];
+        let one_batch = batches[0].get_array_memory_size();
+        // Room for one batch a chunk: three chunks, each sorted and deduplicated alone.
+        let (rows, groups) =
+            sort_dedup_in_chunks(Table::Measurements, &batches, one_batch).unwrap();
+        assert_eq!(rows, 9);
+        assert_eq!(groups.len(), 3);
+        assert!(
+            groups
+                .iter()
+                .all(|(day, group)| *day == 0 && group.num_rows() == 2)
+        );
+        // Room for all: one chunk.
+        let (_, groups) =
+            sort_dedup_in_chunks(Table::Measurements, &batches, 3 * one_batch).unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1.num_rows(), 6);
     }
 
     #[test]

@@ -420,6 +420,41 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_large_rows_are_merged_by_bytes_well_before_the_row_count() {
+        let hot = LiveTables::new();
+        // 40 batches of 100 rows whose `properties` hold 32 KiB each: 125 MiB in 4,000 rows,
+        // far below the row count that merges, far above the bytes that do.
+        let properties = format!("\"{}\"", "p".repeat(32 * 1024));
+        let payload = format!("{{\"properties\":{properties},\"t\":1}}");
+        let rows: Vec<(&str, &str, i64)> = (0..100)
+            .map(|n| ("device/main//", payload.as_str(), n))
+            .collect();
+        for _ in 0..40 {
+            let batch = crate::test_rows::measurements(&rows);
+            hot.append(Table::Measurements, batch, RecordId(1)).unwrap();
+        }
+        let batches = hot.snapshot(Table::Measurements).batches;
+        assert_eq!(
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            4_000
+        );
+        assert!(
+            batches.len() < 40,
+            "{} batches: nothing was merged",
+            batches.len()
+        );
+        let largest = batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .max()
+            .unwrap();
+        assert!(
+            largest < 2 * MERGE_BYTES,
+            "a merged batch of {largest} bytes"
+        );
+    }
+
+    #[test]
     fn wal_records_are_released_only_once_every_table_has_persisted_them() {
         let live = LiveTables::new();
         live.append(Table::Measurements, measurement_batch(2), RecordId(1))
