@@ -861,3 +861,120 @@ fn one_table_that_cannot_persist_holds_up_no_other() {
     proxy.refuse(None);
     wait_until_persisted(&twinlake, 1.0);
 }
+
+/// Mosquitto 2.0 grants a subscription its ACL denies (under MQTT 3.1.1 it just delivers
+/// nothing), so a broker that refuses one is played here by a scripted MQTT 3.1.1 peer: it
+/// refuses the first SUBSCRIBE (return code 0x80), grants the next, then sends one QoS 1
+/// message. Ingest used to count the refusal as subscribed and never ask again.
+#[test]
+fn a_refused_subscription_is_shown_and_asked_again() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        let mut answers = Vec::new();
+        let (connect, _) = read_packet(&mut stream);
+        assert_eq!(connect >> 4, 1, "CONNECT first");
+        answers.push(vec![0x20, 0x02, 0x00, 0x00]);
+        let mut subscribes = 0;
+        // Keep-alive pings would keep a connection that never subscribes again open forever.
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            for answer in answers.drain(..) {
+                stream.write_all(&answer).unwrap();
+            }
+            if Instant::now() > give_up {
+                return (subscribes, Vec::new());
+            }
+            let (kind, body) = read_packet(&mut stream);
+            match kind >> 4 {
+                8 => {
+                    subscribes += 1;
+                    let code = if subscribes == 1 { 0x80 } else { 0x01 };
+                    answers.push(vec![0x90, 0x03, body[0], body[1], code]);
+                    if subscribes == 2 {
+                        for answer in answers.drain(..) {
+                            stream.write_all(&answer).unwrap();
+                        }
+                        break stream;
+                    }
+                }
+                12 => answers.push(vec![0xd0, 0x00]),
+                other => panic!("unexpected packet type {other}"),
+            }
+        };
+        let topic = b"te/device/main///m/env";
+        let payload = b"{\"refused_then_granted\":1}";
+        let mut publish = vec![
+            0x32,
+            (2 + topic.len() + 2 + payload.len()) as u8,
+            0,
+            topic.len() as u8,
+        ];
+        publish.extend_from_slice(topic);
+        publish.extend_from_slice(&[0x00, 0x07]);
+        publish.extend_from_slice(payload);
+        stream.write_all(&publish).unwrap();
+        loop {
+            let (kind, body) = read_packet(&mut stream);
+            match kind >> 4 {
+                4 => return (subscribes, body),
+                12 => stream.write_all(&[0xd0, 0x00]).unwrap(),
+                other => panic!("unexpected packet type {other} instead of PUBACK"),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_twinlake"));
+    let http = free_port();
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--mqtt-url", &format!("mqtt://127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let twinlake = Twinlake::client(&format!("http://127.0.0.1:{http}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while twinlake.metric("twinlake_mqtt_subscribed").is_none() {
+        assert!(Instant::now() < deadline, "twinlake did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = twinlake.metric("twinlake_mqtt_subscribed");
+    let (subscribes, puback) = broker.join().unwrap();
+    let stored = "SELECT count(*) FROM measurements WHERE series = 'refused_then_granted'";
+    let rows = twinlake.wait_for_count(stored, 1, Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        refused,
+        Some(0.0),
+        "a refused subscription counted as subscribed"
+    );
+    assert_eq!(subscribes, 2, "the subscription was not asked again");
+    assert_eq!(puback, vec![0x00, 0x07], "the message was acknowledged");
+    assert_eq!(rows, 1);
+    fn read_packet(stream: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+        let mut kind = [0u8; 1];
+        stream.read_exact(&mut kind).unwrap();
+        let (mut length, mut shift) = (0usize, 0);
+        loop {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).unwrap();
+            length |= usize::from(byte[0] & 0x7f) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        (kind[0], body)
+    }
+}
