@@ -978,3 +978,31 @@ fn a_refused_subscription_is_shown_and_asked_again() {
         (kind[0], body)
     }
 }
+
+/// Queries beyond `--query-max-concurrent` wait for a turn: with one turn, a quick query asked
+/// while a slow one runs is answered only once the slow one has ended (at its timeout).
+#[test]
+fn queries_beyond_the_concurrency_limit_wait_for_a_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ["--query-max-concurrent", "1", "--query-timeout-s", "4"];
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &limits);
+    let http = twinlake.http.clone();
+    let slow = std::thread::spawn(move || {
+        let join = "SELECT count(*) FROM generate_series(1, 200000) a JOIN generate_series(1, 200000) b ON a.value % 3 = b.value % 3";
+        crate::support::query_outcome(&http, join).0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    let (status, _) = crate::support::query_outcome(&twinlake.http, "SELECT 1");
+    let waited = began.elapsed();
+    assert_eq!(
+        slow.join().unwrap(),
+        503,
+        "the slow query ends at its timeout"
+    );
+    eprintln!("concurrency: SELECT 1 waited {waited:?} for the one turn (status {status})");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "SELECT 1 was answered after {waited:?}, beside the slow query: no limit"
+    );
+}
