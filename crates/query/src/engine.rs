@@ -11,7 +11,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use twinlake_model::{EntityHistory, Table};
 use twinlake_store::LiveTables;
 
@@ -21,6 +21,7 @@ use crate::hierarchy::{
 };
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
+use crate::runtime::{QueryRuntime, Running};
 use crate::views::VIEWS;
 
 /// The hierarchy's tables, table functions and scalar functions.
@@ -86,7 +87,10 @@ pub struct QueryOutput {
 /// A running query's result, batch by batch, under the query's limits.
 pub struct ResultStream {
     pub schema: SchemaRef,
-    batches: SendableRecordBatchStream,
+    /// Batches as the query runtime computes them.
+    batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    /// The query on the query runtime, cancelled when the stream is dropped.
+    _query: Running<()>,
     deadline: tokio::time::Instant,
     limits: QueryLimits,
     rows: usize,
@@ -108,13 +112,13 @@ impl ResultStream {
     /// The next batch; an error once the query is past its timeout or its result past the row
     /// or byte limit (counted over everything streamed so far). None after the last batch.
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
-        let next = tokio::time::timeout_at(self.deadline, self.batches.next()).await;
+        let next = tokio::time::timeout_at(self.deadline, self.batches.recv()).await;
         let Ok(next) = next else {
             return Some(Err(timed_out(self.limits.timeout)));
         };
         let batch = match next? {
             Ok(batch) => batch,
-            Err(error) => return Some(Err(error.into())),
+            Err(error) => return Some(Err(error)),
         };
         self.rows += batch.num_rows();
         self.bytes += batch.get_array_memory_size();
@@ -167,6 +171,7 @@ impl From<DataFusionError> for QueryError {
 /// refused, so no client can change what is stored or how the server behaves.
 pub struct QueryEngine {
     context: SessionContext,
+    runtime: QueryRuntime,
     limits: QueryLimits,
     turns: Arc<Semaphore>,
     live: Arc<LiveTables>,
@@ -224,6 +229,8 @@ impl QueryEngine {
         }
         Ok(Self {
             context,
+            runtime: QueryRuntime::new()
+                .map_err(|e| QueryError::Failed(format!("starting the query threads: {e}")))?,
             turns: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             limits,
             live,
@@ -277,21 +284,39 @@ impl QueryEngine {
     /// timeout and its row and byte limits hold until the last batch (or the stream is dropped).
     pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let started = tokio::time::timeout_at(deadline, async {
+        let (batches_out, batches) = mpsc::channel(2);
+        let (started_out, started) = oneshot::channel();
+        let (planner, sql) = (self.planner(), sql.to_owned());
+        let begun = tokio::time::timeout_at(deadline, async {
             let turn = Arc::clone(&self.turns)
                 .acquire_owned()
                 .await
                 .map_err(|_| QueryError::Failed("the query engine is shutting down".to_owned()))?;
-            let frame = self.plan(sql).await?;
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.execute_stream().await?;
-            Ok::<_, QueryError>((turn, schema, batches))
+            let query = self.runtime.spawn(async move {
+                let Some(mut stream) = planner.start(&sql, started_out).await else {
+                    return;
+                };
+                while let Some(batch) = stream.next().await {
+                    if batches_out
+                        .send(batch.map_err(QueryError::from))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let schema = started.await.map_err(|_| {
+                QueryError::Failed("the query stopped before it started".to_owned())
+            })??;
+            Ok::<_, QueryError>((turn, schema, query))
         })
         .await;
-        let (turn, schema, batches) = started.map_err(|_| timed_out(self.limits.timeout))??;
+        let (turn, schema, query) = begun.map_err(|_| timed_out(self.limits.timeout))??;
         Ok(ResultStream {
             schema,
             batches,
+            _query: query,
             deadline,
             limits: self.limits.clone(),
             rows: 0,
@@ -300,6 +325,37 @@ impl QueryEngine {
         })
     }
 
+    fn planner(&self) -> Planner {
+        Planner {
+            context: self.context.clone(),
+            hierarchy: Arc::clone(&self.hierarchy),
+        }
+    }
+
+    /// Runs a query of Twinlake's own (not a client's), without the result limits, on the
+    /// query threads.
+    async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let (planner, sql) = (self.planner(), sql.to_owned());
+        self.runtime
+            .spawn(async move {
+                let frame = planner.plan(&sql).await?;
+                let schema = Arc::new(frame.schema().as_arrow().clone());
+                let batches = frame.collect().await?;
+                Ok(QueryOutput { schema, batches })
+            })
+            .await
+            .map_err(|e| QueryError::Failed(format!("a query task failed: {e}")))?
+    }
+}
+
+/// What plans a query, owned, so that it can move to the query runtime.
+#[derive(Clone)]
+struct Planner {
+    context: SessionContext,
+    hierarchy: Arc<HierarchyCache>,
+}
+
+impl Planner {
     async fn plan(&self, sql: &str) -> Result<DataFrame, QueryError> {
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
@@ -314,11 +370,23 @@ impl QueryEngine {
         Ok(self.context.sql_with_options(sql, read_only).await?)
     }
 
-    /// Runs a query of Twinlake's own (not a client's), without the result limits.
-    async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let frame = self.plan(sql).await?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
-        Ok(QueryOutput { schema, batches })
+    /// Plans and starts a query, telling `started` its schema or why it failed.
+    async fn start(
+        &self,
+        sql: &str,
+        started: oneshot::Sender<Result<SchemaRef, QueryError>>,
+    ) -> Option<SendableRecordBatchStream> {
+        let begun = async {
+            let frame = self.plan(sql).await?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            Ok::<_, QueryError>((schema, frame.execute_stream().await?))
+        };
+        match begun.await {
+            Ok((schema, stream)) => started.send(Ok(schema)).is_ok().then_some(stream),
+            Err(error) => {
+                let _ = started.send(Err(error));
+                None
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ mod engine;
 mod hierarchy;
 mod lake_table;
 mod latest;
+mod runtime;
 mod views;
 
 pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream};
