@@ -367,13 +367,17 @@ impl WriterState {
             .and_then(|()| sync(&active, &self.config, &self.stats));
         if let Err(error) = written {
             // On a full disk, cut back to the last whole record: the next attempt writes the
-            // record anew, so nothing depends on pages a failed write or fsync left behind.
-            let outcome = match error.is_disk_full() {
-                true => active.cut_back(before).err().unwrap_or(error),
-                false => error,
+            // record anew, so nothing depends on pages a failed write or fsync left behind. A
+            // cut that fails leaves part of a record behind, which must never be written after.
+            let cut = match error.is_disk_full() {
+                true => active.cut_back(before),
+                false => Ok(()),
             };
             self.active = Some(active);
-            return Err(self.fail(outcome));
+            return Err(match cut {
+                Ok(()) => self.fail(error),
+                Err(cut) => self.poison(cut.to_string()),
+            });
         }
         self.next = RecordId(id.0 + 1);
         self.stats.records_written.fetch_add(1, Ordering::Relaxed);
@@ -395,6 +399,10 @@ impl WriterState {
         if error.is_disk_full() {
             return WriteFailure::DiskFull(reason);
         }
+        self.poison(reason)
+    }
+
+    fn poison(&mut self, reason: String) -> WriteFailure {
         tracing::error!(%reason, "WAL write failed; no further writes are accepted");
         self.poisoned = Some(reason.clone());
         WriteFailure::Failed(reason)
