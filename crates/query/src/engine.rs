@@ -57,8 +57,8 @@ pub struct QueryLimits {
     pub timeout: Duration,
     /// Memory for sorts, joins and aggregations; beyond it the query fails (no spilling yet).
     pub memory_bytes: usize,
-    /// A result with more rows, or taking more Arrow memory, is refused with an error rather
-    /// than held: the result is collected before it is encoded, so this bounds its memory.
+    /// A result that returns more rows, or more Arrow data in all, is stopped with an error
+    /// as it passes the limit: the size of an answer a client can ask for.
     pub max_result_rows: usize,
     pub max_result_bytes: usize,
     /// Queries running at once; more wait for a turn (within their timeout).

@@ -111,11 +111,11 @@ pub(crate) struct ServeOptions {
     /// Memory a query may use for sorts, joins and aggregations, in MiB [default: 1024].
     #[arg(long, env = "TWINLAKE_QUERY_MEMORY_MB")]
     pub(crate) query_memory_mb: Option<usize>,
-    /// A query result with more rows is refused with an error [default: 5000000].
+    /// A query result with more rows is stopped with an error [default: 5000000].
     #[arg(long, env = "TWINLAKE_QUERY_MAX_RESULT_ROWS")]
     pub(crate) query_max_result_rows: Option<usize>,
-    /// A query result taking more memory than this, e.g. 256MiB, is refused with an error
-    /// [default: a quarter of the query memory].
+    /// A query result returning more Arrow data than this in all, e.g. 256MiB, is stopped with
+    /// an error [default: a quarter of the query memory].
     #[arg(long, env = "TWINLAKE_QUERY_MAX_RESULT_BYTES", value_parser = crate::units::parse_bytes)]
     #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
     pub(crate) query_max_result_bytes: Option<u64>,
