@@ -3,8 +3,9 @@
 //! This crate owns the DataFusion session: every table of Twinlake registered as a table
 //! provider over its rows in memory and its committed Parquet files, with files pruned by
 //! time range and by the roaring bitmap of their entities before any is opened, the
-//! read-only SQL policy (no DDL, no DML, no `SET`), and the limits a query runs within (memory,
-//! time), and the twin in SQL: the hierarchy through time folded from `entity_changes`
+//! read-only SQL policy (no DDL, no DML, no `SET`), the limits a query runs within (memory,
+//! time, result size, queries at once) on a runtime of its own, results as streams, and the
+//! twin in SQL: the hierarchy through time folded from `entity_changes`
 //! (views, table functions, `entity_path`, `in_subtree`, whose subtree reaches file pruning),
 //! the twin, health and alarm views, and `latest` from the cache ingest keeps.
 //!

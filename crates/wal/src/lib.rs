@@ -4,9 +4,11 @@
 //! Arrow IPC encoding of one batch per table, zstd-compressed, behind a length and a CRC32C so
 //! that a torn tail is found on replay. One writer thread does all file I/O: it gathers the
 //! appends that arrive within the commit window into one record, writes it, fsyncs, and only
-//! then releases every waiter. Segments rotate by size; replay reads records in order, stops at
-//! the first bad one and truncates the torn tail; segments whose records are all persisted
-//! elsewhere are deleted on request.
+//! then releases every waiter. On a full disk a record waits (its waiters with it) until there
+//! is space; any other write error stops the log. Segments rotate by size; replay reads records
+//! in order, stops at the first bad one and truncates the torn tail; record ids never go back
+//! (not below what the caller says was persisted elsewhere); segments whose records are all
+//! persisted elsewhere are deleted on request.
 //!
 //! It must not know about MQTT or SQL: it stores named Arrow batches and gives them back.
 
