@@ -97,7 +97,7 @@ async fn answer(state: HttpState, request: QueryRequest) -> Response {
     };
     let (encoder, mut head) = match ResultEncoder::start(format, &results.schema) {
         Ok(started) => started,
-        Err(e) => return encoding_error(e),
+        Err(e) => return encoding_failure(e).into_response(),
     };
     let mut encoder = Some(encoder);
     while head.len() < ANSWER_HEAD_BYTES {
@@ -174,14 +174,15 @@ async fn next_chunk(
             }
             Ok(Some(bytes))
         }
-        Ok(Err(e)) => Err(AnswerError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("encoding the result: {e}"),
-        }),
-        Err(e) => Err(AnswerError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("encoding the result: {e}"),
-        }),
+        Ok(Err(e)) => Err(encoding_failure(e)),
+        Err(e) => Err(encoding_failure(e)),
+    }
+}
+
+fn encoding_failure(e: impl std::fmt::Display) -> AnswerError {
+    AnswerError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding the result: {e}"),
     }
 }
 
@@ -199,13 +200,6 @@ fn answer_error(failure: QueryError) -> AnswerError {
 
 fn query_error(failure: QueryError) -> Response {
     answer_error(failure).into_response()
-}
-
-fn encoding_error(e: arrow_schema::ArrowError) -> Response {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("encoding the result: {e}"),
-    )
 }
 
 fn error(status: StatusCode, message: String) -> Response {

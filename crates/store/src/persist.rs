@@ -218,9 +218,10 @@ impl Persister {
                     backoff = Duration::from_secs(1);
                     retry_at = None;
                 }
-                Err(error) => {
+                Err(_) => {
                     self.metrics.persist_failures.inc();
-                    tracing::warn!(%error, retry_in = ?backoff, "persist failed; rows stay in memory and in the WAL");
+                    // Each failing table and its error was logged by `persist_due`.
+                    tracing::warn!(retry_in = ?backoff, "persists failed; their rows stay in memory and in the WAL");
                     retry_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }

@@ -38,6 +38,15 @@ fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap()
 }
 
+/// Damages the last record of the oldest segment in `dir`, inside its compressed body.
+fn flip_a_bit_in_the_last_record(dir: &std::path::Path) {
+    let segment = first_segment(dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,11 +183,7 @@ fn a_flipped_bit_in_the_last_record_fails_its_checksum() {
     rt.block_on(wal.append(tables(&[1]))).unwrap();
     rt.block_on(wal.append(tables(&[2]))).unwrap();
     wal.close();
-    let segment = first_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let last = bytes.len() - 3;
-    bytes[last] ^= 0x10;
-    std::fs::write(&segment, &bytes).unwrap();
+    flip_a_bit_in_the_last_record(dir.path());
     let (ids, stats) = replayed_ids(dir.path());
     assert_eq!(ids, vec![1]);
     assert!(stats.torn_bytes > 0);
@@ -272,11 +277,7 @@ fn ids_of_segments_set_aside_after_damage_are_never_reused() {
     let (config, wal, ids) = twenty_records_in_small_segments(dir.path(), &rt);
     wal.close();
     // Damage the first segment's last record: every later segment is set aside.
-    let segment = first_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let last = bytes.len() - 3;
-    bytes[last] ^= 0x10;
-    std::fs::write(&segment, &bytes).unwrap();
+    flip_a_bit_in_the_last_record(dir.path());
     let (wal, replay) = Wal::open(config).unwrap();
     assert!(replay.stats.orphaned_segments > 0);
     let next = rt.block_on(wal.append(tables(&[99]))).unwrap();

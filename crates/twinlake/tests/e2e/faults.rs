@@ -19,15 +19,8 @@ fn wait_for_metric(twinlake: &Twinlake, sample: &str, value: f64) {
 
 /// Waits (60 s at most) until the metric `sample` is there and `wanted` of its value.
 fn wait_for_metric_where(twinlake: &Twinlake, sample: &str, wanted: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !twinlake.metric(sample).is_some_and(&wanted) {
-        assert!(
-            Instant::now() < deadline,
-            "{sample} stayed at {:?}",
-            twinlake.metric(sample)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let value = twinlake.wait_for_metric(sample, Duration::from_secs(60), &wanted);
+    assert!(wanted(value), "{sample} stayed at {value}");
 }
 
 /// A new container whose lake is on S3 starts with an empty WAL directory while the lake says
@@ -473,26 +466,6 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
     );
 }
 
-/// S3 flags for a lake in `bucket` behind `proxy`.
-fn s3_flags(proxy: &crate::support::TcpProxy, prefix: &str) -> Vec<String> {
-    [
-        "--store-url",
-        &format!("s3://twinlake/{prefix}"),
-        "--s3-endpoint",
-        &format!("http://127.0.0.1:{}", proxy.port),
-        "--s3-allow-http",
-        "true",
-        "--s3-region",
-        "us-east-1",
-        "--s3-access-key-id",
-        "test",
-        "--s3-secret-access-key",
-        "testtesttest",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 /// The answers to Delta log writes are lost on the way back (the object store wrote the
 /// commit; Twinlake saw a cut connection): whether the commit happened is for Twinlake to find
 /// out. Deleting the files of a commit that did happen left a version pointing at missing
@@ -502,7 +475,7 @@ fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
     let moto = crate::support::Moto::start("twinlake");
     let proxy = crate::support::TcpProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
-    let mut flags = s3_flags(&proxy, "ambiguous");
+    let mut flags = proxy.s3_flags("ambiguous");
     flags.extend(
         [
             "--persist-max-rows",
@@ -545,7 +518,7 @@ fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
     );
 
     // A second Twinlake with an empty WAL reads the same rows from S3 alone.
-    let mut reader_flags = s3_flags(&proxy, "ambiguous");
+    let mut reader_flags = proxy.s3_flags("ambiguous");
     reader_flags.extend(["--persist-max-age", "1h"].map(str::to_owned));
     let reader_flags: Vec<&str> = reader_flags.iter().map(String::as_str).collect();
     drop(twinlake);
@@ -708,7 +681,7 @@ fn an_s3_blackhole_under_load_loses_nothing() {
     let moto = crate::support::Moto::start("twinlake");
     let proxy = crate::support::TcpProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
-    let mut flags = s3_flags(&proxy, "blackhole");
+    let mut flags = proxy.s3_flags("blackhole");
     flags.extend(["--persist-max-age", "1s", "--query-timeout-s", "5"].map(str::to_owned));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
@@ -753,7 +726,7 @@ fn an_s3_blackhole_under_load_loses_nothing() {
         "S3 blackhole: held {hold:?} while 3000 messages arrived; {persisted_during} rows persisted by then, all 4000 after; {} rows in all",
         twinlake.count(all)
     );
-    let mut reader_flags = s3_flags(&proxy, "blackhole");
+    let mut reader_flags = proxy.s3_flags("blackhole");
     reader_flags.extend(["--persist-max-age", "1h"].map(str::to_owned));
     let reader_flags: Vec<&str> = reader_flags.iter().map(String::as_str).collect();
     drop(twinlake);
@@ -794,7 +767,7 @@ fn failed_checkpoint_writes_on_s3_undo_no_commit() {
     let moto = crate::support::Moto::start("twinlake");
     let proxy = crate::support::TcpProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
-    let mut flags = s3_flags(&proxy, "checkpoint");
+    let mut flags = proxy.s3_flags("checkpoint");
     flags.extend(["--persist-max-rows", "50", "--persist-max-age", "1s"].map(str::to_owned));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
@@ -831,7 +804,7 @@ fn one_table_that_cannot_persist_holds_up_no_other() {
     let moto = crate::support::Moto::start("twinlake");
     let proxy = crate::support::TcpProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
-    let mut flags = s3_flags(&proxy, "stall");
+    let mut flags = proxy.s3_flags("stall");
     flags.extend(["--persist-max-age", "1s"].map(str::to_owned));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);

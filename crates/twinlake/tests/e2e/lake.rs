@@ -28,14 +28,7 @@ fn seq_totals(twinlake: &Twinlake, entity: &str) -> (i64, f64) {
 }
 
 fn wait_for_metric(twinlake: &Twinlake, sample: &str, at_least: f64, timeout: Duration) -> f64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = twinlake.metric(sample).unwrap_or(0.0);
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    twinlake.wait_for_metric(sample, timeout, |value| value >= at_least)
 }
 
 fn wal_bytes(data_dir: &Path) -> u64 {
@@ -148,23 +141,9 @@ fn s3_lake_rides_out_a_store_outage_without_losing_rows() {
     let moto = Moto::start("twinlake");
     let mut proxy = TcpProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let s3 = proxy.s3_flags("fleet");
     let mut flags = SMALL_PERSISTS.to_vec();
-    let s3 = [
-        "--store-url",
-        "s3://twinlake/fleet",
-        "--s3-endpoint",
-        &endpoint,
-        "--s3-allow-http",
-        "true",
-        "--s3-region",
-        "us-east-1",
-        "--s3-access-key-id",
-        "test",
-        "--s3-secret-access-key",
-        "testtesttest",
-    ];
-    flags.extend(s3);
+    flags.extend(s3.iter().map(String::as_str));
     let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
     let first = publish_numbered(twinlake.mqtt_url.clone(), "s3a", 2_000, 0.0, 1);
     assert_eq!(first, 2_000);
@@ -200,7 +179,7 @@ fn s3_lake_rides_out_a_store_outage_without_losing_rows() {
 
     // A second Twinlake with an empty WAL sees every row: they are in S3.
     let fresh = tempfile::tempdir().unwrap();
-    let mut reader_flags = s3.to_vec();
+    let mut reader_flags: Vec<&str> = s3.iter().map(String::as_str).collect();
     reader_flags.extend(["--persist-max-age", "1h"]);
     drop(twinlake);
     let reader = Twinlake::start(fresh.path(), Broker::Embedded(free_port()), &reader_flags);
@@ -218,15 +197,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
         .arg(dir.path())
         .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-        .args([
-            "--store-url",
-            "s3://twinlake/lake",
-            "--s3-allow-http",
-            "true",
-        ])
-        .args(["--s3-endpoint", &format!("http://127.0.0.1:{}", proxy.port)])
-        .args(["--s3-region", "us-east-1", "--s3-access-key-id", "test"])
-        .args(["--s3-secret-access-key", "testtesttest"])
+        .args(proxy.s3_flags("lake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

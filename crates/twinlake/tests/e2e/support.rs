@@ -366,6 +366,24 @@ impl Twinlake {
     }
 
     /// Waits until `sql` (a count) reaches at least `expected`; returns the last count.
+    /// Waits (`timeout` at most) until the metric `sample` is there and `wanted` of its value;
+    /// gives its last value either way (0 when it never appeared), for the caller to judge.
+    pub(crate) fn wait_for_metric(
+        &self,
+        sample: &str,
+        timeout: Duration,
+        wanted: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(sample);
+            if value.is_some_and(&wanted) || Instant::now() > deadline {
+                return value.unwrap_or(0.0);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub(crate) fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
@@ -596,6 +614,27 @@ impl TcpProxy {
     /// How many answers the proxy was asked to lose and has not lost yet.
     pub(crate) fn answers_still_to_lose(&self) -> usize {
         self.lost_answers.lock().unwrap().1
+    }
+
+    /// The flags of a lake on S3 under `prefix` of bucket `twinlake`, reached through this proxy
+    /// with moto's credentials.
+    pub(crate) fn s3_flags(&self, prefix: &str) -> Vec<String> {
+        [
+            "--store-url",
+            &format!("s3://twinlake/{prefix}"),
+            "--s3-endpoint",
+            &format!("http://127.0.0.1:{}", self.port),
+            "--s3-allow-http",
+            "true",
+            "--s3-region",
+            "us-east-1",
+            "--s3-access-key-id",
+            "test",
+            "--s3-secret-access-key",
+            "testtesttest",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// Answers the requests whose first line starts with `method` and holds `text` with
