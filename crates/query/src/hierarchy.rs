@@ -713,9 +713,76 @@ fn string_array(array: &ArrayRef) -> Result<StringArray> {
 
 #[cfg(test)]
 mod tests {
-    use twinlake_model::EntityHistory;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    use super::{Hierarchy, MEMOISED_SUBTREES};
+    use datafusion::prelude::SessionContext;
+    use twinlake_model::{EntityHistory, Parsed, Table, TableBuilders, Timestamp, TopicRoot};
+    use twinlake_store::LiveTables;
+    use twinlake_wal::RecordId;
+
+    use super::{Hierarchy, HierarchyCache, MEMOISED_SUBTREES};
+    use crate::lake_table::LakeTableProvider;
+
+    /// `entity_changes` rows of `count` child devices registered under the main device.
+    fn registrations(count: usize) -> datafusion::arrow::array::RecordBatch {
+        let mut builders = TableBuilders::new();
+        for n in 0..count {
+            let topic = format!("te/device/child{n}//");
+            let Parsed::Data(message) = twinlake_model::parse_message(
+                &TopicRoot::default(),
+                topic.as_bytes(),
+                br#"{"@type":"child-device"}"#,
+                Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+            ) else {
+                panic!("a valid registration");
+            };
+            builders.append(&message);
+        }
+        let (table, batch) = builders.finish().unwrap().remove(0);
+        assert_eq!(table, Table::EntityChanges);
+        batch
+    }
+
+    #[test]
+    fn a_fold_outliving_its_query_is_published_not_done_again() {
+        // One thread for blocking work, kept busy: a fold can start only when the test says.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let live = Arc::new(LiveTables::new());
+            live.append(Table::EntityChanges, registrations(100), RecordId(1))
+                .unwrap();
+            let changes = LakeTableProvider::new(Table::EntityChanges, Arc::clone(&live), None);
+            let cache = HierarchyCache::new(live, Arc::new(changes));
+            let state = SessionContext::new().state();
+            let (release, busy) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || busy.recv());
+
+            let first = tokio::time::timeout(Duration::from_millis(300), cache.load(&state)).await;
+            assert!(first.is_err(), "the fold had no thread to run on");
+            release.send(()).unwrap();
+            blocker.await.unwrap().unwrap();
+
+            // The query stopped waiting, but its fold runs and publishes what it built.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // The children and the main device they name as parent.
+            while cache.latest().history().known() < 101 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the fold's result was thrown away"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let published = cache.latest();
+            let next = cache.load(&state).await.unwrap();
+            assert!(Arc::ptr_eq(&published, &next), "a second fold ran");
+        });
+    }
 
     #[test]
     fn subtrees_asked_for_by_every_row_do_not_grow_the_memo_without_bound() {

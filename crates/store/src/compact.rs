@@ -235,7 +235,7 @@ impl Persister {
     }
 
     /// Deletes files no version needs any more and that are older than `grace`.
-    async fn vacuum(&self, table: Table, grace: Duration) -> Result<usize, StoreError> {
+    pub(crate) async fn vacuum(&self, table: Table, grace: Duration) -> Result<usize, StoreError> {
         let lake_table = self.lake.table(table);
         let mut delta = lake_table.delta.lock().await;
         let retention = chrono::Duration::from_std(grace)

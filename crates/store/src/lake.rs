@@ -150,6 +150,17 @@ impl Lake {
         Ok(())
     }
 
+    /// Makes every file upload wait `wait` first, as over a slow link to the store.
+    #[cfg(test)]
+    pub(crate) fn slow_uploads(&mut self, wait: std::time::Duration) {
+        let config = object_store::throttle::ThrottleConfig {
+            wait_put_per_call: wait,
+            ..Default::default()
+        };
+        let store = Arc::clone(&self.store);
+        self.store = Arc::new(object_store::throttle::ThrottledStore::new(store, config));
+    }
+
     /// Deletes a file that was written but could not be committed.
     pub(crate) async fn delete_uncommitted(&self, path: &str) {
         if let Err(error) = self.store.delete(&Path::from(path)).await {

@@ -455,6 +455,26 @@ mod tests {
     }
 
     #[test]
+    fn a_record_counts_as_persisted_only_once_its_rows_are_in_the_table() {
+        let live = Arc::new(LiveTables::new());
+        // A query or a persist holds the table while record 1's rows wait for it.
+        let held = live.table(Table::Measurements).write().unwrap();
+        let appending = std::thread::spawn({
+            let live = Arc::clone(&live);
+            move || live.append(Table::Measurements, measurement_batch(2), RecordId(1))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // With no rows pending anywhere, `persisted_through` answers from this counter: had it
+        // moved already, a WAL truncation now would delete record 1, whose rows are only in
+        // the thread above.
+        assert_eq!(live.last_record.load(Ordering::Relaxed), 0);
+        drop(held);
+        appending.join().unwrap().unwrap();
+        assert_eq!(live.persisted_through(), RecordId(0));
+        assert_eq!(live.last_record.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn wal_records_are_released_only_once_every_table_has_persisted_them() {
         let live = LiveTables::new();
         live.append(Table::Measurements, measurement_batch(2), RecordId(1))

@@ -1,6 +1,7 @@
 //! Persistence against a real lake directory, where a fault after the commit used to lose data.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use twinlake_model::Table;
@@ -11,6 +12,10 @@ use crate::{Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetri
 
 async fn persister(dir: &std::path::Path) -> (Persister, Arc<LiveTables>) {
     let lake = Lake::open(LakeConfig::local(dir).unwrap()).await.unwrap();
+    start(lake).await
+}
+
+async fn start(lake: Lake) -> (Persister, Arc<LiveTables>) {
     let live = Arc::new(LiveTables::new());
     let (persister, _) = Persister::start(
         Arc::new(lake),
@@ -57,4 +62,42 @@ async fn a_failed_checkpoint_after_the_commit_keeps_the_committed_files() {
     let files = live.files(Table::Measurements);
     assert_eq!(files.iter().map(|file| file.rows).sum::<u64>(), 99);
     assert!(live.snapshot(Table::Measurements).batches.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_during_a_slow_upload_leaves_the_files_about_to_be_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lake = Lake::open(LakeConfig::local(dir.path()).unwrap())
+        .await
+        .unwrap();
+    lake.slow_uploads(Duration::from_secs(1));
+    let (persister, live) = start(lake).await;
+    let persister = Arc::new(persister);
+    // Two days: two files, uploaded one after the other, then one commit.
+    let rows = measurements(&[
+        ("device/main//", "{\"t\":1}", 1_700_000_000),
+        ("device/main//", "{\"t\":2}", 1_700_086_400),
+    ]);
+    live.append(Table::Measurements, rows, RecordId(1)).unwrap();
+    let persist = tokio::spawn({
+        let persister = Arc::clone(&persister);
+        async move { persister.persist_table(Table::Measurements).await }
+    });
+    // While the second file waits to be uploaded the first is in the store, not yet
+    // committed: a vacuum with no grace at all must still leave it.
+    let day = dir.path().join("measurements/date=2023-11-14");
+    while std::fs::read_dir(&day).map_or(0, Iterator::count) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let vacuumed = persister
+        .vacuum(Table::Measurements, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(persist.await.unwrap().unwrap(), 2);
+    assert_eq!(vacuumed, 0);
+    assert_eq!(
+        missing_files(dir.path(), &live, Table::Measurements),
+        Vec::<String>::new()
+    );
+    assert_eq!(live.files(Table::Measurements).len(), 2);
 }
