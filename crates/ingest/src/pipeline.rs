@@ -732,3 +732,69 @@ async fn acknowledge(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+    use twinlake_wal::WalConfig;
+
+    use super::*;
+
+    fn received(publish: Publish) -> Received {
+        let permit = || Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Received {
+            publish,
+            connection: 0,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+            _permits: (permit(), permit()),
+        }
+    }
+
+    /// Messages each within the per-message bound, together far past Arrow's 2 GiB offsets:
+    /// the batcher must commit them in groups whose columns stay far below that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_are_cut_by_bytes_long_before_arrow_offsets_could_overflow() {
+        const MESSAGES: usize = 140;
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let mut config =
+            IngestConfig::new(MqttEndpoint::parse("mqtt://127.0.0.1", "test").unwrap());
+        // Neither the window nor the message count may end a group first.
+        config.batch_window = Duration::from_secs(3600);
+        // 160 values, each row repeating 100 KB of `properties`: 16 MB of rows per message,
+        // under `max_message_row_bytes`; 2.2 GB for all of them.
+        let values: String = (0..160).map(|n| format!(",\"v{n}\":1")).collect();
+        let payload = format!("{{\"properties\":\"{}\"{values}}}", "p".repeat(100_000));
+        let (to_batcher, from_reader) = mpsc::unbounded_channel();
+        for _ in 0..MESSAGES {
+            let publish = Publish::new("te/device/main///m/env", QoS::AtLeastOnce, payload.clone());
+            to_batcher.send(received(publish)).unwrap();
+        }
+        let (to_acker, mut commits) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let batcher = tokio::spawn(batch(
+            from_reader,
+            to_acker,
+            (Arc::new(wal), Arc::new(LiveTables::new())),
+            config,
+            (RetainedState::default(), EntityHistory::new()),
+            IngestMetrics::register(&mut Registry::default()),
+            shutdown,
+        ));
+        let mut groups = Vec::new();
+        while groups.iter().sum::<usize>() < MESSAGES {
+            let Some(commit) = commits.recv().await else {
+                panic!("the batcher stopped: {:?}", batcher.await);
+            };
+            let measurements = commit.rows.iter().find(|(t, _)| *t == Table::Measurements);
+            let bytes = measurements.map_or(0, |(_, rows)| rows.get_array_memory_size());
+            assert!(bytes < 256 * 1024 * 1024, "a group of {bytes} bytes");
+            commit.append.unwrap().await.unwrap();
+            groups.push(commit.messages.len());
+        }
+        stop.send(true).unwrap();
+        drop(to_batcher);
+        batcher.await.unwrap().unwrap();
+        assert!(groups.len() >= 20, "{groups:?}");
+    }
+}
