@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::durability::{publish_numbered, rss_kib, status_kib};
-use crate::support::{Broker, Twinlake, free_port, message, publish};
+use crate::support::{Broker, PUBACK, ScriptedBroker, Twinlake, free_port, message, publish};
 
 /// Waits until `rows` rows of `measurements` are in the lake's files.
 fn wait_until_persisted(twinlake: &Twinlake, rows: f64) {
@@ -850,70 +850,24 @@ fn one_table_that_cannot_persist_holds_up_no_other() {
 }
 
 /// Mosquitto 2.0 grants a subscription its ACL denies (under MQTT 3.1.1 it just delivers
-/// nothing), so a broker that refuses one is played here by a scripted MQTT 3.1.1 peer: it
-/// refuses the first SUBSCRIBE (return code 0x80), grants the next, then sends one QoS 1
-/// message. Ingest used to count the refusal as subscribed and never ask again.
+/// nothing), so a broker that refuses one is played by a script: it refuses the first
+/// SUBSCRIBE (return code 0x80), grants the next, then sends one QoS 1 message. Ingest used to
+/// count the refusal as subscribed and never ask again.
 #[test]
 fn a_refused_subscription_is_shown_and_asked_again() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let broker = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(40)))
-            .unwrap();
-        let mut answers = Vec::new();
-        let (connect, _) = read_packet(&mut stream);
-        assert_eq!(connect >> 4, 1, "CONNECT first");
-        answers.push(vec![0x20, 0x02, 0x00, 0x00]);
-        let mut subscribes = 0;
-        // Keep-alive pings would keep a connection that never subscribes again open forever.
-        let give_up = Instant::now() + Duration::from_secs(30);
-        let mut stream = loop {
-            for answer in answers.drain(..) {
-                stream.write_all(&answer).unwrap();
-            }
-            if Instant::now() > give_up {
-                return (subscribes, Vec::new());
-            }
-            let (kind, body) = read_packet(&mut stream);
-            match kind >> 4 {
-                8 => {
-                    subscribes += 1;
-                    let code = if subscribes == 1 { 0x80 } else { 0x01 };
-                    answers.push(vec![0x90, 0x03, body[0], body[1], code]);
-                    if subscribes == 2 {
-                        for answer in answers.drain(..) {
-                            stream.write_all(&answer).unwrap();
-                        }
-                        break stream;
-                    }
-                }
-                12 => answers.push(vec![0xd0, 0x00]),
-                other => panic!("unexpected packet type {other}"),
-            }
-        };
-        let topic = b"te/device/main///m/env";
-        let payload = b"{\"refused_then_granted\":1}";
-        let mut publish = vec![
-            0x32,
-            (2 + topic.len() + 2 + payload.len()) as u8,
-            0,
-            topic.len() as u8,
-        ];
-        publish.extend_from_slice(topic);
-        publish.extend_from_slice(&[0x00, 0x07]);
-        publish.extend_from_slice(payload);
-        stream.write_all(&publish).unwrap();
-        loop {
-            let (kind, body) = read_packet(&mut stream);
-            match kind >> 4 {
-                4 => return (subscribes, body),
-                12 => stream.write_all(&[0xd0, 0x00]).unwrap(),
-                other => panic!("unexpected packet type {other} instead of PUBACK"),
-            }
+    let broker = ScriptedBroker::bind();
+    let url = broker.url();
+    let script = std::thread::spawn(move || {
+        let mut connection = broker.accept(false);
+        assert!(connection.answer_subscribe(0x80, Duration::from_secs(40)));
+        // Asked again within the 10 s retry, or never (keep-alive pings answered meanwhile).
+        if !connection.answer_subscribe(0x01, Duration::from_secs(30)) {
+            return (1, None);
         }
+        connection.publish_qos1("te/device/main///m/env", "{\"refused_then_granted\":1}", 7);
+        let (kind, body) = connection.next(Duration::from_secs(30)).expect("PUBACK");
+        assert_eq!(kind, PUBACK, "PUBACK expected");
+        (2, Some(body))
     });
     let dir = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_twinlake"));
@@ -923,7 +877,7 @@ fn a_refused_subscription_is_shown_and_asked_again() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--mqtt-url", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--mqtt-url", &url])
         .stdout(std::process::Stdio::null());
     let mut child = command.spawn().unwrap();
     let twinlake = Twinlake::client(&format!("http://127.0.0.1:{http}"));
@@ -934,7 +888,7 @@ fn a_refused_subscription_is_shown_and_asked_again() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let refused = twinlake.metric("twinlake_mqtt_subscribed");
-    let (subscribes, puback) = broker.join().unwrap();
+    let (subscribes, puback) = script.join().unwrap();
     let stored = "SELECT count(*) FROM measurements WHERE series = 'refused_then_granted'";
     let rows = twinlake.wait_for_count(stored, 1, Duration::from_secs(10));
     let _ = child.kill();
@@ -945,25 +899,86 @@ fn a_refused_subscription_is_shown_and_asked_again() {
         "a refused subscription counted as subscribed"
     );
     assert_eq!(subscribes, 2, "the subscription was not asked again");
-    assert_eq!(puback, vec![0x00, 0x07], "the message was acknowledged");
+    assert_eq!(
+        puback,
+        Some(vec![0x00, 0x07]),
+        "the message was acknowledged"
+    );
     assert_eq!(rows, 1);
-    fn read_packet(stream: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
-        let mut kind = [0u8; 1];
-        stream.read_exact(&mut kind).unwrap();
-        let (mut length, mut shift) = (0usize, 0);
-        loop {
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte).unwrap();
-            length |= usize::from(byte[0] & 0x7f) << shift;
-            shift += 7;
-            if byte[0] & 0x80 == 0 {
-                break;
+}
+
+/// An acknowledgement of a session the broker dropped is never sent on the next session,
+/// where its packet id means nothing or, worse, a new message of the broker's. The message's
+/// WAL record waits for disk space (a full tmpfs), so its ack is due only after Twinlake has
+/// reconnected, been given a new session and subscribed again: the moment a real broker
+/// cannot be made to hit. The message itself is stored (it reached the WAL).
+#[test]
+fn an_ack_of_a_dropped_session_is_not_sent_on_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("wal"), "3m");
+    let broker = ScriptedBroker::bind();
+    let url = broker.url();
+    let (to_script, script_cue) = std::sync::mpsc::channel::<()>();
+    let (to_test, test_cue) = std::sync::mpsc::channel::<()>();
+    let script = std::thread::spawn(move || {
+        let mut first = broker.accept(false);
+        assert!(first.answer_subscribe(0x01, Duration::from_secs(40)));
+        script_cue.recv().unwrap();
+        // Incompressible `properties`, so that the record needs disk pages the WAL lacks.
+        let mut seed = 1u64;
+        let noise: String = (0..16_384)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                char::from_digit((seed >> 60) as u32, 16).unwrap()
+            })
+            .collect();
+        let old = format!("{{\"properties\":\"{noise}\",\"old_session\":1}}");
+        first.publish_qos1("te/device/main///m/env", &old, 7);
+        std::thread::sleep(Duration::from_millis(500));
+        drop(first);
+        let mut second = broker.accept(false);
+        assert!(second.answer_subscribe(0x01, Duration::from_secs(40)));
+        to_test.send(()).unwrap();
+        // Whatever comes on the new session until a second after the old message is stored
+        // (its ack, were it sent, would follow the rows by moments).
+        let mut stale = Vec::new();
+        let mut until = None;
+        while until.is_none_or(|until| Instant::now() < until) {
+            if until.is_none() && script_cue.try_recv().is_ok() {
+                until = Some(Instant::now() + Duration::from_secs(1));
+            }
+            if let Some(packet) = second.next(Duration::from_millis(100)) {
+                stale.push(packet);
             }
         }
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).unwrap();
-        (kind[0], body)
-    }
+        second.publish_qos1("te/device/main///m/env", "{\"new_session\":1}", 7);
+        let (kind, body) = second.next(Duration::from_secs(30)).expect("PUBACK");
+        (stale, (kind, body))
+    });
+    let twinlake = Twinlake::start(dir.path(), Broker::External(url), &[]);
+    let filler = disk.fill();
+    to_script.send(()).unwrap();
+    wait_for_metric(&twinlake, "twinlake_wal_disk_full", 1.0);
+    test_cue.recv().unwrap();
+    wait_for_metric(&twinlake, "twinlake_mqtt_subscribed", 1.0);
+    std::fs::remove_file(&filler).unwrap();
+    let old = "SELECT count(*) FROM measurements WHERE series = 'old_session'";
+    assert_eq!(twinlake.wait_for_count(old, 1, Duration::from_secs(30)), 1);
+    to_script.send(()).unwrap();
+    let (stale, puback) = script.join().unwrap();
+    assert_eq!(
+        stale,
+        Vec::new(),
+        "packets on the new session before its first message"
+    );
+    wait_for_metric(&twinlake, "twinlake_acks_of_lost_sessions_total", 1.0);
+    assert_eq!(
+        puback,
+        (PUBACK, vec![0x00, 0x07]),
+        "the new message acknowledged"
+    );
+    let new = "SELECT count(*) FROM measurements WHERE series = 'new_session'";
+    assert_eq!(twinlake.wait_for_count(new, 1, Duration::from_secs(10)), 1);
 }
 
 /// Queries beyond `--query-max-concurrent` wait for a turn: with one turn, a quick query asked

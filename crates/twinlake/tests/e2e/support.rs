@@ -821,3 +821,119 @@ impl Drop for TcpProxy {
         self.set_up(false);
     }
 }
+
+/// An MQTT 3.1.1 broker played packet by packet, for what a real broker cannot be made to do on
+/// cue (refuse a subscription, drop a session at a chosen moment).
+pub(crate) struct ScriptedBroker {
+    listener: TcpListener,
+}
+
+/// MQTT control packet types the scripts read.
+pub(crate) const PUBACK: u8 = 4;
+pub(crate) const SUBSCRIBE: u8 = 8;
+
+impl ScriptedBroker {
+    pub(crate) fn bind() -> Self {
+        Self {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        let port = self.listener.local_addr().unwrap().port();
+        format!("mqtt://127.0.0.1:{port}")
+    }
+
+    /// The next client's connection, its CONNECT answered with `session_present`.
+    pub(crate) fn accept(&self, session_present: bool) -> ScriptedConnection {
+        let (stream, _) = self.listener.accept().unwrap();
+        let mut connection = ScriptedConnection { stream };
+        let (kind, _) = connection
+            .read_packet(Duration::from_secs(40))
+            .expect("CONNECT");
+        assert_eq!(kind, 1, "CONNECT first");
+        connection.write(&[0x20, 0x02, u8::from(session_present), 0x00]);
+        connection
+    }
+}
+
+pub(crate) struct ScriptedConnection {
+    stream: std::net::TcpStream,
+}
+
+impl ScriptedConnection {
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next packet other than a ping (answered) within `wait`, as (type, body).
+    pub(crate) fn next(&mut self, wait: Duration) -> Option<(u8, Vec<u8>)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (kind, body) = self.read_packet(left)?;
+            if kind == 12 {
+                self.write(&[0xd0, 0x00]);
+                continue;
+            }
+            return Some((kind, body));
+        }
+    }
+
+    /// Answers the next SUBSCRIBE with `code` (0x01 granted, 0x80 refused); false when none
+    /// came within `wait`.
+    pub(crate) fn answer_subscribe(&mut self, code: u8, wait: Duration) -> bool {
+        let Some((kind, body)) = self.next(wait) else {
+            return false;
+        };
+        assert_eq!(kind, SUBSCRIBE, "SUBSCRIBE expected");
+        self.write(&[0x90, 0x03, body[0], body[1], code]);
+        true
+    }
+
+    pub(crate) fn publish_qos1(&mut self, topic: &str, payload: &str, packet_id: u16) {
+        let mut length = 2 + topic.len() + 2 + payload.len();
+        let mut packet = vec![0x32];
+        loop {
+            let byte = (length % 128) as u8;
+            length /= 128;
+            if length == 0 {
+                packet.push(byte);
+                break;
+            }
+            packet.push(byte | 0x80);
+        }
+        packet.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        packet.extend_from_slice(topic.as_bytes());
+        packet.extend_from_slice(&packet_id.to_be_bytes());
+        packet.extend_from_slice(payload.as_bytes());
+        self.write(&packet);
+    }
+
+    /// One packet as (type, body); None when nothing whole came within `wait`.
+    fn read_packet(&mut self, wait: Duration) -> Option<(u8, Vec<u8>)> {
+        use std::io::Read;
+        self.stream
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut kind = [0u8; 1];
+        self.stream.read_exact(&mut kind).ok()?;
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut length, mut shift) = (0usize, 0);
+        loop {
+            let mut byte = [0u8; 1];
+            self.stream.read_exact(&mut byte).unwrap();
+            length |= usize::from(byte[0] & 0x7f) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).unwrap();
+        Some((kind[0] >> 4, body))
+    }
+}
