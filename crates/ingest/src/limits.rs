@@ -46,7 +46,7 @@ impl GrowthLimits {
         }
         match &message.body {
             MessageBody::EntityChange(change) => {
-                let row = EntityChangeRow::new(&message.entity, change);
+                let row = EntityChangeRow::new(&message.gateway, &message.topic_id, change);
                 let parent = row.facts.as_ref()?.parent.as_deref();
                 let depth = entities.depth_under(parent)?;
                 (depth > self.max_entity_depth).then(|| RejectReason::TooDeep {

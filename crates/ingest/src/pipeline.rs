@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use twinlake_model::{
-    EntityChangeRow, EntityHistory, Message, MessageBody, Parsed, Rejection, Table, TableBuilders,
-    Timestamp, TopicRoot, auto_registrations, parse_message,
+    EntityChangeRow, EntityHistory, EntityTopicId, FleetTopics, Message, MessageBody, Parsed,
+    Rejection, Table, TableBuilders, Timestamp, auto_registrations, main_device_registration,
+    parse_message,
 };
 use twinlake_store::LiveTables;
 use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
@@ -43,7 +44,8 @@ pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub endpoint: MqttEndpoint,
-    pub topic_root: TopicRoot,
+    /// Where thin-edge topics are, and which gateway a plain one belongs to.
+    pub topics: FleetTopics,
     /// Larger payloads become `rejected` rows holding their first bytes and their size.
     pub max_payload_bytes: usize,
     /// A message that would become more rows than this, or rows repeating more bytes than
@@ -77,7 +79,7 @@ impl IngestConfig {
     pub fn new(endpoint: MqttEndpoint) -> Self {
         Self {
             endpoint,
-            topic_root: TopicRoot::default(),
+            topics: FleetTopics::default(),
             max_payload_bytes: 256 * 1024,
             max_rows_per_message: 10_000,
             max_message_row_bytes: 16 * 1024 * 1024,
@@ -166,7 +168,7 @@ pub async fn run_ingest(
         host = %config.endpoint.host,
         port = config.endpoint.port,
         client_id = %config.endpoint.client_id,
-        filter = %config.topic_root.subscription_filter(),
+        filters = ?config.topics.subscription_filters(),
         "ingest connecting"
     );
 
@@ -222,7 +224,8 @@ async fn read(
     config: IngestConfig,
     metrics: IngestMetrics,
 ) {
-    let filter = config.topic_root.subscription_filter();
+    let filters = config.topics.subscription_filters();
+    let filter = filters.join(" ");
     let mut last_error_log = None::<Instant>;
     loop {
         match eventloop.poll().await {
@@ -254,13 +257,13 @@ async fn read(
                     "connected to the MQTT broker"
                 );
                 let queued = gate.connected(connack.session_present, || {
-                    client.try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    client.try_subscribe_many(subscription(&filters))
                 });
                 if let Err(error) = queued {
                     // The request queue is full (acks piling up): wait for room rather than
                     // stay connected and receive nothing.
                     tracing::warn!(%error, %filter, "subscription not queued yet; waiting for room");
-                    subscribe_later(client.clone(), filter.clone(), Duration::ZERO);
+                    subscribe_later(client.clone(), filters.clone(), Duration::ZERO);
                 }
             }
             Ok(Event::Incoming(Incoming::SubAck(suback))) => {
@@ -270,7 +273,7 @@ async fn read(
                 } else {
                     metrics.subscribed.set(0);
                     tracing::error!(%filter, codes = ?suback.return_codes, "the broker refused the subscription: nothing is received; asking again in 10 s");
-                    subscribe_later(client.clone(), filter.clone(), Duration::from_secs(10));
+                    subscribe_later(client.clone(), filters.clone(), Duration::from_secs(10));
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
@@ -295,12 +298,20 @@ fn granted(code: &rumqttc::SubscribeReasonCode) -> bool {
     matches!(code, rumqttc::SubscribeReasonCode::Success(_))
 }
 
+/// What ingest subscribes to: every gateway's thin-edge topics, at QoS 1.
+fn subscription(filters: &[String]) -> Vec<SubscribeFilter> {
+    filters
+        .iter()
+        .map(|filter| SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce))
+        .collect()
+}
+
 /// Queues a subscription after `delay`, waiting for room in the request queue.
-fn subscribe_later(client: AsyncClient, filter: String, delay: Duration) {
+fn subscribe_later(client: AsyncClient, filters: [String; 2], delay: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-            tracing::error!(%error, %filter, "could not subscribe: the MQTT client has stopped");
+        if let Err(error) = client.subscribe_many(subscription(&filters)).await {
+            tracing::error!(%error, ?filters, "could not subscribe: the MQTT client has stopped");
         }
     });
 }
@@ -429,6 +440,7 @@ fn add(
     if payload.len() > config.max_payload_bytes {
         let keep = 1024.min(config.max_payload_bytes);
         let rejection = Rejection::payload_too_large(
+            config.topics.gateway_of(topic),
             topic,
             payload,
             config.max_payload_bytes,
@@ -440,11 +452,12 @@ fn add(
         return;
     }
     group.bytes += payload.len();
-    match parse_message(&config.topic_root, topic, payload, received.received_at) {
+    match parse_message(&config.topics, topic, payload, received.received_at) {
         Parsed::Data(message) => {
             let (rows, bytes) = (message.row_count(), message.repeated_bytes());
             if rows > config.max_rows_per_message || bytes > config.max_message_row_bytes {
                 let rejection = Rejection::too_many_rows(
+                    Some(message.gateway.clone()),
                     topic,
                     payload,
                     received.received_at,
@@ -457,7 +470,9 @@ fn add(
             }
             group.bytes += bytes;
             if let Some(reason) = config.growth.exceeded_by(&message, entities, live.latest()) {
-                let rejection = Rejection::over_limit(topic, payload, received.received_at, reason);
+                let gateway = Some(message.gateway.clone());
+                let rejection =
+                    Rejection::over_limit(gateway, topic, payload, received.received_at, reason);
                 reject_over_limit(group, &rejection, metrics);
                 group.messages.push(received);
                 return;
@@ -504,29 +519,41 @@ fn add(
     group.messages.push(received);
 }
 
-/// Keeps the hierarchy ingest knows current, and registers an unregistered default-scheme
-/// entity (and its device) when a non-empty message arrives from it, as thin-edge's agent
-/// does, stamped like registrations with the receive time.
+/// Keeps the hierarchy ingest knows current, registers a gateway's main device from the
+/// gateway's first message (thin-edge never registers it), and registers an unregistered
+/// default-scheme entity (and its device) when a non-empty message arrives from it, as
+/// thin-edge's agent does, stamped like registrations with the receive time.
 fn register(
     builders: &mut TableBuilders,
     entities: &mut EntityHistory,
     message: &Message,
     received_at: Timestamp,
 ) {
-    if let MessageBody::EntityChange(change) = &message.body {
-        entities.apply(EntityChangeRow::new(&message.entity, change));
+    let change = match &message.body {
+        MessageBody::EntityChange(change) => Some(change),
+        _ if entities.is_known(&message.entity) => return,
+        _ => None,
+    };
+    let gateway = &message.gateway;
+    if !entities.is_known(gateway.as_str()) {
+        let main = EntityTopicId::main_device();
+        let registration = main_device_registration(gateway, received_at);
+        tracing::info!(%gateway, "new gateway: its main device is registered");
+        entities.apply(EntityChangeRow::new(gateway, &main, &registration));
+        builders.append_entity_change(gateway, &main, &registration);
+    }
+    if let Some(change) = change {
+        entities.apply(EntityChangeRow::new(gateway, &message.topic_id, change));
         return;
     }
-    if entities.is_known(message.entity.as_str()) {
-        return;
-    }
-    for (entity, change) in auto_registrations(&message.entity, received_at) {
-        if entities.is_known(entity.as_str()) {
+    for (topic_id, change) in auto_registrations(&message.topic_id, received_at) {
+        let row = EntityChangeRow::new(gateway, &topic_id, &change);
+        if entities.is_known(&row.entity) {
             continue;
         }
-        tracing::debug!(%entity, "auto-registered");
-        entities.apply(EntityChangeRow::new(&entity, &change));
-        builders.append_entity_change(&entity, &change);
+        tracing::debug!(entity = %row.entity, "auto-registered");
+        entities.apply(row);
+        builders.append_entity_change(gateway, &topic_id, &change);
     }
 }
 

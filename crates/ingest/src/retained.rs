@@ -178,6 +178,18 @@ pub enum RestoreError {
          truncates its WAL), or move the WAL aside knowing that these rows are not in the lake"
     )]
     UnknownTable { record: u64, table: String },
+    /// The same, for a known table whose columns were different then.
+    #[error(
+        "WAL record {record} holds rows of {table} with the columns ({found}), not those this \
+         version of Twinlake writes: it was written by another version (before the fleet model, \
+         which added `gateway`). Start that version (it persists and truncates its WAL), or move \
+         the WAL aside knowing that these rows are not in the lake"
+    )]
+    OtherColumns {
+        record: u64,
+        table: Table,
+        found: String,
+    },
     #[error("restoring WAL rows: {0}")]
     Store(#[from] ArrowError),
 }
@@ -205,6 +217,16 @@ pub fn restore_from_wal(
                         .any(|(t, through)| *t == table && through.is_some_and(|t| record.0 <= t));
                     if done {
                         continue;
+                    }
+                    if batch.schema() != table.schema() {
+                        let schema = batch.schema();
+                        let names: Vec<&str> =
+                            schema.fields().iter().map(|f| f.name().as_str()).collect();
+                        return Err(RestoreError::OtherColumns {
+                            record: record.0,
+                            table,
+                            found: names.join(", "),
+                        });
                     }
                     rows += batch.num_rows();
                     live.append(table, batch.clone(), *record)?;
@@ -257,6 +279,26 @@ mod tests {
         state.limit_to(40);
         assert!(state.bytes() <= 40, "{}", state.bytes());
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn a_wal_record_written_before_the_fleet_model_stops_the_start() {
+        let column: ArrayRef = Arc::new(arrow_array::StringArray::from(vec!["device/main//"]));
+        let batch = RecordBatch::try_from_iter([("entity", column)]).unwrap();
+        let mut replay = Replay::default();
+        replay
+            .records
+            .push((RecordId(3), vec![("measurements".to_owned(), batch)]));
+        let live = LiveTables::new();
+        match restore_from_wal(&replay, &live, &[]) {
+            Err(error @ RestoreError::OtherColumns { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("record 3"), "{message}");
+                assert!(message.contains("(entity)"), "{message}");
+            }
+            other => panic!("restored rows of other columns: {other:?}"),
+        }
+        assert!(live.snapshot(twinlake_model::Table::Measurements).batches.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::payload::entity::EntityChange;
 use crate::payload::event::AlarmState;
 use crate::reject::Rejection;
 use crate::schema::{Table, UTC};
-use crate::topic::EntityTopicId;
+use crate::topic::{EntityTopicId, Gateway};
 
 /// How a column builder starts empty; time columns carry the UTC zone of the schema.
 trait NewColumn {
@@ -62,6 +62,7 @@ macro_rules! table_builder {
 
 table_builder!(MeasurementsBuilder, Table::Measurements, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     measurement_type: StringBuilder,
     series: StringBuilder,
@@ -71,6 +72,7 @@ table_builder!(MeasurementsBuilder, Table::Measurements, {
 
 table_builder!(EventsBuilder, Table::Events, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     event_type: StringBuilder,
     text: StringBuilder,
@@ -79,6 +81,7 @@ table_builder!(EventsBuilder, Table::Events, {
 
 table_builder!(AlarmsBuilder, Table::Alarms, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     alarm_type: StringBuilder,
     severity: StringBuilder,
@@ -89,7 +92,9 @@ table_builder!(AlarmsBuilder, Table::Alarms, {
 
 table_builder!(EntityChangesBuilder, Table::EntityChanges, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
+    topic_id: StringBuilder,
     change: StringBuilder,
     kind: StringBuilder,
     parent: StringBuilder,
@@ -102,6 +107,7 @@ table_builder!(EntityChangesBuilder, Table::EntityChanges, {
 
 table_builder!(TwinChangesBuilder, Table::TwinChanges, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     fragment: StringBuilder,
     value: StringBuilder,
@@ -109,6 +115,7 @@ table_builder!(TwinChangesBuilder, Table::TwinChanges, {
 
 table_builder!(HealthBuilder, Table::Health, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     status: StringBuilder,
     pid: Int64Builder,
@@ -117,6 +124,7 @@ table_builder!(HealthBuilder, Table::Health, {
 
 table_builder!(MeasurementMetaBuilder, Table::MeasurementMeta, {
     time: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     entity: StringBuilder,
     measurement_type: StringBuilder,
     series: StringBuilder,
@@ -126,6 +134,7 @@ table_builder!(MeasurementMetaBuilder, Table::MeasurementMeta, {
 
 table_builder!(RejectedBuilder, Table::Rejected, {
     received_at: TimestampNanosecondBuilder,
+    gateway: StringBuilder,
     topic: StringBuilder,
     payload: BinaryBuilder,
     reason_code: StringBuilder,
@@ -185,12 +194,14 @@ impl TableBuilders {
     }
 
     pub fn append(&mut self, message: &Message) {
+        let gateway = message.gateway.as_str();
         let entity = message.entity.as_str();
         match &message.body {
             MessageBody::Measurement(m) => {
                 let b = &mut self.measurements;
                 for value in &m.values {
                     b.time.append_value(m.time.unix_nanos());
+                    b.gateway.append_value(gateway);
                     b.entity.append_value(entity);
                     b.measurement_type.append_value(&m.measurement_type);
                     b.series.append_value(&value.series);
@@ -204,6 +215,7 @@ impl TableBuilders {
                 let mut append =
                     |series: Option<&str>, unit: Option<&str>, attributes: Option<&str>| {
                         b.time.append_value(meta.time.unix_nanos());
+                        b.gateway.append_value(gateway);
                         b.entity.append_value(entity);
                         b.measurement_type.append_value(&meta.measurement_type);
                         b.series.append_option(series);
@@ -225,6 +237,7 @@ impl TableBuilders {
             MessageBody::Event(event) => {
                 let b = &mut self.events;
                 b.time.append_value(event.time.unix_nanos());
+                b.gateway.append_value(gateway);
                 b.entity.append_value(entity);
                 b.event_type.append_value(&event.event_type);
                 b.text.append_value(&event.text);
@@ -234,6 +247,7 @@ impl TableBuilders {
             MessageBody::Alarm(alarm) => {
                 let b = &mut self.alarms;
                 b.time.append_value(alarm.time.unix_nanos());
+                b.gateway.append_value(gateway);
                 b.entity.append_value(entity);
                 b.alarm_type.append_value(&alarm.alarm_type);
                 match &alarm.state {
@@ -256,10 +270,13 @@ impl TableBuilders {
                 }
                 b.rows += 1;
             }
-            MessageBody::EntityChange(change) => self.append_entity_change(&message.entity, change),
+            MessageBody::EntityChange(change) => {
+                self.append_entity_change(&message.gateway, &message.topic_id, change);
+            }
             MessageBody::TwinChange(twin) => {
                 let b = &mut self.twin_changes;
                 b.time.append_value(twin.time.unix_nanos());
+                b.gateway.append_value(gateway);
                 b.entity.append_value(entity);
                 b.fragment.append_value(&twin.fragment);
                 b.value.append_option(twin.value.as_deref());
@@ -268,6 +285,7 @@ impl TableBuilders {
             MessageBody::Health(health) => {
                 let b = &mut self.health;
                 b.time.append_value(health.time.unix_nanos());
+                b.gateway.append_value(gateway);
                 b.entity.append_value(entity);
                 b.status.append_option(health.status.as_deref());
                 b.pid.append_option(health.pid);
@@ -278,19 +296,24 @@ impl TableBuilders {
     }
 
     /// Appends one `entity_changes` row; also used for auto-registrations, which have no
-    /// message of their own.
-    pub fn append_entity_change(&mut self, entity: &EntityTopicId, change: &EntityChange) {
+    /// message of their own. Topic ids in the registration are named within `gateway`.
+    pub fn append_entity_change(
+        &mut self,
+        gateway: &Gateway,
+        topic_id: &EntityTopicId,
+        change: &EntityChange,
+    ) {
         let b = &mut self.entity_changes;
         let registration = change.registration.as_ref();
+        let name = |id: &EntityTopicId| gateway.entity_name(id);
         b.time.append_value(change.time.unix_nanos());
-        b.entity.append_value(entity.as_str());
+        b.gateway.append_value(gateway.as_str());
+        b.entity.append_value(name(topic_id));
+        b.topic_id.append_value(topic_id.as_str());
         b.change.append_value(change.change.as_str());
         b.kind.append_option(registration.map(|r| r.kind.as_str()));
-        b.parent.append_option(
-            registration
-                .and_then(|r| r.parent.as_ref())
-                .map(EntityTopicId::as_str),
-        );
+        b.parent
+            .append_option(registration.and_then(|r| r.parent.as_ref()).map(name));
         b.external_id
             .append_option(registration.and_then(|r| r.external_id.as_deref()));
         b.name
@@ -300,7 +323,7 @@ impl TableBuilders {
         b.health_endpoint.append_option(
             registration
                 .and_then(|r| r.health_endpoint.as_ref())
-                .map(EntityTopicId::as_str),
+                .map(name),
         );
         b.attributes
             .append_option(registration.and_then(|r| r.attributes.as_deref()));
@@ -311,6 +334,8 @@ impl TableBuilders {
         let b = &mut self.rejected;
         b.received_at
             .append_value(rejection.received_at.unix_nanos());
+        b.gateway
+            .append_option(rejection.gateway.as_ref().map(Gateway::as_str));
         b.topic.append_value(&rejection.topic);
         b.payload.append_value(&rejection.payload);
         b.reason_code.append_value(rejection.reason.code());

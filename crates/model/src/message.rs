@@ -10,12 +10,16 @@ use crate::payload::twin::{TwinChange, parse_twin};
 use crate::reject::{PayloadKind, RejectReason, Rejection};
 use crate::schema::Table;
 use crate::time::Timestamp;
-use crate::topic::{Channel, EntityTopicId, Topic, TopicRoot};
+use crate::topic::{Channel, EntityTopicId, FleetTopics, Gateway, Topic};
 
 /// One message that became data: the entity it is about and its rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    pub entity: EntityTopicId,
+    pub gateway: Gateway,
+    /// The entity's topic id as its gateway knows it (`device/main//`).
+    pub topic_id: EntityTopicId,
+    /// The entity's fleet-unique name (see [`Gateway::entity_name`]): the `entity` of its rows.
+    pub entity: String,
     pub body: MessageBody,
 }
 
@@ -70,7 +74,7 @@ impl Message {
     /// what one message may become count this, not the payload's size.
     pub fn repeated_bytes(&self) -> usize {
         const FIXED: usize = 16; // a time and a value or status
-        let per_row = self.entity.as_str().len() + FIXED;
+        let per_row = self.gateway.as_str().len() + self.entity.len() + FIXED;
         match &self.body {
             MessageBody::Measurement(m) => {
                 let properties = m.properties.as_ref().map_or(0, String::len);
@@ -132,34 +136,45 @@ pub enum Parsed {
 /// Parses one MQTT message. `received_at` stands in for every missing `time`, so the result is
 /// a pure function of its arguments. Never panics, whatever the bytes.
 pub fn parse_message(
-    root: &TopicRoot,
+    topics: &FleetTopics,
     topic: &[u8],
     payload: &[u8],
     received_at: Timestamp,
 ) -> Parsed {
-    let reject = |reason: RejectReason| {
+    let reject = |gateway: Option<Gateway>, reason: RejectReason| {
         Parsed::Rejected(Rejection {
             received_at,
+            gateway,
             topic: String::from_utf8_lossy(topic).into_owned(),
             payload: payload.to_vec(),
             reason,
         })
     };
     let Ok(topic_text) = std::str::from_utf8(topic) else {
-        return reject(RejectReason::TopicNotUtf8);
+        return reject(None, RejectReason::TopicNotUtf8);
     };
-    let (entity, channel) = match Topic::parse(root, topic_text) {
+    let (gateway, local) = match topics.split(topic_text) {
+        Ok(Some(split)) => split,
+        Ok(None) => return Parsed::OutsideRoot,
+        Err(error) => return reject(None, RejectReason::Topic(error)),
+    };
+    let (topic_id, channel) = match Topic::parse(topics.root(), local) {
         Ok(Topic::Entity { entity, channel }) => (entity, channel),
         Ok(Topic::MapperErrors) => return Parsed::NotStored(NotStored::MapperErrors),
         Ok(Topic::OutsideRoot) => return Parsed::OutsideRoot,
-        Err(error) => return reject(RejectReason::Topic(error)),
+        Err(error) => return reject(Some(gateway), RejectReason::Topic(error)),
     };
-    let body = match channel_body(channel, &entity, payload, received_at) {
+    let body = match channel_body(channel, &topic_id, payload, received_at) {
         Ok(ChannelContent::Body(body)) => body,
         Ok(ChannelContent::NotStored(kind)) => return Parsed::NotStored(kind),
-        Err(reason) => return reject(reason),
+        Err(reason) => return reject(Some(gateway), reason),
     };
-    Parsed::Data(Message { entity, body })
+    Parsed::Data(Message {
+        entity: gateway.entity_name(&topic_id),
+        gateway,
+        topic_id,
+        body,
+    })
 }
 
 /// What a channel's payload becomes, before it is paired with its entity.

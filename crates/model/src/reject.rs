@@ -1,12 +1,15 @@
 //! Messages that cannot become data, and why.
 
 use crate::time::{TimeError, Timestamp};
-use crate::topic::TopicError;
+use crate::topic::{Gateway, TopicError};
 
 /// A message that becomes a row of the `rejected` table instead of data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub received_at: Timestamp,
+    /// The gateway the topic names (or the default gateway's, for a plain topic); None when
+    /// the topic names none that is valid.
+    pub gateway: Option<Gateway>,
     /// The topic as received (invalid UTF-8 replaced by U+FFFD).
     pub topic: String,
     /// The whole payload, byte for byte, so nothing is lost and the message can be replayed.
@@ -110,6 +113,7 @@ impl RejectReason {
         match self {
             Self::TopicNotUtf8 => "invalid_topic",
             Self::Topic(TopicError::UnknownChannel(_)) => "unknown_channel",
+            Self::Topic(TopicError::InvalidGateway(_)) => "invalid_gateway",
             Self::Topic(_) => "invalid_topic",
             Self::PayloadNotUtf8 { .. } => "invalid_payload",
             Self::Payload { .. } => "invalid_payload",
@@ -139,6 +143,7 @@ impl RejectReason {
 impl Rejection {
     /// A message over one of Twinlake's limits; the payload is kept whole.
     pub fn over_limit(
+        gateway: Option<Gateway>,
         topic: &[u8],
         payload: &[u8],
         received_at: Timestamp,
@@ -146,6 +151,7 @@ impl Rejection {
     ) -> Self {
         Self {
             received_at,
+            gateway,
             topic: String::from_utf8_lossy(topic).into_owned(),
             payload: payload.to_vec(),
             reason,
@@ -154,6 +160,7 @@ impl Rejection {
 
     /// A message whose rows would exceed what one message may become; the payload is kept whole.
     pub fn too_many_rows(
+        gateway: Option<Gateway>,
         topic: &[u8],
         payload: &[u8],
         received_at: Timestamp,
@@ -166,12 +173,13 @@ impl Rejection {
             row_limit,
             byte_limit,
         };
-        Self::over_limit(topic, payload, received_at, reason)
+        Self::over_limit(gateway, topic, payload, received_at, reason)
     }
 
     /// A message over the payload size limit: keeps the first `keep` bytes and says how large
     /// the whole message was.
     pub fn payload_too_large(
+        gateway: Option<Gateway>,
         topic: &[u8],
         payload: &[u8],
         limit: usize,
@@ -180,6 +188,7 @@ impl Rejection {
     ) -> Self {
         Self {
             received_at,
+            gateway,
             topic: String::from_utf8_lossy(topic).into_owned(),
             payload: payload[..keep.min(payload.len())].to_vec(),
             reason: RejectReason::PayloadTooLarge {

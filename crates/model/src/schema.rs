@@ -93,10 +93,12 @@ const fn optional(name: &'static str, column_type: ColumnType, doc: &'static str
 use ColumnType::{Bytes, Float, Integer, Json, Text, Time};
 
 const TIME_DOC: &str = "The payload's `time`, or the time Twinlake received the message.";
-const ENTITY_DOC: &str = "Entity topic id, padded to 4 segments (e.g. `device/child01//`).";
+const ENTITY_DOC: &str = "The entity's fleet-unique name: the gateway id for its main device (`truck042`), else the gateway id, `:` and the topic id with `/` made `:` and trailing ones dropped (`truck042:device:sensor01`).";
+const GATEWAY_DOC: &str = "The thin-edge gateway the message came from (`twinlake/<gateway>/te/...`, or the default gateway for a plain `te/...` topic).";
 
 const MEASUREMENTS: &[Column] = &[
     required("time", Time, TIME_DOC),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     required(
         "type",
@@ -118,6 +120,7 @@ const MEASUREMENTS: &[Column] = &[
 
 const EVENTS: &[Column] = &[
     required("time", Time, TIME_DOC),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     required(
         "type",
@@ -138,6 +141,7 @@ const EVENTS: &[Column] = &[
 
 const ALARMS: &[Column] = &[
     required("time", Time, TIME_DOC),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     required(
         "type",
@@ -172,7 +176,13 @@ const ENTITY_CHANGES: &[Column] = &[
         Time,
         "When Twinlake received the registration (registrations carry no time).",
     ),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
+    required(
+        "topic_id",
+        Text,
+        "The entity topic id as its gateway knows it, padded to 4 segments (`device/sensor01//`).",
+    ),
     required(
         "change",
         Text,
@@ -186,7 +196,7 @@ const ENTITY_CHANGES: &[Column] = &[
     optional(
         "parent",
         Text,
-        "`@parent`, or thin-edge's default parent for the kind. Null for the main device and deregistrations.",
+        "`@parent` (mapped to its fleet-unique name within the gateway), or thin-edge's default parent for the kind. Null for a gateway's main device and deregistrations.",
     ),
     optional(
         "external_id",
@@ -202,7 +212,7 @@ const ENTITY_CHANGES: &[Column] = &[
     optional(
         "health_endpoint",
         Text,
-        "`@health`: the entity that reports this one's health.",
+        "`@health`: the entity that reports this one's health (its fleet-unique name).",
     ),
     optional(
         "attributes",
@@ -213,6 +223,7 @@ const ENTITY_CHANGES: &[Column] = &[
 
 const TWIN_CHANGES: &[Column] = &[
     required("time", Time, "When Twinlake received the fragment."),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     required(
         "fragment",
@@ -228,6 +239,7 @@ const TWIN_CHANGES: &[Column] = &[
 
 const HEALTH: &[Column] = &[
     required("time", Time, TIME_DOC),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     optional(
         "status",
@@ -244,6 +256,7 @@ const MEASUREMENT_META: &[Column] = &[
         Time,
         "When Twinlake received the metadata; it applies to later measurements.",
     ),
+    required("gateway", Text, GATEWAY_DOC),
     required("entity", Text, ENTITY_DOC),
     required(
         "type",
@@ -265,6 +278,11 @@ const MEASUREMENT_META: &[Column] = &[
 
 const REJECTED: &[Column] = &[
     required("received_at", Time, "When Twinlake received the message."),
+    optional(
+        "gateway",
+        Text,
+        "The gateway the topic names, or the default gateway for a plain topic. Null when the topic names no valid gateway.",
+    ),
     required(
         "topic",
         Text,
@@ -278,7 +296,7 @@ const REJECTED: &[Column] = &[
     required(
         "reason_code",
         Text,
-        "A stable name for the kind of reason: `invalid_topic`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`, `too_many_rows`, `too_many_entities`, `too_deep`, `too_many_series`.",
+        "A stable name for the kind of reason: `invalid_topic`, `invalid_gateway`, `unknown_channel`, `invalid_payload`, `invalid_time`, `payload_too_large`, `too_many_rows`, `too_many_entities`, `too_deep`, `too_many_series`.",
     ),
     required("reason", Text, "What was wrong, for a person to act on."),
 ];

@@ -36,6 +36,131 @@ impl TopicRoot {
     }
 }
 
+/// One thin-edge gateway of the fleet: the device whose local `te/` tree it forwards.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gateway(String);
+
+/// The longest gateway id accepted.
+const GATEWAY_MAX_CHARS: usize = 128;
+
+impl Gateway {
+    /// 1 to 128 characters, none of them `/`, `+`, `#` or a control character.
+    pub fn parse(id: &str) -> Result<Self, TopicError> {
+        let chars = id.chars().count();
+        let valid = (1..=GATEWAY_MAX_CHARS).contains(&chars)
+            && !id.chars().any(|c| matches!(c, '/' | '+' | '#') || c.is_control());
+        if !valid {
+            return Err(TopicError::InvalidGateway(id.to_owned()));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The fleet-unique name of one of this gateway's entities, made as thin-edge's
+    /// Cumulocity mapper makes external ids: `<gateway>` for its main device, else
+    /// `<gateway>:` and the topic id with trailing `/` trimmed and every `/` made `:`.
+    pub fn entity_name(&self, topic_id: &EntityTopicId) -> String {
+        if topic_id.is_main_device() {
+            return self.0.clone();
+        }
+        let local = topic_id.as_str().trim_end_matches('/');
+        let mut name = String::with_capacity(self.0.len() + 1 + local.len());
+        name.push_str(&self.0);
+        name.push(':');
+        name.extend(local.chars().map(|c| if c == '/' { ':' } else { c }));
+        name
+    }
+}
+
+impl fmt::Display for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where thin-edge topics are and which gateway each belongs to: `<prefix>/<gateway>/<root>/…`
+/// (what a gateway's bridge forwards) names its gateway; plain `<root>/…` belongs to the
+/// default gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTopics {
+    prefix: String,
+    root: TopicRoot,
+    default_gateway: Gateway,
+}
+
+impl Default for FleetTopics {
+    fn default() -> Self {
+        Self {
+            prefix: "twinlake".to_owned(),
+            root: TopicRoot::default(),
+            default_gateway: Gateway("main".to_owned()),
+        }
+    }
+}
+
+impl FleetTopics {
+    /// The prefix is one topic segment like the root, and must differ from it.
+    pub fn new(
+        prefix: impl Into<String>,
+        root: TopicRoot,
+        default_gateway: Gateway,
+    ) -> Result<Self, TopicError> {
+        let prefix = prefix.into();
+        if TopicRoot::new(prefix.clone()).is_err() || prefix == root.as_str() {
+            return Err(TopicError::InvalidPrefix(prefix));
+        }
+        Ok(Self {
+            prefix,
+            root,
+            default_gateway,
+        })
+    }
+
+    pub fn root(&self) -> &TopicRoot {
+        &self.root
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn default_gateway(&self) -> &Gateway {
+        &self.default_gateway
+    }
+
+    /// The MQTT filters that receive every gateway's thin-edge messages.
+    pub fn subscription_filters(&self) -> [String; 2] {
+        [
+            self.root.subscription_filter(),
+            format!("{}/+/{}/#", self.prefix, self.root.as_str()),
+        ]
+    }
+
+    /// The gateway of a topic that may not parse otherwise (for a `rejected` row).
+    pub fn gateway_of(&self, topic: &[u8]) -> Option<Gateway> {
+        let topic = std::str::from_utf8(topic).ok()?;
+        self.split(topic).ok().flatten().map(|(gateway, _)| gateway)
+    }
+
+    /// The gateway a topic belongs to and the topic as that gateway published it
+    /// (`<root>/…`); `Ok(None)` for a topic that is neither under the prefix nor the root.
+    pub fn split<'a>(&self, topic: &'a str) -> Result<Option<(Gateway, &'a str)>, TopicError> {
+        let Some(forwarded) = topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return Ok(Some((self.default_gateway.clone(), topic)));
+        };
+        let Some((gateway, local)) = forwarded.split_once('/') else {
+            return Ok(None);
+        };
+        Ok(Some((Gateway::parse(gateway)?, local)))
+    }
+}
+
 const ENTITY_SEGMENTS: usize = 4;
 
 /// The 4-segment entity topic id, e.g. `device/child01//` or `device/main/service/nodered`,
@@ -71,9 +196,13 @@ impl EntityTopicId {
         Ok(Self(padded))
     }
 
-    /// `device/main//`: the main device, which exists without ever being registered.
+    /// `device/main//`: a gateway's main device, which thin-edge never registers.
     pub fn main_device() -> Self {
         Self("device/main//".to_owned())
+    }
+
+    pub fn is_main_device(&self) -> bool {
+        self.0 == "device/main//"
     }
 
     pub fn as_str(&self) -> &str {
@@ -238,6 +367,14 @@ pub enum TopicError {
         "{0:?} is not a valid topic root: it must be one non-empty segment without '/', '+' or '#'"
     )]
     InvalidRoot(String),
+    #[error(
+        "{0:?} is not a valid fleet prefix: it must be one non-empty segment without '/', '+' or '#', other than the topic root"
+    )]
+    InvalidPrefix(String),
+    #[error(
+        "{0:?} is not a valid gateway id: it must be 1 to 128 characters, none of them '/', '+', '#' or a control character"
+    )]
+    InvalidGateway(String),
     #[error("{0:?} has more than the 4 segments of an entity topic id")]
     EntityTooLong(String),
     #[error("the entity topic id is empty: every one of its 4 segments is empty")]
@@ -262,6 +399,61 @@ mod tests {
 
     fn entity(id: &str) -> EntityTopicId {
         EntityTopicId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn entity_names_follow_thin_edge_external_ids() {
+        let name = |gateway: &str, id: &str| Gateway::parse(gateway).unwrap().entity_name(&entity(id));
+        assert_eq!(name("truck042", "device/main//"), "truck042");
+        assert_eq!(name("truck042", "device/sensor01//"), "truck042:device:sensor01");
+        assert_eq!(
+            name("truck042", "device/main/service/tedge-agent"),
+            "truck042:device:main:service:tedge-agent"
+        );
+        assert_eq!(
+            name("truck042", "device/sensor01/service/probe"),
+            "truck042:device:sensor01:service:probe"
+        );
+        assert_eq!(
+            name("plant7", "factory01/hallA/packaging/belt001"),
+            "plant7:factory01:hallA:packaging:belt001"
+        );
+    }
+
+    #[test]
+    fn gateway_ids_are_checked() {
+        assert!(Gateway::parse("truck042").is_ok());
+        assert!(Gateway::parse(&"x".repeat(128)).is_ok());
+        for bad in ["", "a/b", "a+b", "a#b", "a\u{7}b", &"x".repeat(129)] {
+            assert_eq!(
+                Gateway::parse(bad),
+                Err(TopicError::InvalidGateway(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fleet_topics_name_their_gateway_and_plain_ones_the_default() {
+        let topics = FleetTopics::default();
+        let (gateway, local) = topics
+            .split("twinlake/truck042/te/device/main///m/env")
+            .unwrap()
+            .unwrap();
+        assert_eq!((gateway.as_str(), local), ("truck042", "te/device/main///m/env"));
+        let (gateway, local) = topics.split("te/device/main///m/env").unwrap().unwrap();
+        assert_eq!((gateway.as_str(), local), ("main", "te/device/main///m/env"));
+        assert_eq!(topics.split("twinlake/truck042"), Ok(None));
+        assert_eq!(
+            topics.split("twinlake//te/device/main///m/env"),
+            Err(TopicError::InvalidGateway(String::new()))
+        );
+        assert_eq!(
+            topics.subscription_filters(),
+            ["te/#".to_owned(), "twinlake/+/te/#".to_owned()]
+        );
+        assert!(FleetTopics::new("te", TopicRoot::default(), gateway.clone()).is_err());
+        assert!(FleetTopics::new("a/b", TopicRoot::default(), gateway).is_err());
     }
 
     #[test]

@@ -251,10 +251,11 @@ impl QueryEngine {
     pub async fn load_latest_from_history(&self) -> Result<usize, QueryError> {
         let newest = self
             .run(
-                "SELECT arrow_cast(entity, 'Utf8') AS entity, arrow_cast(type, 'Utf8') AS type, \
+                "SELECT arrow_cast(gateway, 'Utf8') AS gateway, \
+                        arrow_cast(entity, 'Utf8') AS entity, arrow_cast(type, 'Utf8') AS type, \
                         arrow_cast(series, 'Utf8') AS series, max(time) AS time, \
                         last_value(value ORDER BY time) AS value \
-                 FROM measurements GROUP BY entity, type, series",
+                 FROM measurements GROUP BY gateway, entity, type, series",
             )
             .await?;
         let mut series = 0;

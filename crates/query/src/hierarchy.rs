@@ -194,6 +194,7 @@ fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
                 .unwrap_or_else(|| StringArray::new_null(batch.num_rows())))
         };
         let time = time_column(batch)?;
+        let (gateway, topic_id) = (text("gateway")?, text("topic_id")?);
         let (entity, change, kind, parent) = (
             text("entity")?,
             text("change")?,
@@ -218,6 +219,8 @@ fn change_rows(batches: &[RecordBatch]) -> Result<Vec<EntityChangeRow>> {
                 .then(|| EntityKind::parse(kind.value(row)))
                 .flatten()
                 .map(|kind| EntityFacts {
+                    gateway: gateway.value(row).to_owned(),
+                    topic_id: topic_id.value(row).to_owned(),
                     kind,
                     parent: value(&parent, row),
                     external_id: value(&external_id, row),
@@ -269,7 +272,9 @@ fn time_type() -> DataType {
 
 fn entity_fields() -> Vec<Field> {
     vec![
+        Field::new("gateway", DataType::Utf8, false),
         Field::new("entity", DataType::Utf8, false),
+        Field::new("topic_id", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("parent", DataType::Utf8, true),
         Field::new("external_id", DataType::Utf8, true),
@@ -290,6 +295,7 @@ fn validity_fields() -> [Field; 2] {
 
 fn ancestry_fields() -> Vec<Field> {
     vec![
+        Field::new("gateway", DataType::Utf8, false),
         Field::new("ancestor", DataType::Utf8, false),
         Field::new("descendant", DataType::Utf8, false),
         Field::new("depth", DataType::UInt32, false),
@@ -373,7 +379,9 @@ fn time_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 
 fn entity_columns(versions: &[&EntityVersion], validity: bool) -> Vec<ArrayRef> {
     let mut columns = vec![
+        text_column(versions.iter().map(|v| Some(v.facts.gateway.as_str()))),
         text_column(versions.iter().map(|v| Some(v.entity.as_str()))),
+        text_column(versions.iter().map(|v| Some(v.facts.topic_id.as_str()))),
         text_column(versions.iter().map(|v| Some(v.facts.kind.as_str()))),
         text_column(versions.iter().map(|v| v.facts.parent.as_deref())),
         text_column(versions.iter().map(|v| v.facts.external_id.as_deref())),
@@ -392,6 +400,7 @@ fn entity_columns(versions: &[&EntityVersion], validity: bool) -> Vec<ArrayRef> 
 
 fn ancestry_columns(rows: &[&Ancestry], validity: bool) -> Vec<ArrayRef> {
     let mut columns: Vec<ArrayRef> = vec![
+        text_column(rows.iter().map(|a| Some(a.gateway.as_str()))),
         text_column(rows.iter().map(|a| Some(a.ancestor.as_str()))),
         text_column(rows.iter().map(|a| Some(a.descendant.as_str()))),
         Arc::new(rows.iter().map(|a| a.depth).collect::<UInt32Array>()),
@@ -717,23 +726,30 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use datafusion::prelude::SessionContext;
-    use twinlake_model::{EntityHistory, Parsed, Table, TableBuilders, Timestamp, TopicRoot};
+    use twinlake_model::{
+        EntityHistory, EntityTopicId, FleetTopics, Parsed, Table, TableBuilders, Timestamp,
+        main_device_registration,
+    };
     use twinlake_store::LiveTables;
     use twinlake_wal::RecordId;
 
     use super::{Hierarchy, HierarchyCache, MEMOISED_SUBTREES};
     use crate::lake_table::LakeTableProvider;
 
-    /// `entity_changes` rows of `count` child devices registered under the main device.
+    /// `entity_changes` rows of a gateway's main device and `count` child devices under it.
     fn registrations(count: usize) -> datafusion::arrow::array::RecordBatch {
         let mut builders = TableBuilders::new();
+        let topics = FleetTopics::default();
+        let at = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        let (gateway, main) = (topics.default_gateway(), EntityTopicId::main_device());
+        builders.append_entity_change(gateway, &main, &main_device_registration(gateway, at));
         for n in 0..count {
             let topic = format!("te/device/child{n}//");
             let Parsed::Data(message) = twinlake_model::parse_message(
-                &TopicRoot::default(),
+                &topics,
                 topic.as_bytes(),
                 br#"{"@type":"child-device"}"#,
-                Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+                at,
             ) else {
                 panic!("a valid registration");
             };

@@ -352,7 +352,7 @@ fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::Roari
         _ => {
             // An entity without an id is in no committed file.
             wanted.extend(
-                entity_literals(entity_column, expr)?
+                text_literals(entity_column, expr)?
                     .into_iter()
                     .filter_map(|entity| ids.id(entity)),
             );
@@ -363,7 +363,7 @@ fn entity_set(table: Table, expr: &Expr, known: &Known) -> Option<roaring::Roari
 
 /// The entities `column = '…'` or `column IN ('…', …)` allows (seeing through casts of the
 /// column); None for any other predicate.
-pub(crate) fn entity_literals<'a>(column: &str, expr: &'a Expr) -> Option<Vec<&'a str>> {
+pub(crate) fn text_literals<'a>(column: &str, expr: &'a Expr) -> Option<Vec<&'a str>> {
     if let Expr::InList(list) = expr {
         if list.negated || column_name(&list.expr)? != column {
             return None;
@@ -454,21 +454,27 @@ mod tests {
 
         use crate::hierarchy::{HierarchyScalar, HierarchyUdf};
 
-        let child = |time, entity: &str, parent: &str| EntityChangeRow {
+        let registered = |time, entity: &str, kind, parent: Option<&str>| EntityChangeRow {
             time,
             entity: entity.to_owned(),
             change: ChangeKind::Registered,
             facts: Some(EntityFacts {
-                kind: EntityKind::ChildDevice,
-                parent: Some(parent.to_owned()),
+                gateway: "main".to_owned(),
+                topic_id: entity.to_owned(),
+                kind,
+                parent: parent.map(str::to_owned),
                 external_id: None,
                 name: None,
                 entity_type: None,
                 attributes: None,
             }),
         };
+        let child = |time, entity: &str, parent| {
+            registered(time, entity, EntityKind::ChildDevice, Some(parent))
+        };
         // b is below a until it moves to the main device at 50; c is never below a.
         let hierarchy = Hierarchy::new(EntityHistory::from_changes([
+            registered(0, "device/main//", EntityKind::Device, None),
             child(1, "device/a//", "device/main//"),
             child(2, "device/b//", "device/a//"),
             child(3, "device/c//", "device/main//"),

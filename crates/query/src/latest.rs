@@ -14,7 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use twinlake_model::{ColumnType, UTC};
 use twinlake_store::LiveTables;
 
-use crate::lake_table::entity_literals;
+use crate::lake_table::text_literals;
 
 #[derive(Debug)]
 pub(crate) struct LatestTable {
@@ -31,6 +31,7 @@ impl LatestTable {
 impl TableProvider for LatestTable {
     fn schema(&self) -> SchemaRef {
         Arc::new(Schema::new(vec![
+            Field::new("gateway", DataType::Utf8, false),
             Field::new("entity", DataType::Utf8, false),
             Field::new("type", DataType::Utf8, false),
             Field::new("series", DataType::Utf8, false),
@@ -43,8 +44,8 @@ impl TableProvider for LatestTable {
         TableType::View
     }
 
-    /// `entity = …` and `entity IN (…)` pick the entities out of the cache; every filter is
-    /// applied again above the scan.
+    /// `entity = …`, `entity IN (…)` and the same of `gateway` pick the series out of the
+    /// cache; every filter is applied again above the scan.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
@@ -61,11 +62,22 @@ impl TableProvider for LatestTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted = filters
             .iter()
-            .find_map(|filter| entity_literals("entity", filter));
-        let rows = self.live.latest().rows_of(wanted.as_deref());
+            .find_map(|filter| text_literals("entity", filter));
+        let gateways = filters
+            .iter()
+            .find_map(|filter| text_literals("gateway", filter));
+        let rows = self
+            .live
+            .latest()
+            .rows_of(wanted.as_deref(), gateways.as_deref());
         let batch = RecordBatch::try_new(
             self.schema(),
             vec![
+                Arc::new(
+                    rows.iter()
+                        .map(|r| Some(r.gateway.as_str()))
+                        .collect::<StringArray>(),
+                ),
                 Arc::new(
                     rows.iter()
                         .map(|r| Some(r.entity.as_str()))

@@ -14,17 +14,17 @@ pub(crate) const VIEWS: [(&str, &str); 4] = [
 /// valid from the beginning of time, because twin messages carry no time of their own.
 const TWIN_HISTORY: &str = "
 WITH ordered AS (
-    SELECT entity, fragment, value, time,
+    SELECT gateway, entity, fragment, value, time,
            LAG(value) OVER (PARTITION BY entity, fragment ORDER BY time) AS previous,
            ROW_NUMBER() OVER (PARTITION BY entity, fragment ORDER BY time) AS n
     FROM twin_changes
 ), changed AS (
-    SELECT entity, fragment, value, time, n,
+    SELECT gateway, entity, fragment, value, time, n,
            LEAD(time) OVER (PARTITION BY entity, fragment ORDER BY time) AS valid_to
     FROM ordered
     WHERE n = 1 OR value IS DISTINCT FROM previous
 )
-SELECT entity, fragment, value,
+SELECT gateway, entity, fragment, value,
        CASE WHEN n = 1 THEN arrow_cast(0, 'Timestamp(Nanosecond, Some(\"UTC\"))') ELSE time END AS valid_from,
        valid_to,
        time AS updated_at
@@ -33,15 +33,15 @@ WHERE value IS NOT NULL";
 
 /// The value every twin fragment has now.
 const TWIN: &str = "
-SELECT entity, fragment, value, updated_at
+SELECT gateway, entity, fragment, value, updated_at
 FROM twin_history
 WHERE valid_to IS NULL";
 
 /// The newest health status of every entity that reports one.
 const HEALTH_CURRENT: &str = "
-SELECT entity, status, pid, time, attributes
+SELECT gateway, entity, status, pid, time, attributes
 FROM (
-    SELECT entity, status, pid, time, attributes,
+    SELECT gateway, entity, status, pid, time, attributes,
            ROW_NUMBER() OVER (PARTITION BY entity ORDER BY time DESC) AS newest
     FROM health
 )
@@ -56,17 +56,17 @@ WITH last_clear AS (
     WHERE status = 'cleared'
     GROUP BY entity, type
 ), open_raises AS (
-    SELECT a.entity, a.type, a.severity, a.text, a.attributes, a.time
+    SELECT a.gateway, a.entity, a.type, a.severity, a.text, a.attributes, a.time
     FROM alarms a
     LEFT JOIN last_clear c ON a.entity = c.entity AND a.type = c.type
     WHERE a.status = 'raised' AND (c.cleared_at IS NULL OR a.time > c.cleared_at)
 ), ranked AS (
-    SELECT entity, type, severity, text, attributes, time,
+    SELECT gateway, entity, type, severity, text, attributes, time,
            ROW_NUMBER() OVER (PARTITION BY entity, type ORDER BY time DESC) AS newest,
            MIN(time) OVER (PARTITION BY entity, type) AS first_raised,
            COUNT(*) OVER (PARTITION BY entity, type) AS count
     FROM open_raises
 )
-SELECT entity, type, severity, text, first_raised, time AS last_updated, count, attributes
+SELECT gateway, entity, type, severity, text, first_raised, time AS last_updated, count, attributes
 FROM ranked
 WHERE newest = 1";

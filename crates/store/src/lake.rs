@@ -400,7 +400,7 @@ async fn open_table(
         let mut create = delta
             .create()
             .with_table_name(name)
-            .with_columns(columns)
+            .with_columns(columns.clone())
             .with_save_mode(SaveMode::Ignore);
         if partitioned {
             create = create.with_partition_columns([DATE_COLUMN]);
@@ -408,9 +408,31 @@ async fn open_table(
         delta = create.await?;
         tracing::info!(table = name, "created Delta table");
     }
+    check_columns(&delta, name, &columns)?;
     Ok(LakeTable {
         name,
         delta: Mutex::new(delta),
+    })
+}
+
+/// Refuses a table written with other columns (by another version of Twinlake) rather than
+/// misread it: before the fleet model, `entity` held the bare topic id and there was no
+/// `gateway`, so old rows would be taken for entities of no gateway.
+fn check_columns(
+    delta: &DeltaTable,
+    name: &str,
+    expected: &[StructField],
+) -> Result<(), StoreError> {
+    let schema = delta.snapshot()?.schema();
+    let found: Vec<&str> = schema.fields().map(|field| field.name().as_str()).collect();
+    let wanted: Vec<&str> = expected.iter().map(|field| field.name().as_str()).collect();
+    if found == wanted {
+        return Ok(());
+    }
+    Err(StoreError::IncompatibleTable {
+        table: name.to_owned(),
+        found: found.join(", "),
+        expected: wanted.join(", "),
     })
 }
 

@@ -20,6 +20,7 @@ pub struct LatestValue {
 /// One series and its newest reading.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatestRow {
+    pub gateway: String,
     pub entity: String,
     pub measurement_type: String,
     pub series: String,
@@ -28,10 +29,14 @@ pub struct LatestRow {
 
 /// entity → type → series → newest reading. Nested so that a known series is found by `&str`
 /// lookups, allocating only for a series seen the first time.
-type SeriesTree = HashMap<String, TypesOfEntity>;
+type SeriesTree = HashMap<String, SeriesOfEntity>;
 
-/// type → series → newest reading, of one entity.
-type TypesOfEntity = HashMap<String, HashMap<String, LatestValue>>;
+/// type → series → newest reading, of one entity of one gateway.
+#[derive(Debug, Default)]
+struct SeriesOfEntity {
+    gateway: String,
+    types: HashMap<String, HashMap<String, LatestValue>>,
+}
 
 /// The newest value per (entity, type, series) of `measurements`, in memory.
 #[derive(Debug, Default)]
@@ -45,8 +50,9 @@ impl LatestValues {
     /// Takes the rows of a `measurements` batch; a row older than what is held is ignored
     /// (late data does not make a value "latest").
     pub fn update(&self, batch: &RecordBatch) {
-        let (Some(time), Some(entity), Some(kind), Some(series), Some(value)) = (
+        let (Some(time), Some(gateway), Some(entity), Some(kind), Some(series), Some(value)) = (
             batch.column_by_name("time"),
+            batch.column_by_name("gateway"),
             batch.column_by_name("entity"),
             batch.column_by_name("type"),
             batch.column_by_name("series"),
@@ -54,8 +60,9 @@ impl LatestValues {
         ) else {
             return;
         };
-        let (Some(time), Some(entity), Some(kind), Some(series), Some(value)) = (
+        let (Some(time), Some(gateway), Some(entity), Some(kind), Some(series), Some(value)) = (
             time.as_primitive_opt::<TimestampNanosecondType>(),
+            gateway.as_string_opt::<i32>(),
             entity.as_string_opt::<i32>(),
             kind.as_string_opt::<i32>(),
             series.as_string_opt::<i32>(),
@@ -75,6 +82,12 @@ impl LatestValues {
                 value: value.value(row),
             };
             let Some(held) = entry(&mut tree, entity.value(row))
+                .map(|of_entity| {
+                    if of_entity.gateway.is_empty() {
+                        of_entity.gateway = gateway.value(row).to_owned();
+                    }
+                    &mut of_entity.types
+                })
                 .and_then(|types| entry(types, kind.value(row)))
                 .and_then(|by_series| {
                     let new = !by_series.contains_key(series.value(row));
@@ -92,15 +105,16 @@ impl LatestValues {
 
     /// Every series with its newest reading, in no particular order.
     pub fn rows(&self) -> Vec<LatestRow> {
-        self.rows_of(None)
+        self.rows_of(None, None)
     }
 
-    /// The series of `entities` (every entity when `None`) with their newest readings.
-    pub fn rows_of(&self, entities: Option<&[&str]>) -> Vec<LatestRow> {
+    /// The series of `entities` (every entity when `None`) of `gateways` (every gateway when
+    /// `None`) with their newest readings.
+    pub fn rows_of(&self, entities: Option<&[&str]>, gateways: Option<&[&str]>) -> Vec<LatestRow> {
         let Ok(tree) = self.series.read() else {
             return Vec::new();
         };
-        let selected: Vec<(&String, &TypesOfEntity)> = match entities {
+        let selected: Vec<(&String, &SeriesOfEntity)> = match entities {
             None => tree.iter().collect(),
             Some(wanted) => {
                 // An entity named twice (`IN ('a', 'a')`) still gives its series once.
@@ -114,10 +128,14 @@ impl LatestValues {
             }
         };
         let mut rows = Vec::new();
-        for (entity, types) in selected {
-            for (measurement_type, series) in types {
+        let of_gateway = |of_entity: &SeriesOfEntity| {
+            gateways.is_none_or(|wanted| wanted.contains(&of_entity.gateway.as_str()))
+        };
+        for (entity, of_entity) in selected.into_iter().filter(|(_, s)| of_gateway(s)) {
+            for (measurement_type, series) in &of_entity.types {
                 for (name, latest) in series {
                     rows.push(LatestRow {
+                        gateway: of_entity.gateway.clone(),
                         entity: entity.clone(),
                         measurement_type: measurement_type.clone(),
                         series: name.clone(),
@@ -138,7 +156,7 @@ impl LatestValues {
     pub fn holds(&self, entity: &str, measurement_type: &str, series: &str) -> bool {
         self.series.read().is_ok_and(|tree| {
             tree.get(entity)
-                .and_then(|types| types.get(measurement_type))
+                .and_then(|of_entity| of_entity.types.get(measurement_type))
                 .is_some_and(|by_series| by_series.contains_key(series))
         })
     }
@@ -190,15 +208,17 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ("device/a//".to_owned(), 20_000_000_000, 2.0),
-                ("device/b//".to_owned(), 5_000_000_000, 9.0)
+                ("main:device:a".to_owned(), 20_000_000_000, 2.0),
+                ("main:device:b".to_owned(), 5_000_000_000, 9.0)
             ]
         );
         assert_eq!(latest.len(), 2);
-        let only_b = latest.rows_of(Some(&["device/b//", "device/none//"]));
+        let only_b = latest.rows_of(Some(&["main:device:b", "main:device:none"]), None);
         assert_eq!(only_b.len(), 1);
-        assert_eq!(only_b[0].entity, "device/b//");
+        assert_eq!(only_b[0].entity, "main:device:b");
         // `entity IN ('b', 'b')` selects each series once.
-        assert_eq!(latest.rows_of(Some(&["device/b//", "device/b//"])).len(), 1);
+        assert_eq!(latest.rows_of(Some(&["main:device:b", "main:device:b"]), None).len(), 1);
+        assert_eq!(latest.rows_of(None, Some(&["main"])).len(), 2);
+        assert_eq!(latest.rows_of(None, Some(&["other"])).len(), 0);
     }
 }

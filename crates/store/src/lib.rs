@@ -60,4 +60,15 @@ pub enum StoreError {
     NoConditionalPut(String),
     #[error("{0}")]
     Corrupt(String),
+    #[error(
+        "the lake's table {table} has the columns ({found}), not the ({expected}) this version \
+         of Twinlake writes: it was written by another version (before the fleet model, which \
+         added `gateway` and fleet-unique entity names). Twinlake will not misread it: give this \
+         version a new lake (another --data-dir or S3 prefix), or run the version that wrote it"
+    )]
+    IncompatibleTable {
+        table: String,
+        found: String,
+        expected: String,
+    },
 }

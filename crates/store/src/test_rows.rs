@@ -1,15 +1,16 @@
 //! Rows for unit tests, built by the real parser.
 
 use arrow_array::RecordBatch;
-use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TableBuilders, Timestamp, parse_message};
 
-/// A `measurements` batch from `(entity, payload, unix seconds)` messages on `m/env`.
+/// A `measurements` batch from `(topic id, payload, unix seconds)` messages on `m/env` of the
+/// default gateway, `main`.
 pub(crate) fn measurements(rows: &[(&str, &str, i64)]) -> RecordBatch {
     let mut builders = TableBuilders::new();
     for (entity, payload, seconds) in rows {
         let topic = format!("te/{entity}/m/env");
         let Parsed::Data(message) = parse_message(
-            &TopicRoot::default(),
+            &FleetTopics::default(),
             topic.as_bytes(),
             payload.as_bytes(),
             Timestamp::from_unix_nanos(seconds * 1_000_000_000),

@@ -101,3 +101,34 @@ async fn vacuum_during_a_slow_upload_leaves_the_files_about_to_be_committed() {
     );
     assert_eq!(live.files(Table::Measurements).len(), 2);
 }
+
+/// A lake whose tables were written with other columns (before the fleet model: no `gateway`)
+/// is refused with a message that says so, never read as if it were this version's.
+#[tokio::test]
+async fn a_lake_of_other_columns_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = LakeConfig::local(dir.path()).unwrap().url.join("measurements/").unwrap();
+    let old_columns = ["time", "entity", "type", "series", "value"].map(|name| {
+        let data_type = match name {
+            "time" => deltalake::kernel::DataType::TIMESTAMP,
+            "value" => deltalake::kernel::DataType::DOUBLE,
+            _ => deltalake::kernel::DataType::STRING,
+        };
+        deltalake::kernel::StructField::new(name, data_type, false)
+    });
+    std::fs::create_dir_all(dir.path().join("measurements")).unwrap();
+    deltalake::DeltaTable::try_from_url(url)
+        .await
+        .unwrap()
+        .create()
+        .with_columns(old_columns)
+        .await
+        .unwrap();
+    let error = Lake::open(LakeConfig::local(dir.path()).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("measurements"), "{error}");
+    assert!(error.contains("(time, entity, type, series, value)"), "{error}");
+    assert!(error.contains("gateway"), "{error}");
+}

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use prometheus_client::registry::Registry;
-use twinlake_model::{Parsed, Table, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_model::{
+    EntityTopicId, FleetTopics, Parsed, Table, TableBuilders, Timestamp, main_device_registration,
+    parse_message,
+};
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
@@ -108,8 +111,12 @@ pub(crate) async fn fleet_lake(
     let mut fleet = Fleet::new(&fleet_args);
     let start = Timestamp::parse_rfc3339(shape.start).map_err(|e| e.to_string())?;
     let step = shape.step.as_nanos() as i64;
-    let root = TopicRoot::default();
+    let topics = FleetTopics::default();
     let mut builders = TableBuilders::new();
+    // What ingest does at the gateway's first message: its main device becomes a root.
+    let gateway = topics.default_gateway();
+    let main = EntityTopicId::main_device();
+    builders.append_entity_change(gateway, &main, &main_device_registration(gateway, start));
     let mut record = 0u64;
     let mut filled = FleetLake {
         lake,
@@ -121,7 +128,7 @@ pub(crate) async fn fleet_lake(
     };
     let mut setup = fleet.registrations();
     setup.extend(fleet.initial_health(start));
-    add(&root, &mut builders, setup, start, &mut filled.messages);
+    add(&topics, &mut builders, setup, start, &mut filled.messages);
     for round in 0..shape.rounds {
         let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * step);
         let last = round + 1 == shape.rounds;
@@ -129,7 +136,7 @@ pub(crate) async fn fleet_lake(
         if last {
             messages.extend(fleet.backlogs());
         }
-        add(&root, &mut builders, messages, at, &mut filled.messages);
+        add(&topics, &mut builders, messages, at, &mut filled.messages);
         if (round + 1) % shape.rounds_per_persist == 0 || last {
             record += 1;
             for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
@@ -272,7 +279,7 @@ fn same_answer(a: &[String], b: &[String]) -> bool {
 }
 
 fn add(
-    root: &TopicRoot,
+    topics: &FleetTopics,
     builders: &mut TableBuilders,
     messages: Vec<Outgoing>,
     at: Timestamp,
@@ -281,7 +288,7 @@ fn add(
     for message in messages {
         *count += 1;
         if let Parsed::Data(parsed) = parse_message(
-            root,
+            topics,
             message.topic.as_bytes(),
             message.payload.as_bytes(),
             at,

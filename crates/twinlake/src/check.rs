@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
 
 use crate::print_out;
 
@@ -14,6 +14,9 @@ pub(crate) fn check(
     received_at: Option<&str>,
 ) -> Result<ExitCode, String> {
     let root = TopicRoot::new(root).map_err(|e| e.to_string())?;
+    let defaults = FleetTopics::default();
+    let topics = FleetTopics::new(defaults.prefix(), root, defaults.default_gateway().clone())
+        .map_err(|e| e.to_string())?;
     let received_at = match received_at {
         Some(text) => Timestamp::parse_rfc3339(text).map_err(|e| format!("--received-at: {e}"))?,
         None => Timestamp::now(),
@@ -30,7 +33,7 @@ pub(crate) fn check(
         None => Vec::new(),
     };
     let mut builders = TableBuilders::new();
-    let code = match parse_message(&root, topic.as_bytes(), &payload, received_at) {
+    let code = match parse_message(&topics, topic.as_bytes(), &payload, received_at) {
         Parsed::Data(message) => {
             builders.append(&message);
             ExitCode::SUCCESS
@@ -53,8 +56,10 @@ pub(crate) fn check(
         }
         Parsed::OutsideRoot => {
             print_out(&format!(
-                "not a thin-edge message: the topic is not under '{}/'\n",
-                root.as_str()
+                "not a thin-edge message: the topic is not under '{}/' or '{}/<gateway>/{}/'\n",
+                topics.root().as_str(),
+                topics.prefix(),
+                topics.root().as_str()
             ));
             return Ok(ExitCode::SUCCESS);
         }

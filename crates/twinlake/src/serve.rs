@@ -13,7 +13,7 @@ use twinlake_ingest::{
     DEFAULT_MAX_PACKET_BYTES, EmbeddedBroker, IngestConfig, IngestMetrics, MqttEndpoint,
     restore_from_wal, run_ingest,
 };
-use twinlake_model::TopicRoot;
+use twinlake_model::{FleetTopics, Gateway, TopicRoot};
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_server::{HttpState, serve_http};
 use twinlake_store::{
@@ -56,6 +56,12 @@ pub(crate) struct ServeOptions {
     /// thin-edge's topic root (`mqtt.topic_root`) [default: te].
     #[arg(long, env = "TWINLAKE_TOPIC_ROOT")]
     pub(crate) topic_root: Option<String>,
+    /// First topic segment of what gateways forward: `<prefix>/<gateway>/<topic root>/...` [default: twinlake].
+    #[arg(long, env = "TWINLAKE_FLEET_PREFIX")]
+    pub(crate) fleet_prefix: Option<String>,
+    /// The gateway plain `<topic root>/...` topics belong to [default: main].
+    #[arg(long, env = "TWINLAKE_DEFAULT_GATEWAY")]
+    pub(crate) default_gateway: Option<String>,
     /// `always` fsyncs every group commit before acknowledging; `never` does not (unsafe) [default: always].
     #[arg(long, env = "TWINLAKE_WAL_SYNC")]
     pub(crate) wal_sync: Option<String>,
@@ -207,6 +213,8 @@ impl ServeOptions {
             mqtt_client_id,
             http_listen,
             topic_root,
+            fleet_prefix,
+            default_gateway,
             wal_sync,
             wal_commit_window_ms,
             wal_segment_mb,
@@ -424,16 +432,25 @@ async fn load_latest(engine: Arc<QueryEngine>) {
     }
 }
 
+/// Where gateways' topics are, from `--topic-root`, `--fleet-prefix` and `--default-gateway`.
+fn fleet_topics(options: &ServeOptions) -> Result<FleetTopics, String> {
+    let defaults = FleetTopics::default();
+    let root = match &options.topic_root {
+        Some(root) => TopicRoot::new(root.clone()).map_err(|e| format!("--topic-root: {e}"))?,
+        None => defaults.root().clone(),
+    };
+    let gateway = match &options.default_gateway {
+        Some(id) => Gateway::parse(id).map_err(|e| format!("--default-gateway: {e}"))?,
+        None => defaults.default_gateway().clone(),
+    };
+    let prefix = options.fleet_prefix.as_deref().unwrap_or(defaults.prefix());
+    FleetTopics::new(prefix, root, gateway).map_err(|e| format!("--fleet-prefix: {e}"))
+}
+
 pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let options = options.with_config_file()?;
     let data_dir = options.data_dir();
-    let topic_root = TopicRoot::new(
-        options
-            .topic_root
-            .clone()
-            .unwrap_or_else(|| "te".to_owned()),
-    )
-    .map_err(|e| format!("--topic-root: {e}"))?;
+    let topics = fleet_topics(&options)?;
     let sync = match options.wal_sync.as_deref().unwrap_or("always") {
         "always" => SyncMode::Always,
         "never" => SyncMode::Never,
@@ -512,7 +529,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         endpoint.password = options.mqtt_password.clone();
     }
     let mut ingest = IngestConfig::new(endpoint);
-    ingest.topic_root = topic_root;
+    ingest.topics = topics;
     if let Some(bytes) = options.max_payload_bytes {
         ingest.max_payload_bytes = bytes;
     }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::payload::entity::{ChangeKind, EntityChange, EntityKind};
-use crate::topic::{DefaultScheme, EntityTopicId};
+use crate::topic::{DefaultScheme, EntityTopicId, Gateway};
 
 /// One row of `entity_changes`, as the fold reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,15 +23,18 @@ pub struct EntityChangeRow {
 }
 
 impl EntityChangeRow {
-    /// The row a parsed registration, deregistration or auto-registration becomes.
-    pub fn new(entity: &EntityTopicId, change: &EntityChange) -> Self {
+    /// The row a parsed registration, deregistration or auto-registration of one of
+    /// `gateway`'s entities becomes: every topic id named within the gateway.
+    pub fn new(gateway: &Gateway, topic_id: &EntityTopicId, change: &EntityChange) -> Self {
         Self {
             time: change.time.unix_nanos(),
-            entity: entity.as_str().to_owned(),
+            entity: gateway.entity_name(topic_id),
             change: change.change,
             facts: change.registration.as_ref().map(|r| EntityFacts {
+                gateway: gateway.as_str().to_owned(),
+                topic_id: topic_id.as_str().to_owned(),
                 kind: r.kind,
-                parent: r.parent.as_ref().map(|p| p.as_str().to_owned()),
+                parent: r.parent.as_ref().map(|p| gateway.entity_name(p)),
                 external_id: r.external_id.clone(),
                 name: r.name.clone(),
                 entity_type: r.entity_type.clone(),
@@ -44,6 +47,9 @@ impl EntityChangeRow {
 /// What one version of an entity says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntityFacts {
+    pub gateway: String,
+    /// The topic id as the gateway knows it (`device/sensor01//`).
+    pub topic_id: String,
     pub kind: EntityKind,
     pub parent: Option<String>,
     pub external_id: Option<String>,
@@ -58,10 +64,9 @@ pub struct EntityFacts {
 pub struct EntityVersion {
     pub entity: String,
     pub facts: EntityFacts,
-    /// When the registration that created the entity was received; `None` for the implicit
-    /// main device.
+    /// When the registration that created the entity was received.
     pub registered_at: Option<i64>,
-    /// When this version's registration was received; `None` for the implicit main device.
+    /// When this version's registration was received.
     pub updated_at: Option<i64>,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
@@ -79,6 +84,8 @@ pub fn valid_at(valid_from: i64, valid_to: Option<i64>, at: Option<i64>) -> bool
 /// `ancestor` is `depth` levels above `descendant` from `valid_from` until `valid_to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ancestry {
+    /// The gateway of both: a hierarchy never crosses gateways.
+    pub gateway: String,
     pub ancestor: String,
     pub descendant: String,
     pub depth: u32,
@@ -123,31 +130,17 @@ impl Default for EntityHistory {
 }
 
 impl EntityHistory {
-    /// The hierarchy before any change: only the main device, which thin-edge never registers.
+    /// The hierarchy before any change: empty. Each gateway's main device, which thin-edge
+    /// never registers, is auto-registered by ingest from the gateway's first message.
     pub fn new() -> Self {
-        let main = EntityTopicId::main_device().as_str().to_owned();
-        let mut history = Self {
+        Self {
             versions: Vec::new(),
             current: HashMap::new(),
             children: HashMap::new(),
             pending: HashMap::new(),
             pending_children: HashMap::new(),
             seen: HashSet::new(),
-        };
-        history.open_version(
-            main,
-            EntityFacts {
-                kind: EntityKind::Device,
-                parent: None,
-                external_id: None,
-                name: None,
-                entity_type: None,
-                attributes: None,
-            },
-            None,
-            0,
-        );
-        history
+        }
     }
 
     /// Folds `changes`, which must come in time order.
@@ -323,6 +316,7 @@ impl EntityHistory {
                     continue;
                 };
                 rows.push(Ancestry {
+                    gateway: version.facts.gateway.clone(),
                     ancestor: parent.to_owned(),
                     descendant: descendant.to_owned(),
                     depth,
@@ -450,14 +444,14 @@ fn label(version: &EntityVersion) -> String {
     if let Some(name) = &version.facts.name {
         return name.clone();
     }
-    let Ok(id) = EntityTopicId::parse(&version.entity) else {
+    let Ok(id) = EntityTopicId::parse(&version.facts.topic_id) else {
         return version.entity.clone();
     };
     match id.default_scheme() {
-        Some(DefaultScheme::MainDevice) => "main".to_owned(),
+        Some(DefaultScheme::MainDevice) => version.facts.gateway.clone(),
         Some(DefaultScheme::ChildDevice { device }) => device.to_owned(),
         Some(DefaultScheme::Service { service, .. }) => service.to_owned(),
-        None => version.entity.clone(),
+        None => version.facts.topic_id.trim_end_matches('/').to_owned(),
     }
 }
 

@@ -6,6 +6,8 @@ const MAIN: &str = "device/main//";
 
 fn facts(kind: EntityKind, parent: Option<&str>, name: &str) -> EntityFacts {
     EntityFacts {
+        gateway: "main".to_owned(),
+        topic_id: String::new(),
         kind,
         parent: parent.map(str::to_owned),
         external_id: None,
@@ -37,6 +39,21 @@ fn deregistered(time: i64, entity: &str) -> EntityChangeRow {
     }
 }
 
+/// The main device, as ingest registers it from its gateway's first message.
+fn main_registered() -> EntityChangeRow {
+    EntityChangeRow {
+        time: 0,
+        entity: MAIN.to_owned(),
+        change: ChangeKind::AutoRegistered,
+        facts: Some(facts(EntityKind::Device, None, "main")),
+    }
+}
+
+/// The history of a gateway whose main device is registered, then `changes`.
+fn fold(changes: impl IntoIterator<Item = EntityChangeRow>) -> EntityHistory {
+    EntityHistory::from_changes(std::iter::once(main_registered()).chain(changes))
+}
+
 fn current(history: &EntityHistory) -> Vec<(String, Option<String>)> {
     let mut rows: Vec<_> = history
         .current()
@@ -58,8 +75,9 @@ fn ancestors_at(history: &EntityHistory, entity: &str, time: i64) -> Vec<(String
 }
 
 #[test]
-fn the_main_device_exists_from_the_start() {
-    let history = EntityHistory::new();
+fn the_main_device_is_a_root_from_its_registration() {
+    assert_eq!(current(&EntityHistory::new()), Vec::new());
+    let history = fold([]);
     assert_eq!(current(&history), vec![(MAIN.to_owned(), None)]);
     assert_eq!(history.versions()[0].valid_from, 0);
     assert_eq!(history.path(MAIN).as_deref(), Some("main"));
@@ -67,7 +85,7 @@ fn the_main_device_exists_from_the_start() {
 
 #[test]
 fn a_move_closes_one_version_and_opens_another() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/line1//", child(MAIN, "line1")),
         registered(11, "device/line2//", child(MAIN, "line2")),
         registered(12, "device/robot//", child("device/line1//", "robot")),
@@ -100,7 +118,7 @@ fn a_move_closes_one_version_and_opens_another() {
 
 #[test]
 fn an_identical_registration_is_not_a_new_version() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/a//", child(MAIN, "a")),
         registered(20, "device/a//", child(MAIN, "a")),
     ]);
@@ -110,7 +128,7 @@ fn an_identical_registration_is_not_a_new_version() {
 
 #[test]
 fn deregistration_removes_the_subtree_and_a_later_registration_starts_fresh() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/a//", child(MAIN, "a")),
         registered(11, "device/b//", child("device/a//", "b")),
         registered(
@@ -147,7 +165,7 @@ fn deregistration_removes_the_subtree_and_a_later_registration_starts_fresh() {
 
 #[test]
 fn a_child_waits_for_its_parent() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/probe//", child("device/sensor//", "probe")),
         registered(11, "device/sensor//", child("device/truck//", "sensor")),
         registered(12, "device/truck//", child(MAIN, "truck")),
@@ -175,7 +193,7 @@ fn auto_registration_never_overrides_a_registration() {
         change: ChangeKind::AutoRegistered,
         facts: Some(child(MAIN, "x")),
     };
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/x//", child("device/p//", "x")),
         auto(11, "device/x//"),
         registered(12, "device/p//", child(MAIN, "p")),
@@ -188,7 +206,7 @@ fn auto_registration_never_overrides_a_registration() {
 
 #[test]
 fn a_registration_under_its_own_descendant_waits() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/a//", child(MAIN, "a")),
         registered(11, "device/b//", child("device/a//", "b")),
         registered(12, "device/a//", child("device/b//", "a")),
@@ -201,7 +219,7 @@ fn a_registration_under_its_own_descendant_waits() {
 
 #[test]
 fn a_rename_keeps_the_ancestry_in_one_stretch() {
-    let history = EntityHistory::from_changes([
+    let history = fold([
         registered(10, "device/a//", child(MAIN, "a")),
         registered(11, "device/b//", child("device/a//", "b")),
         registered(20, "device/a//", child(MAIN, "renamed")),
@@ -222,7 +240,7 @@ fn a_rename_keeps_the_ancestry_in_one_stretch() {
 fn a_long_chain_of_waiting_registrations_is_released_in_linear_time() {
     let chain = 20_000;
     let entity = |n: usize| format!("device/c{n}//");
-    let mut history = EntityHistory::new();
+    let mut history = fold([]);
     for n in (1..chain).rev() {
         history.apply(registered(1, &entity(n), child(&entity(n - 1), "c")));
     }
@@ -245,7 +263,7 @@ fn a_long_chain_of_waiting_registrations_is_released_in_linear_time() {
 
 #[test]
 fn depth_of_a_waiting_cycle_is_none() {
-    let mut history = EntityHistory::new();
+    let mut history = fold([]);
     history.apply(registered(1, "device/a//", child("device/b//", "a")));
     history.apply(registered(1, "device/b//", child("device/a//", "b")));
     assert_eq!(history.depth_under(Some("device/a//")), None);

@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::json::{attributes_text, kind_of};
 use crate::reject::{PayloadKind, RejectReason};
 use crate::time::Timestamp;
-use crate::topic::{DefaultScheme, EntityTopicId};
+use crate::topic::{DefaultScheme, EntityTopicId, Gateway};
 
 use super::{payload_object, take_string};
 
@@ -199,6 +199,24 @@ pub(crate) fn parse_registration(
             attributes: attributes_text(&object),
         }),
     })
+}
+
+/// A gateway's main device, registered by Twinlake from the gateway's first message (thin-edge
+/// never registers it): a root, named after the gateway.
+pub fn main_device_registration(gateway: &Gateway, time: Timestamp) -> EntityChange {
+    EntityChange {
+        time,
+        change: ChangeKind::AutoRegistered,
+        registration: Some(Registration {
+            kind: EntityKind::Device,
+            parent: None,
+            external_id: None,
+            name: Some(gateway.as_str().to_owned()),
+            entity_type: None,
+            health_endpoint: None,
+            attributes: Some(serde_json::json!({ "name": gateway.as_str() }).to_string()),
+        }),
+    }
 }
 
 /// The registrations thin-edge's agent makes when a non-empty message arrives from an
