@@ -298,7 +298,11 @@ mod tests {
             }
             other => panic!("restored rows of other columns: {other:?}"),
         }
-        assert!(live.snapshot(twinlake_model::Table::Measurements).batches.is_empty());
+        assert!(
+            live.snapshot(twinlake_model::Table::Measurements)
+                .batches
+                .is_empty()
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Gateway {
     pub fn parse(id: &str) -> Result<Self, TopicError> {
         let chars = id.chars().count();
         let valid = (1..=GATEWAY_MAX_CHARS).contains(&chars)
-            && !id.chars().any(|c| matches!(c, '/' | '+' | '#') || c.is_control());
+            && !id
+                .chars()
+                .any(|c| matches!(c, '/' | '+' | '#') || c.is_control());
         if !valid {
             return Err(TopicError::InvalidGateway(id.to_owned()));
         }
@@ -403,9 +405,13 @@ mod tests {
 
     #[test]
     fn entity_names_follow_thin_edge_external_ids() {
-        let name = |gateway: &str, id: &str| Gateway::parse(gateway).unwrap().entity_name(&entity(id));
+        let name =
+            |gateway: &str, id: &str| Gateway::parse(gateway).unwrap().entity_name(&entity(id));
         assert_eq!(name("truck042", "device/main//"), "truck042");
-        assert_eq!(name("truck042", "device/sensor01//"), "truck042:device:sensor01");
+        assert_eq!(
+            name("truck042", "device/sensor01//"),
+            "truck042:device:sensor01"
+        );
         assert_eq!(
             name("truck042", "device/main/service/tedge-agent"),
             "truck042:device:main:service:tedge-agent"
@@ -440,9 +446,15 @@ mod tests {
             .split("twinlake/truck042/te/device/main///m/env")
             .unwrap()
             .unwrap();
-        assert_eq!((gateway.as_str(), local), ("truck042", "te/device/main///m/env"));
+        assert_eq!(
+            (gateway.as_str(), local),
+            ("truck042", "te/device/main///m/env")
+        );
         let (gateway, local) = topics.split("te/device/main///m/env").unwrap().unwrap();
-        assert_eq!((gateway.as_str(), local), ("main", "te/device/main///m/env"));
+        assert_eq!(
+            (gateway.as_str(), local),
+            ("main", "te/device/main///m/env")
+        );
         assert_eq!(topics.split("twinlake/truck042"), Ok(None));
         assert_eq!(
             topics.split("twinlake//te/device/main///m/env"),

@@ -465,7 +465,10 @@ mod tests {
             .flatten()
             .collect();
         // The repeated device/b row is gone; the two device/a rows at 20 s differ in value.
-        assert_eq!(entities, ["main:device:a", "main:device:a", "main:device:b"]);
+        assert_eq!(
+            entities,
+            ["main:device:a", "main:device:a", "main:device:b"]
+        );
         assert_eq!(groups[1].1.num_rows(), 1);
     }
 

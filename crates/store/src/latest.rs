@@ -217,7 +217,12 @@ mod tests {
         assert_eq!(only_b.len(), 1);
         assert_eq!(only_b[0].entity, "main:device:b");
         // `entity IN ('b', 'b')` selects each series once.
-        assert_eq!(latest.rows_of(Some(&["main:device:b", "main:device:b"]), None).len(), 1);
+        assert_eq!(
+            latest
+                .rows_of(Some(&["main:device:b", "main:device:b"]), None)
+                .len(),
+            1
+        );
         assert_eq!(latest.rows_of(None, Some(&["main"])).len(), 2);
         assert_eq!(latest.rows_of(None, Some(&["other"])).len(), 0);
     }

@@ -107,7 +107,11 @@ async fn vacuum_during_a_slow_upload_leaves_the_files_about_to_be_committed() {
 #[tokio::test]
 async fn a_lake_of_other_columns_is_refused_not_misread() {
     let dir = tempfile::tempdir().unwrap();
-    let url = LakeConfig::local(dir.path()).unwrap().url.join("measurements/").unwrap();
+    let url = LakeConfig::local(dir.path())
+        .unwrap()
+        .url
+        .join("measurements/")
+        .unwrap();
     let old_columns = ["time", "entity", "type", "series", "value"].map(|name| {
         let data_type = match name {
             "time" => deltalake::kernel::DataType::TIMESTAMP,
@@ -129,6 +133,9 @@ async fn a_lake_of_other_columns_is_refused_not_misread() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("measurements"), "{error}");
-    assert!(error.contains("(time, entity, type, series, value)"), "{error}");
+    assert!(
+        error.contains("(time, entity, type, series, value)"),
+        "{error}"
+    );
     assert!(error.contains("gateway"), "{error}");
 }

@@ -1,5 +1,6 @@
 //! Twinlake's integration tests: one binary, a module per area.
 
+mod fleet;
 mod no_panic;
 mod payload_schemas;
 mod rejected;

@@ -2,14 +2,14 @@
 //! whatever it accepts builds valid Arrow batches.
 
 use proptest::prelude::*;
-use twinlake_model::{Parsed, TableBuilders, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TableBuilders, parse_message};
 
 use crate::support::received_at;
 
 /// Checks one message end to end: parse, then build batches from what came out.
 fn check(topic: &[u8], payload: &[u8]) -> Result<(), TestCaseError> {
     let mut builders = TableBuilders::new();
-    match parse_message(&TopicRoot::default(), topic, payload, received_at()) {
+    match parse_message(&FleetTopics::default(), topic, payload, received_at()) {
         Parsed::Data(message) => {
             prop_assert!(message.row_count() > 0);
             builders.append(&message);

@@ -1,7 +1,7 @@
 //! Every invalid example of spec §6.22 and §3 lands in `rejected`, whole, with a reason a person
 //! can act on.
 
-use twinlake_model::{Parsed, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TopicRoot, parse_message};
 
 use crate::support::{RECEIVED, parse, received_at, rows_of};
 
@@ -283,9 +283,9 @@ fn invalid_topics_and_bytes() {
     );
     assert_rejected("te/", r#"{"x":1}"#, "invalid_topic", &["empty"]);
 
-    let root = TopicRoot::default();
+    let topics = FleetTopics::default();
     let Parsed::Rejected(bad_topic) =
-        parse_message(&root, b"te/device/\xff//m/x", b"{\"x\":1}", received_at())
+        parse_message(&topics, b"te/device/\xff//m/x", b"{\"x\":1}", received_at())
     else {
         panic!("non-UTF-8 topic must be rejected");
     };
@@ -294,7 +294,7 @@ fn invalid_topics_and_bytes() {
 
     let payload = b"{\"x\":\xff}";
     let Parsed::Rejected(bad_payload) =
-        parse_message(&root, b"te/device/main///m/x", payload, received_at())
+        parse_message(&topics, b"te/device/main///m/x", payload, received_at())
     else {
         panic!("non-UTF-8 payload must be rejected");
     };
@@ -309,7 +309,13 @@ fn invalid_topics_and_bytes() {
 #[test]
 fn foreign_topics_are_not_rejections() {
     assert_eq!(parse("c8y/s/us", "200"), Parsed::OutsideRoot);
-    let custom = TopicRoot::new("thin-edge").expect("valid root");
+    let defaults = FleetTopics::default();
+    let custom = FleetTopics::new(
+        "twinlake",
+        TopicRoot::new("thin-edge").expect("valid root"),
+        defaults.default_gateway().clone(),
+    )
+    .expect("valid topics");
     assert_eq!(
         parse_message(
             &custom,

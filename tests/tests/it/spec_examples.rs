@@ -5,7 +5,7 @@ use twinlake_model::{
     ChangeKind, EntityTopicId, NotStored, Parsed, TableBuilders, auto_registrations,
 };
 
-use crate::support::{RECEIVED, batch_rows, parse, rows_of};
+use crate::support::{RECEIVED, local_rows, parse, rows_of};
 
 fn measurement(
     time: &str,
@@ -267,13 +267,13 @@ fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
     ) else {
         panic!("measurement expected");
     };
-    assert_eq!(message.entity.as_str(), "device/auto01/service/collectd");
+    assert_eq!(message.entity, "main:device:auto01:service:collectd");
     let mut builders = TableBuilders::new();
     builders.append(&message);
     let at = twinlake_model::Timestamp::parse_rfc3339(RECEIVED).unwrap();
-    for (entity, change) in auto_registrations(&message.entity, at) {
+    for (topic_id, change) in auto_registrations(&message.topic_id, at) {
         assert_eq!(change.change, ChangeKind::AutoRegistered);
-        builders.append_entity_change(&entity, &change);
+        builders.append_entity_change(&message.gateway, &topic_id, &change);
     }
     let batches = builders.finish().unwrap();
     let changes = &batches
@@ -289,7 +289,7 @@ fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
         })
     };
     assert_eq!(
-        batch_rows(changes),
+        local_rows(changes),
         vec![
             auto("device/auto01//", "child-device", "device/main//", "auto01"),
             auto(
@@ -306,7 +306,7 @@ fn ex11_telemetry_of_unregistered_service_auto_registers_device_then_service() {
         .unwrap()
         .1;
     assert_eq!(
-        batch_rows(measurements),
+        local_rows(measurements),
         vec![measurement(
             RECEIVED,
             "device/auto01/service/collectd",
