@@ -10,6 +10,6 @@ SELECT entity_path(entity) AS truck,
 FROM measurements
 WHERE type = 'telemetry'
   AND series IN ('engine.temperature', 'engine.oil_pressure')
-  AND in_subtree(entity, 'device/depot02//', time)
+  AND in_subtree(entity, 'main:device:depot02', time)
 GROUP BY truck, day
 ORDER BY truck, day;

@@ -4,7 +4,7 @@ SELECT d.depth,
        e.kind,
        e.type,
        count(*) AS entities
-FROM descendants('device/depot01//') d
+FROM descendants('main:device:depot01') d
 JOIN entities e ON e.entity = d.entity
 GROUP BY d.depth, e.kind, e.type
 ORDER BY d.depth, e.kind, e.type;

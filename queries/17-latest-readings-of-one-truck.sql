@@ -6,6 +6,6 @@ SELECT entity_path(l.entity) AS device,
        l.value,
        l.time
 FROM latest l
-JOIN descendants('device/truck0001//') d ON d.entity = l.entity
+JOIN descendants('main:device:truck0001') d ON d.entity = l.entity
 WHERE l.type = 'environment'
 ORDER BY device, l.series;

@@ -5,7 +5,7 @@ SELECT p.path AS truck, iso(date_trunc('day', m.time)) AS day,
 FROM measurements m
 JOIN entity_paths p ON p.entity = m.entity
 WHERE m.type = 'telemetry' AND m.series IN ('engine.temperature', 'engine.oil_pressure')
-  AND (m.entity = 'device/depot02//'
-       OR m.entity IN (SELECT descendant FROM ancestors WHERE ancestor = 'device/depot02//'))
+  AND (m.entity = 'main:device:depot02'
+       OR m.entity IN (SELECT descendant FROM ancestors WHERE ancestor = 'main:device:depot02'))
 GROUP BY truck, day
 ORDER BY truck, day

@@ -1,6 +1,6 @@
 WITH siblings AS (
     SELECT s.entity FROM entities s
-    JOIN entities me ON me.entity = 'device/truck0004//' AND s.parent = me.parent
+    JOIN entities me ON me.entity = 'main:device:truck0004' AND s.parent = me.parent
     WHERE s.type = 'Truck'
 ), per_truck AS (
     SELECT m.entity,
@@ -12,7 +12,7 @@ WITH siblings AS (
 ), alarms_per_truck AS (
     SELECT entity, count(*) AS overheats FROM alarms
     WHERE type = 'engine_overheat' AND status = 'raised' GROUP BY entity)
-SELECT path.path AS truck, p.entity = 'device/truck0004//' AS is_subject,
+SELECT path.path AS truck, p.entity = 'main:device:truck0004' AS is_subject,
        round(p.fuel_rate, 2) AS fuel_rate_lph,
        round((p.fuel_rate - avg(p.fuel_rate) OVER ()) / stddev(p.fuel_rate) OVER (), 2) AS fuel_rate_z,
        round(p.engine_c, 2) AS engine_c,

@@ -1,5 +1,5 @@
 SELECT a.depth, e.kind, e.type, count(*) AS entities
 FROM ancestors a JOIN entities e ON e.entity = a.descendant
-WHERE a.ancestor = 'device/depot01//'
+WHERE a.ancestor = 'main:device:depot01'
 GROUP BY a.depth, e.kind, e.type
 ORDER BY a.depth, e.kind, e.type

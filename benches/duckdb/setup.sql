@@ -10,26 +10,27 @@ CREATE VIEW alarms AS SELECT * FROM read_parquet({alarms});
 CREATE VIEW events AS SELECT * FROM read_parquet({events});
 CREATE VIEW health AS SELECT * FROM read_parquet({health});
 CREATE MACRO iso(t) AS strftime(t, '%Y-%m-%dT%H:%M:%SZ');
--- An entity's label: its name, else the distinctive part of its topic id (main, the device, the service).
-CREATE MACRO label(entity, name) AS coalesce(name, CASE
-    WHEN entity = 'device/main//' THEN 'main'
-    WHEN entity LIKE 'device/%//' THEN split_part(entity, '/', 2)
-    WHEN entity LIKE 'device/%/service/%' THEN split_part(entity, '/', 4)
-    ELSE entity END);
+-- An entity's label: its name, else the distinctive part of its topic id (the gateway for its
+-- main device, the device, the service).
+CREATE MACRO label(topic_id, gateway, name) AS coalesce(name, CASE
+    WHEN topic_id = 'device/main//' THEN gateway
+    WHEN topic_id LIKE 'device/%//' THEN split_part(topic_id, '/', 2)
+    WHEN topic_id LIKE 'device/%/service/%' THEN split_part(topic_id, '/', 4)
+    ELSE rtrim(topic_id, '/') END);
 CREATE TABLE entities AS
-    SELECT entity, kind, parent, name, type FROM (
+    SELECT gateway, entity, topic_id, kind, parent, name, type FROM (
         SELECT *, row_number() OVER (PARTITION BY entity ORDER BY time DESC) AS n
         FROM read_parquet({entity_changes}))
     WHERE n = 1 AND change <> 'deregistered';
 CREATE TABLE entity_paths AS
     WITH RECURSIVE up(entity, next, path) AS (
-        SELECT entity, parent, label(entity, name) FROM entities
+        SELECT entity, parent, label(topic_id, gateway, name) FROM entities
         UNION ALL
-        SELECT up.entity, p.parent, label(p.entity, p.name) || '/' || up.path
+        SELECT up.entity, p.parent, label(p.topic_id, p.gateway, p.name) || '/' || up.path
         FROM up JOIN entities p ON p.entity = up.next)
-    -- The main device is implicit: a chain ends at it without its own registration.
-    SELECT entity, CASE WHEN next IS NULL THEN path ELSE label(next, NULL) || '/' || path END AS path
-    FROM up WHERE next IS NULL OR next NOT IN (SELECT entity FROM entities);
+    -- Each gateway's main device is registered (by Twinlake, from its first message): every
+    -- chain ends at a root.
+    SELECT entity, path FROM up WHERE next IS NULL;
 CREATE TABLE ancestors AS
     WITH RECURSIVE up(descendant, ancestor, depth) AS (
         SELECT entity, parent, 1 FROM entities WHERE parent IS NOT NULL

@@ -478,7 +478,10 @@ fn add(
                 return;
             }
             if is_retained_kind(message.table()) {
-                if publish.retain && retained.is_unchanged(topic, payload) {
+                // The retain flag cannot tell a replay: a gateway's bridge replays its retained
+                // state at every reconnect over Twinlake's established subscription, and MQTT
+                // 3.1.1 brokers clear the flag on such deliveries.
+                if retained.is_unchanged(topic, payload) {
                     metrics.retained_duplicates.inc();
                     group.messages.push(received);
                     return;

@@ -2,9 +2,11 @@
 //! session so that users and the `queries/` examples share one definition.
 
 /// `(name, SELECT …)` of each view, in the order they must be created.
-pub(crate) const VIEWS: [(&str, &str); 4] = [
+pub(crate) const VIEWS: [(&str, &str); 6] = [
     ("twin_history", TWIN_HISTORY),
     ("twin", TWIN),
+    ("gateway_twin_history", GATEWAY_TWIN_HISTORY),
+    ("gateways", GATEWAYS),
     ("health_current", HEALTH_CURRENT),
     ("alarms_active", ALARMS_ACTIVE),
 ];
@@ -36,6 +38,20 @@ const TWIN: &str = "
 SELECT gateway, entity, fragment, value, updated_at
 FROM twin_history
 WHERE valid_to IS NULL";
+
+/// The twin history of the gateways' main devices, where a fleet keeps what groups gateways
+/// (depot, customer, region): joined on `gateway` and the reading's time, it tells which group a
+/// gateway was in when a row was written.
+const GATEWAY_TWIN_HISTORY: &str = "
+SELECT gateway, fragment, value, valid_from, valid_to, updated_at
+FROM twin_history
+WHERE entity = gateway";
+
+/// Every gateway heard of: its main device, registered at its first message.
+const GATEWAYS: &str = "
+SELECT gateway, name, registered_at AS first_seen
+FROM entities
+WHERE entity = gateway";
 
 /// The newest health status of every entity that reports one.
 const HEALTH_CURRENT: &str = "

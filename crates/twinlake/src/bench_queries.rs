@@ -70,7 +70,7 @@ const FULL_SCAN: &str = "SELECT count(*), avg(value) FROM measurements";
 
 /// One depot's subtree as it was at each reading's time: files without its entities are skipped.
 const SUBTREE: &str = "SELECT count(*), avg(value) FROM measurements \
-     WHERE in_subtree(entity, 'device/depot01//', time)";
+     WHERE in_subtree(entity, 'main:device:depot01', time)";
 
 pub(crate) async fn queries(args: QueriesBenchArgs) -> Result<(), String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.queries)
@@ -252,7 +252,7 @@ async fn time_latest_lookups(
     for lookup in 0..count {
         let truck = lookup % trucks.max(1) + 1;
         let sql = format!(
-            "SELECT series, value, time FROM latest WHERE entity = 'device/truck{truck:04}//'"
+            "SELECT series, value, time FROM latest WHERE entity = 'main:device:truck{truck:04}'"
         );
         let began = Instant::now();
         let rows = rows_of(engine, &sql).await?;

@@ -90,16 +90,18 @@ fn sigkill_at_random_moments_loses_no_acknowledged_message() {
         "mosquitto acknowledged only {acked} of {total} publishes"
     );
 
-    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/crash//'";
+    let distinct =
+        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:crash'";
     let found = twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(60));
     assert_eq!(
         found, total as i64,
         "kills (ms, rows before) {kills:?}, seed {seed}"
     );
     // Exactly as sent: every row carries the time its message carried.
-    let altered = "SELECT count(*) FROM measurements WHERE entity = 'device/crash//' AND date_part('epoch', time) <> value + 1700000000";
+    let altered = "SELECT count(*) FROM measurements WHERE entity = 'main:device:crash' AND date_part('epoch', time) <> value + 1700000000";
     assert_eq!(twinlake.count(altered), 0);
-    let rows = twinlake.count("SELECT count(*) FROM measurements WHERE entity = 'device/crash//'");
+    let rows =
+        twinlake.count("SELECT count(*) FROM measurements WHERE entity = 'main:device:crash'");
     eprintln!(
         "crash test: {} kills (ms after start, rows then) {kills:?}; {total} messages, {rows} rows ({} redelivered twice), seed {seed}",
         kills.len(),
@@ -170,12 +172,13 @@ fn a_full_hot_buffer_stops_ingest_without_losing_anything() {
     let twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &[]);
     // QoS 1 allows a redelivered message to be stored twice (compaction removes exact repeats);
     // what must hold is that every message is there.
-    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/burst//' AND series = 'seq'";
+    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:burst' AND series = 'seq'";
     assert_eq!(
         twinlake.wait_for_count(distinct, messages as i64, Duration::from_secs(60)),
         messages as i64
     );
-    let rows = twinlake.count("SELECT count(*) FROM measurements WHERE entity = 'device/burst//'");
+    let rows =
+        twinlake.count("SELECT count(*) FROM measurements WHERE entity = 'main:device:burst'");
     assert_eq!(rows % values as i64, 0, "a message was stored in part");
     eprintln!(
         "backpressure test: all {messages} messages after the restart, {} stored twice",
@@ -197,7 +200,7 @@ fn a_flood_from_a_broker_without_inflight_limit_never_stalls_ingest() {
     let acked = publish_numbered(mosquitto.url(), "flood", messages, 0.0, 1);
     assert_eq!(acked, messages);
     let stored = twinlake.wait_for_count(
-        "SELECT count(*) FROM measurements WHERE entity = 'device/flood//'",
+        "SELECT count(*) FROM measurements WHERE entity = 'main:device:flood'",
         messages as i64,
         Duration::from_secs(60),
     );

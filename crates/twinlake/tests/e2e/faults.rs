@@ -43,7 +43,7 @@ fn messages_acknowledged_after_the_wal_directory_was_replaced_survive_a_crash() 
     std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
     twinlake.start_again();
     assert_eq!(publish_numbered(url, "after", 10, 0.0, 1), 10);
-    let after = "SELECT count(*) FROM measurements WHERE entity = 'device/after//'";
+    let after = "SELECT count(*) FROM measurements WHERE entity = 'main:device:after'";
     assert_eq!(
         twinlake.wait_for_count(after, 10, Duration::from_secs(20)),
         10
@@ -52,7 +52,7 @@ fn messages_acknowledged_after_the_wal_directory_was_replaced_survive_a_crash() 
     twinlake.kill();
     twinlake.start_again();
     assert_eq!(twinlake.count(after), 10, "acknowledged messages lost");
-    let before = "SELECT count(*) FROM measurements WHERE entity = 'device/before//'";
+    let before = "SELECT count(*) FROM measurements WHERE entity = 'main:device:before'";
     assert_eq!(twinlake.count(before), 2_000);
 }
 
@@ -79,7 +79,7 @@ fn a_message_that_would_become_gigabytes_of_rows_is_rejected_and_the_server_live
             message("te/device/calm///m/env", "{\"t\":1}", false, 1),
         ],
     );
-    let calm = "SELECT count(*) FROM measurements WHERE entity = 'device/calm//'";
+    let calm = "SELECT count(*) FROM measurements WHERE entity = 'main:device:calm'";
     assert_eq!(twinlake.wait_for_count(calm, 1, Duration::from_secs(20)), 1);
     let rejected = twinlake.query(
         "SELECT reason_code, reason, octet_length(CAST(payload AS VARCHAR)) AS bytes FROM rejected WHERE topic = 'te/device/bomb///m/env'",
@@ -93,7 +93,7 @@ fn a_message_that_would_become_gigabytes_of_rows_is_rejected_and_the_server_live
         twinlake.metric("twinlake_rejected_total{reason=\"too_many_rows\"}"),
         Some(1.0)
     );
-    let bomb_rows = "SELECT count(*) FROM measurements WHERE entity = 'device/bomb//'";
+    let bomb_rows = "SELECT count(*) FROM measurements WHERE entity = 'main:device:bomb'";
     assert_eq!(twinlake.count(bomb_rows), 0);
     eprintln!(
         "bomb message: rejected, server alive, RSS {} KiB",
@@ -153,7 +153,7 @@ fn query_bombs_end_in_errors_within_the_limits_while_ingest_goes_on() {
     }
     let acked = publisher.join().unwrap();
     assert_eq!(acked, 3_000);
-    let steady = "SELECT count(*) FROM measurements WHERE entity = 'device/steady//'";
+    let steady = "SELECT count(*) FROM measurements WHERE entity = 'main:device:steady'";
     assert_eq!(
         twinlake.wait_for_count(steady, 3_000, Duration::from_secs(30)),
         3_000
@@ -225,7 +225,7 @@ fn a_full_wal_disk_holds_acknowledgements_and_recovers_by_itself_and_across_a_re
     let url = mosquitto.url();
     let first = std::thread::spawn(move || publish_numbered(url, "full", 2_000, 0.0, 10));
     wait_for_metric(&twinlake, "twinlake_wal_disk_full", 1.0);
-    let full = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/full//' AND series = 'seq'";
+    let full = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:full' AND series = 'seq'";
     let stored = twinlake.count(full);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -262,7 +262,7 @@ fn a_full_wal_disk_holds_acknowledgements_and_recovers_by_itself_and_across_a_re
         "queries on a restart with a full disk"
     );
     std::fs::remove_file(&filler).unwrap();
-    let again = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/again//' AND series = 'seq'";
+    let again = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:again' AND series = 'seq'";
     assert_eq!(
         twinlake.wait_for_count(again, 500, Duration::from_secs(60)),
         500
@@ -284,7 +284,7 @@ fn after_the_broker_restarts_without_the_session_ingest_subscribes_again() {
         publish_numbered(mosquitto.url(), "old", 1_000, 0.0, 1),
         1_000
     );
-    let old = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/old//'";
+    let old = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:old'";
     assert_eq!(
         twinlake.wait_for_count(old, 1_000, Duration::from_secs(30)),
         1_000
@@ -298,7 +298,7 @@ fn after_the_broker_restarts_without_the_session_ingest_subscribes_again() {
         publish_numbered(mosquitto.url(), "new", 1_000, 0.0, 1),
         1_000
     );
-    let new = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/new//'";
+    let new = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:new'";
     assert_eq!(
         twinlake.wait_for_count(new, 1_000, Duration::from_secs(30)),
         1_000
@@ -337,7 +337,7 @@ fn messages_held_unacknowledged_are_bounded_by_bytes() {
         "{held} messages of 200 KB held with a 4 MiB in-flight budget"
     );
     std::fs::remove_file(&filler).unwrap();
-    let large_rows = "SELECT count(*) FROM measurements WHERE entity = 'device/large//'";
+    let large_rows = "SELECT count(*) FROM measurements WHERE entity = 'main:device:large'";
     assert!(twinlake.wait_for_count(large_rows, 100, Duration::from_secs(60)) >= 100);
 }
 
@@ -369,8 +369,8 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
     let chain = (0..20)
         .map(|n| {
             let parent = match n {
-                0 => "device/main//".to_owned(),
-                n => format!("device/deep{}//", n - 1),
+                0 => "main".to_owned(),
+                n => format!("main:device:deep{}", n - 1),
             };
             let payload = format!("{{\"@type\":\"child-device\",\"@parent\":\"{parent}\"}}");
             message(&format!("te/device/deep{n}//"), &payload, true, 1)
@@ -385,8 +385,7 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
     // Level 17 is refused; the levels below it wait for a parent that never comes.
     let rejected_deep = "SELECT count(*) FROM rejected WHERE reason_code = 'too_deep' AND topic = 'te/device/deep16//'";
     assert_eq!(twinlake.count(rejected_deep), 1);
-    let deepest =
-        "SELECT CAST(max(depth) AS BIGINT) FROM entity_ancestors WHERE ancestor = 'device/main//'";
+    let deepest = "SELECT CAST(max(depth) AS BIGINT) FROM entity_ancestors WHERE ancestor = 'main'";
     assert_eq!(twinlake.count(deepest), 16);
 
     // 400 new child devices: the hierarchy may hold 200 entities in all. (Each limit is
@@ -418,7 +417,7 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
         })
         .collect();
     publish(&url, series);
-    let stored = "SELECT count(DISTINCT series) FROM measurements WHERE entity = 'device/main//'";
+    let stored = "SELECT count(DISTINCT series) FROM measurements WHERE entity = 'main'";
     let deadline = Instant::now() + Duration::from_secs(20);
     while twinlake.count(stored) + rejected("too_many_series") < 1_000 {
         assert!(
@@ -446,7 +445,7 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
         })
         .collect();
     publish(&url, alarms);
-    let stored_alarms = "SELECT count(*) FROM alarms WHERE entity = 'device/main//'";
+    let stored_alarms = "SELECT count(*) FROM alarms WHERE entity = 'main'";
     assert_eq!(
         twinlake.wait_for_count(stored_alarms, 2_000, Duration::from_secs(30)),
         2_000
@@ -504,8 +503,9 @@ fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/cut//'";
-    let all = "SELECT count(*) FROM measurements WHERE entity = 'device/cut//'";
+    let distinct =
+        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:cut'";
+    let all = "SELECT count(*) FROM measurements WHERE entity = 'main:device:cut'";
     assert_eq!(
         twinlake.wait_for_count(distinct, 3_000, Duration::from_secs(60)),
         3_000
@@ -560,8 +560,9 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
         .unwrap()
         .as_nanos() as u64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let distinct = "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/loop//'";
-    let all = "SELECT count(*) FROM measurements WHERE entity = 'device/loop//'";
+    let distinct =
+        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:loop'";
+    let all = "SELECT count(*) FROM measurements WHERE entity = 'main:device:loop'";
     let mut lost_after_restart = Vec::new();
     let mut peak_repeats = 0;
     for round in 0..rounds {
@@ -647,10 +648,10 @@ fn a_wal_restored_from_an_older_backup_repeats_nothing_and_loses_nothing() {
     assert_eq!(publish_numbered(url, "c", 100, 0.0, 1), 100);
     let count = |twinlake: &Twinlake, entity: &str| {
         twinlake.count(&format!(
-            "SELECT count(*) FROM measurements WHERE entity = 'device/{entity}//'"
+            "SELECT count(*) FROM measurements WHERE entity = 'main:device:{entity}'"
         ))
     };
-    let c = "SELECT count(*) FROM measurements WHERE entity = 'device/c//'";
+    let c = "SELECT count(*) FROM measurements WHERE entity = 'main:device:c'";
     assert_eq!(
         twinlake.wait_for_count(c, 100, Duration::from_secs(20)),
         100
@@ -782,8 +783,8 @@ fn failed_checkpoint_writes_on_s3_undo_no_commit() {
     let lost = 1_000 - proxy.answers_still_to_lose();
     assert!(lost > 0, "no checkpoint write was tried");
     let distinct =
-        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'device/versions//'";
-    let all = "SELECT count(*) FROM measurements WHERE entity = 'device/versions//'";
+        "SELECT count(DISTINCT value) FROM measurements WHERE entity = 'main:device:versions'";
+    let all = "SELECT count(*) FROM measurements WHERE entity = 'main:device:versions'";
     assert_eq!(
         (twinlake.count(distinct), twinlake.count(all)),
         (1_000, 1_000)

@@ -19,7 +19,7 @@ fn seq_sum(count: u64) -> f64 {
 fn seq_totals(twinlake: &Twinlake, entity: &str) -> (i64, f64) {
     let rows = twinlake.query(&format!(
         "SELECT count(*) AS n, sum(value) AS s FROM measurements \
-         WHERE entity = 'device/{entity}//' AND series = 'seq'"
+         WHERE entity = 'main:device:{entity}' AND series = 'seq'"
     ));
     (
         rows[0]["n"].as_i64().unwrap(),
@@ -249,7 +249,7 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let row = &probe.query(
                     "SELECT count(*) AS n, count(DISTINCT time) AS d FROM measurements \
-                     WHERE entity = 'device/c1//'",
+                     WHERE entity = 'main:device:c1'",
                 )[0];
                 let (n, d) = (row["n"].as_i64().unwrap(), row["d"].as_i64().unwrap());
                 assert_eq!(n, d, "a row was seen twice");

@@ -6,6 +6,7 @@
 
 mod durability;
 mod faults;
+mod fleet;
 mod lake;
 mod queries;
 mod spec;

@@ -164,7 +164,7 @@ hours = (b.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
          .group_by(["entity", "day"]).agg(((pl.col("speed") > 1).sum() / 6.0).round(2).alias("h"))
          .sort(["entity", "day"]))
 for r in hours.iter_rows():
-    print("hours", r[0].split("/")[1], r[1].strftime("%Y-%m-%d"), r[2])
+    print("hours", r[0].split(":")[-1], r[1].strftime("%Y-%m-%d"), r[2])
 b = b.sort(["entity", "bucket"]).with_columns((pl.col("zero") >= 0.5).alias("down"))
 b = b.with_columns(pl.col("down").shift(-1).over("entity").alias("next"))
 downs = (b.filter(~pl.col("down") & pl.col("next").fill_null(False)).join(models, on="entity")

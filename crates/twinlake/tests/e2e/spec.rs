@@ -179,40 +179,41 @@ fn check_spec_rows(twinlake: &Twinlake) {
         twinlake
             .query("SELECT entity, kind, parent, name, type FROM entity_changes ORDER BY entity"),
         vec![
+            json!({"entity": "main", "kind": "device", "parent": null, "name": "main", "type": null}),
             // Auto-registered by collectd's measurement, as thin-edge's agent does (below: the
             // bridge and the mapper by their health messages).
-            json!({"entity": "device/auto01//", "kind": "child-device", "parent": "device/main//", "name": "auto01", "type": null}),
-            json!({"entity": "device/auto01/service/collectd", "kind": "service", "parent": "device/auto01//", "name": "collectd", "type": null}),
-            json!({"entity": "device/child01//", "kind": "child-device", "parent": "device/main//", "name": "child01", "type": "SmartHomeHub"}),
-            json!({"entity": "device/child01/service/nodered", "kind": "service", "parent": "device/child01//", "name": "nodered", "type": "systemd"}),
-            json!({"entity": "device/main/service/mosquitto-c8y-bridge", "kind": "service", "parent": "device/main//", "name": "mosquitto-c8y-bridge", "type": null}),
-            json!({"entity": "device/main/service/tedge-agent", "kind": "service", "parent": "device/main//", "name": "tedge-agent", "type": null}),
-            json!({"entity": "device/main/service/tedge-mapper-c8y", "kind": "service", "parent": "device/main//", "name": "tedge-mapper-c8y", "type": null}),
-            json!({"entity": "device/nested_child01//", "kind": "child-device", "parent": "device/child01//", "name": "nested_child01", "type": null}),
-            json!({"entity": "factory01/hallA/packaging/belt001", "kind": "child-device", "parent": "device/main//", "name": "belt001", "type": "ConveyorBelt"}),
+            json!({"entity": "main:device:auto01", "kind": "child-device", "parent": "main", "name": "auto01", "type": null}),
+            json!({"entity": "main:device:auto01:service:collectd", "kind": "service", "parent": "main:device:auto01", "name": "collectd", "type": null}),
+            json!({"entity": "main:device:child01", "kind": "child-device", "parent": "main", "name": "child01", "type": "SmartHomeHub"}),
+            json!({"entity": "main:device:child01:service:nodered", "kind": "service", "parent": "main:device:child01", "name": "nodered", "type": "systemd"}),
+            json!({"entity": "main:device:main:service:mosquitto-c8y-bridge", "kind": "service", "parent": "main", "name": "mosquitto-c8y-bridge", "type": null}),
+            json!({"entity": "main:device:main:service:tedge-agent", "kind": "service", "parent": "main", "name": "tedge-agent", "type": null}),
+            json!({"entity": "main:device:main:service:tedge-mapper-c8y", "kind": "service", "parent": "main", "name": "tedge-mapper-c8y", "type": null}),
+            json!({"entity": "main:device:nested_child01", "kind": "child-device", "parent": "main:device:child01", "name": "nested_child01", "type": null}),
+            json!({"entity": "main:factory01:hallA:packaging:belt001", "kind": "child-device", "parent": "main", "name": "belt001", "type": "ConveyorBelt"}),
         ]
     );
     assert_eq!(
         twinlake.query("SELECT time, entity, type, series, value FROM measurements WHERE type IN ('', 'electrical', 'environment') ORDER BY type, series"),
         vec![
-            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "device/main//", "type": "", "series": "cpu.percent-active", "value": 0.0}),
-            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "device/main//", "type": "", "series": "load.load_val1", "value": 0.11}),
-            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "device/main//", "type": "", "series": "load.load_val2", "value": 0.22}),
-            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "device/main//", "type": "", "series": "load.load_val3", "value": 0.33}),
-            json!({"time": "2020-10-15T05:30:47Z", "entity": "device/main//", "type": "electrical", "series": "pressure", "value": 98.0}),
-            json!({"time": "2020-10-15T05:30:47Z", "entity": "device/main//", "type": "electrical", "series": "temperature", "value": 25.0}),
-            json!({"time": "2020-10-15T05:30:47Z", "entity": "device/main//", "type": "electrical", "series": "three_phase_current.L1", "value": 9.5}),
-            json!({"time": "2020-10-15T05:30:47Z", "entity": "device/main//", "type": "electrical", "series": "three_phase_current.L2", "value": 10.3}),
-            json!({"time": "2020-10-15T05:30:47Z", "entity": "device/main//", "type": "electrical", "series": "three_phase_current.L3", "value": 8.8}),
-            json!({"time": "2023-12-12T09:35:22.123Z", "entity": "device/child01//", "type": "environment", "series": "humidity", "value": 55.0}),
+            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "main", "type": "", "series": "cpu.percent-active", "value": 0.0}),
+            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "main", "type": "", "series": "load.load_val1", "value": 0.11}),
+            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "main", "type": "", "series": "load.load_val2", "value": 0.22}),
+            json!({"time": "2026-11-21T00:08:39.180999994Z", "entity": "main", "type": "", "series": "load.load_val3", "value": 0.33}),
+            json!({"time": "2020-10-15T05:30:47Z", "entity": "main", "type": "electrical", "series": "pressure", "value": 98.0}),
+            json!({"time": "2020-10-15T05:30:47Z", "entity": "main", "type": "electrical", "series": "temperature", "value": 25.0}),
+            json!({"time": "2020-10-15T05:30:47Z", "entity": "main", "type": "electrical", "series": "three_phase_current.L1", "value": 9.5}),
+            json!({"time": "2020-10-15T05:30:47Z", "entity": "main", "type": "electrical", "series": "three_phase_current.L2", "value": 10.3}),
+            json!({"time": "2020-10-15T05:30:47Z", "entity": "main", "type": "electrical", "series": "three_phase_current.L3", "value": 8.8}),
+            json!({"time": "2023-12-12T09:35:22.123Z", "entity": "main:device:child01", "type": "environment", "series": "humidity", "value": 55.0}),
         ]
     );
     assert_eq!(
         twinlake.query("SELECT entity, type, series, value, properties FROM measurements WHERE type IN ('cpu_usage', 'props', 'speed') ORDER BY type"),
         vec![
-            json!({"entity": "device/auto01/service/collectd", "type": "cpu_usage", "series": "percent", "value": 12.5, "properties": null}),
-            json!({"entity": "device/main//", "type": "props", "series": "x", "value": 1.0, "properties": r#"{"sensor":"DS18B20","ok":false}"#}),
-            json!({"entity": "factory01/hallA/packaging/belt001", "type": "speed", "series": "rpm", "value": 1200.0, "properties": null}),
+            json!({"entity": "main:device:auto01:service:collectd", "type": "cpu_usage", "series": "percent", "value": 12.5, "properties": null}),
+            json!({"entity": "main", "type": "props", "series": "x", "value": 1.0, "properties": r#"{"sensor":"DS18B20","ok":false}"#}),
+            json!({"entity": "main:factory01:hallA:packaging:belt001", "type": "speed", "series": "rpm", "value": 1200.0, "properties": null}),
         ]
     );
     assert_eq!(
@@ -233,19 +234,19 @@ fn check_spec_rows(twinlake: &Twinlake) {
         twinlake
             .query("SELECT entity, fragment, value FROM twin_changes ORDER BY entity, fragment"),
         vec![
-            json!({"entity": "device/child01//", "fragment": "maintenanceMode", "value": "true"}),
-            json!({"entity": "device/child01//", "fragment": "name", "value": r#""child01""#}),
-            json!({"entity": "device/main//", "fragment": "agent", "value": r#"{"name":"thin-edge.io","url":"https://thin-edge.io","version":"2.0.1"}"#}),
-            json!({"entity": "device/main//", "fragment": "device_OS", "value": r#"{"family":"Debian","version":"11"}"#}),
-            json!({"entity": "device/main/service/tedge-agent", "fragment": "type", "value": r#""service""#}),
+            json!({"entity": "main", "fragment": "agent", "value": r#"{"name":"thin-edge.io","url":"https://thin-edge.io","version":"2.0.1"}"#}),
+            json!({"entity": "main", "fragment": "device_OS", "value": r#"{"family":"Debian","version":"11"}"#}),
+            json!({"entity": "main:device:child01", "fragment": "maintenanceMode", "value": "true"}),
+            json!({"entity": "main:device:child01", "fragment": "name", "value": r#""child01""#}),
+            json!({"entity": "main:device:main:service:tedge-agent", "fragment": "type", "value": r#""service""#}),
         ]
     );
     assert_eq!(
         twinlake.query("SELECT entity, status, pid FROM health ORDER BY entity"),
         vec![
-            json!({"entity": "device/main/service/mosquitto-c8y-bridge", "status": "up", "pid": null}),
-            json!({"entity": "device/main/service/tedge-agent", "status": "up", "pid": 7579}),
-            json!({"entity": "device/main/service/tedge-mapper-c8y", "status": "down", "pid": 4703}),
+            json!({"entity": "main:device:main:service:mosquitto-c8y-bridge", "status": "up", "pid": null}),
+            json!({"entity": "main:device:main:service:tedge-agent", "status": "up", "pid": 7579}),
+            json!({"entity": "main:device:main:service:tedge-mapper-c8y", "status": "down", "pid": 4703}),
         ]
     );
     assert_eq!(

@@ -89,6 +89,20 @@ impl Mosquitto {
         mosquitto
     }
 
+    /// A broker with a configuration of the test's own, in `dir` (kept while it runs), whose
+    /// first listener is on `port`.
+    pub(crate) fn start_with_config(dir: tempfile::TempDir, port: u16, config: String) -> Self {
+        Self::spawn(dir, port, config, None)
+    }
+
+    /// Stops it as an operator would (SIGTERM: it saves its persistence first) and waits.
+    pub(crate) fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     fn spawn(dir: tempfile::TempDir, port: u16, config: String, tls: Option<TlsListener>) -> Self {
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, config).unwrap();
@@ -113,8 +127,38 @@ impl Mosquitto {
     }
 }
 
+/// A client key and certificate (`<name>.key`, `<name>.pem`) with common name `name`, signed
+/// by the CA of [`make_certificates`] in the same directory.
+pub(crate) fn make_client_certificate(dir: &Path, name: &str) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN={name}");
+    openssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &pem,
+    ]);
+}
+
 /// A CA (`ca.pem`) and a broker key and certificate for 127.0.0.1 signed by it.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
     openssl(&[
         "req",
@@ -168,7 +212,7 @@ fn make_certificates(dir: &Path) {
 }
 
 /// Mosquitto started as root drops to its own user before it reads certificates and passwords.
-fn make_readable_by_all(dir: &Path) {
+pub(crate) fn make_readable_by_all(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let readable = |path: &Path, mode| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
@@ -179,7 +223,7 @@ fn make_readable_by_all(dir: &Path) {
     }
 }
 
-fn run(command: &mut Command) {
+pub(crate) fn run(command: &mut Command) {
     let output = command.output().expect("run a test tool");
     assert!(
         output.status.success(),

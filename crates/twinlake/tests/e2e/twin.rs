@@ -113,15 +113,16 @@ fn column(rows: &[Value], name: &str) -> Vec<Value> {
 
 fn run_sequence(twinlake: &Twinlake) -> (i64, i64, i64) {
     publish(&twinlake.mqtt_url, plant());
-    // 6 registrations + 3 auto-registrations (auto01; auto02 and its service).
+    // The gateway's main device (registered at its first message), 6 registrations and
+    // 3 auto-registrations (auto01; auto02 and its service).
     let changes = twinlake.wait_for_count(
         "SELECT count(*) FROM entity_changes",
-        9,
+        10,
         Duration::from_secs(20),
     );
-    assert_eq!(changes, 9);
+    assert_eq!(changes, 10);
     twinlake.wait_for_count("SELECT count(*) FROM alarms", 4, Duration::from_secs(20));
-    let step1 = last_change(twinlake, "device/auto02/service/app");
+    let step1 = last_change(twinlake, "main:device:auto02:service:app");
     std::thread::sleep(Duration::from_millis(20));
     publish(&twinlake.mqtt_url, move_sensor());
     twinlake.wait_for_count(
@@ -134,7 +135,7 @@ fn run_sequence(twinlake: &Twinlake) -> (i64, i64, i64) {
         11,
         Duration::from_secs(20),
     );
-    let step2 = last_change(twinlake, "device/sensor01//");
+    let step2 = last_change(twinlake, "main:device:sensor01");
     std::thread::sleep(Duration::from_millis(20));
     publish(&twinlake.mqtt_url, deregister_line2());
     twinlake.wait_for_count(
@@ -142,7 +143,7 @@ fn run_sequence(twinlake: &Twinlake) -> (i64, i64, i64) {
         12,
         Duration::from_secs(20),
     );
-    let step3 = last_change(twinlake, "device/line2//");
+    let step3 = last_change(twinlake, "main:device:line2");
     (step1, step2, step3)
 }
 
@@ -153,12 +154,12 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
     assert_eq!(
         entities,
         vec![
-            json!({"entity": "device/auto01//", "kind": "child-device", "parent": "device/main//"}),
-            json!({"entity": "device/auto02//", "kind": "child-device", "parent": "device/main//"}),
-            json!({"entity": "device/auto02/service/app", "kind": "service", "parent": "device/auto02//"}),
-            json!({"entity": "device/line1//", "kind": "child-device", "parent": "device/main//"}),
-            json!({"entity": "device/main//", "kind": "device", "parent": null}),
-            json!({"entity": "factory/plant/cell/robot1", "kind": "child-device", "parent": "device/line1//"}),
+            json!({"entity": "main", "kind": "device", "parent": null}),
+            json!({"entity": "main:device:auto01", "kind": "child-device", "parent": "main"}),
+            json!({"entity": "main:device:auto02", "kind": "child-device", "parent": "main"}),
+            json!({"entity": "main:device:auto02:service:app", "kind": "service", "parent": "main:device:auto02"}),
+            json!({"entity": "main:device:line1", "kind": "child-device", "parent": "main"}),
+            json!({"entity": "main:factory:plant:cell:robot1", "kind": "child-device", "parent": "main:device:line1"}),
         ]
     );
     let auto = twinlake.query(
@@ -167,9 +168,10 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
     assert_eq!(
         auto,
         vec![
-            json!({"entity": "device/auto01//", "name": "auto01"}),
-            json!({"entity": "device/auto02//", "name": "auto02"}),
-            json!({"entity": "device/auto02/service/app", "name": "app"}),
+            json!({"entity": "main", "name": "main"}),
+            json!({"entity": "main:device:auto01", "name": "auto01"}),
+            json!({"entity": "main:device:auto02", "name": "auto02"}),
+            json!({"entity": "main:device:auto02:service:app", "name": "app"}),
         ]
     );
 
@@ -179,18 +181,18 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
         "SELECT parent, external_id, type, \
                 CAST(valid_from AS BIGINT) AS valid_from, CAST(valid_to AS BIGINT) AS valid_to, \
                 updated_at = {} AS moved \
-         FROM entity_history WHERE entity = 'device/sensor01//' ORDER BY valid_from",
+         FROM entity_history WHERE entity = 'main:device:sensor01' ORDER BY valid_from",
         at(step2)
     ));
     assert_eq!(
         sensor,
         vec![
-            json!({"parent": "device/line1//", "external_id": "plant-sensor01", "type": "Sensor", "valid_from": 0, "valid_to": step2, "moved": false}),
-            json!({"parent": "device/line2//", "external_id": "plant-sensor01", "type": "Sensor", "valid_from": step2, "valid_to": step3, "moved": true}),
+            json!({"parent": "main:device:line1", "external_id": "plant-sensor01", "type": "Sensor", "valid_from": 0, "valid_to": step2, "moved": false}),
+            json!({"parent": "main:device:line2", "external_id": "plant-sensor01", "type": "Sensor", "valid_from": step2, "valid_to": step3, "moved": true}),
         ]
     );
     assert_eq!(
-        twinlake.count("SELECT count(*) FROM entity_history WHERE entity = 'device/line1//'"),
+        twinlake.count("SELECT count(*) FROM entity_history WHERE entity = 'main:device:line1'"),
         1
     );
     let ended = twinlake.query(&format!(
@@ -200,71 +202,71 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
     assert_eq!(
         column(&ended, "entity"),
         vec![
-            json!("device/line2//"),
-            json!("device/probe01//"),
-            json!("device/sensor01//"),
-            json!("device/sensor01/service/logger"),
+            json!("main:device:line2"),
+            json!("main:device:probe01"),
+            json!("main:device:sensor01"),
+            json!("main:device:sensor01:service:logger"),
         ]
     );
 
     // descendants / ancestors as of a time, and now.
     let before_move = twinlake.query(&format!(
-        "SELECT entity, depth FROM descendants('device/line1//', {}) ORDER BY depth, entity",
+        "SELECT entity, depth FROM descendants('main:device:line1', {}) ORDER BY depth, entity",
         at(step1)
     ));
     assert_eq!(
         before_move,
         vec![
-            json!({"entity": "device/sensor01//", "depth": 1}),
-            json!({"entity": "factory/plant/cell/robot1", "depth": 1}),
-            json!({"entity": "device/probe01//", "depth": 2}),
-            json!({"entity": "device/sensor01/service/logger", "depth": 2}),
+            json!({"entity": "main:device:sensor01", "depth": 1}),
+            json!({"entity": "main:factory:plant:cell:robot1", "depth": 1}),
+            json!({"entity": "main:device:probe01", "depth": 2}),
+            json!({"entity": "main:device:sensor01:service:logger", "depth": 2}),
         ]
     );
-    let now = twinlake.query("SELECT entity, depth FROM descendants('device/line1//')");
+    let now = twinlake.query("SELECT entity, depth FROM descendants('main:device:line1')");
     assert_eq!(
         now,
-        vec![json!({"entity": "factory/plant/cell/robot1", "depth": 1})]
+        vec![json!({"entity": "main:factory:plant:cell:robot1", "depth": 1})]
     );
     let probe_up = twinlake.query(&format!(
-        "SELECT entity, depth FROM ancestors('device/probe01//', {}) ORDER BY depth",
+        "SELECT entity, depth FROM ancestors('main:device:probe01', {}) ORDER BY depth",
         at(step2)
     ));
     assert_eq!(
         probe_up,
         vec![
-            json!({"entity": "device/sensor01//", "depth": 1}),
-            json!({"entity": "device/line2//", "depth": 2}),
-            json!({"entity": "device/main//", "depth": 3}),
+            json!({"entity": "main:device:sensor01", "depth": 1}),
+            json!({"entity": "main:device:line2", "depth": 2}),
+            json!({"entity": "main", "depth": 3}),
         ]
     );
     assert_eq!(
         twinlake.count(&format!(
-            "SELECT count(*) FROM ancestors('device/probe01//', {})",
+            "SELECT count(*) FROM ancestors('main:device:probe01', {})",
             at(step3)
         )),
         0
     );
     assert_eq!(
         twinlake.count(&format!(
-            "SELECT count(*) FROM entities_at({}) WHERE parent = 'device/line2//'",
+            "SELECT count(*) FROM entities_at({}) WHERE parent = 'main:device:line2'",
             at(step2)
         )),
         1
     );
     assert_eq!(
-        twinlake.count("SELECT count(*) FROM entity_ancestors WHERE ancestor = 'device/main//'"),
+        twinlake.count("SELECT count(*) FROM entity_ancestors WHERE ancestor = 'main'"),
         5
     );
     assert_eq!(
         twinlake.count(&format!(
-            "SELECT count(*) FROM entity_ancestors_at({}) WHERE descendant = 'device/probe01//'",
+            "SELECT count(*) FROM entity_ancestors_at({}) WHERE descendant = 'main:device:probe01'",
             at(step1)
         )),
         3
     );
     let path = twinlake.query(
-        "SELECT entity_path('factory/plant/cell/robot1') AS p, entity_path('device/auto02/service/app') AS q",
+        "SELECT entity_path('main:factory:plant:cell:robot1') AS p, entity_path('main:device:auto02:service:app') AS q",
     );
     assert_eq!(
         path,
@@ -277,47 +279,46 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
         "SELECT h.parent, count(*) AS readings FROM measurements m \
          JOIN entity_history h ON m.entity = h.entity \
           AND m.time >= h.valid_from AND (h.valid_to IS NULL OR m.time < h.valid_to) \
-         WHERE m.entity = 'device/sensor01//' GROUP BY h.parent ORDER BY h.parent",
+         WHERE m.entity = 'main:device:sensor01' GROUP BY h.parent ORDER BY h.parent",
     );
     assert_eq!(
         per_line,
         vec![
-            json!({"parent": "device/line1//", "readings": 1}),
-            json!({"parent": "device/line2//", "readings": 1}),
+            json!({"parent": "main:device:line1", "readings": 1}),
+            json!({"parent": "main:device:line2", "readings": 1}),
         ]
     );
     let in_line1 = twinlake.query(
         "SELECT entity, value FROM measurements \
-         WHERE in_subtree(entity, 'device/line1//', time) ORDER BY entity",
+         WHERE in_subtree(entity, 'main:device:line1', time) ORDER BY entity",
     );
     assert_eq!(
         in_line1,
         vec![
-            json!({"entity": "device/probe01//", "value": 4.0}),
-            json!({"entity": "device/sensor01//", "value": 21.5}),
+            json!({"entity": "main:device:probe01", "value": 4.0}),
+            json!({"entity": "main:device:sensor01", "value": 21.5}),
         ]
     );
     assert_eq!(
         twinlake.count(
-            "SELECT count(*) FROM measurements WHERE in_subtree(entity, 'device/line2//', time)"
+            "SELECT count(*) FROM measurements WHERE in_subtree(entity, 'main:device:line2', time)"
         ),
         1
     );
     // Now main's subtree holds auto01 and auto02's service, not the unregistered robot2 nor
     // the deregistered sensor.
     assert_eq!(
-        twinlake
-            .count("SELECT count(*) FROM measurements WHERE in_subtree(entity, 'device/main//')"),
+        twinlake.count("SELECT count(*) FROM measurements WHERE in_subtree(entity, 'main')"),
         twinlake.count(
             "SELECT count(*) FROM measurements \
-             WHERE entity IN ('device/auto01//', 'device/auto02/service/app')"
+             WHERE entity IN ('main:device:auto01', 'main:device:auto02:service:app')"
         ),
     );
 
     // Twin, health, alarms, latest.
     let twin = twinlake.query(
         "SELECT value, valid_to IS NULL AS current FROM twin_history \
-         WHERE entity = 'device/sensor01//' AND fragment = 'firmware' ORDER BY valid_from",
+         WHERE entity = 'main:device:sensor01' AND fragment = 'firmware' ORDER BY valid_from",
     );
     assert_eq!(
         twin,
@@ -327,12 +328,12 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
         ]
     );
     assert_eq!(
-        twinlake.query("SELECT fragment, value FROM twin WHERE entity = 'device/sensor01//'"),
+        twinlake.query("SELECT fragment, value FROM twin WHERE entity = 'main:device:sensor01'"),
         vec![json!({"fragment": "firmware", "value": r#"{"version":"1.1"}"#})]
     );
     assert_eq!(
         twinlake.query("SELECT entity, status, pid FROM health_current"),
-        vec![json!({"entity": "device/sensor01/service/logger", "status": "down", "pid": 42})]
+        vec![json!({"entity": "main:device:sensor01:service:logger", "status": "down", "pid": 42})]
     );
     assert_eq!(
         twinlake.query(
@@ -340,11 +341,11 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
              FROM alarms_active"
         ),
         vec![
-            json!({"entity": "device/line1//", "type": "overheat", "severity": "critical", "text": "hotter", "count": 2, "repeated": true})
+            json!({"entity": "main:device:line1", "type": "overheat", "severity": "critical", "text": "hotter", "count": 2, "repeated": true})
         ]
     );
     let latest =
-        twinlake.query("SELECT series, value FROM latest WHERE entity = 'device/sensor01//'");
+        twinlake.query("SELECT series, value FROM latest WHERE entity = 'main:device:sensor01'");
     assert_eq!(
         latest,
         vec![json!({"series": "temperature", "value": 22.5})]
@@ -365,13 +366,13 @@ fn the_twin_through_the_embedded_broker_and_after_a_restart() {
         vec![live("te/device/auto01///m/env", r#"{"temperature":19}"#)],
     );
     twinlake.wait_for_count(
-        "SELECT count(*) FROM measurements WHERE entity = 'device/auto01//'",
+        "SELECT count(*) FROM measurements WHERE entity = 'main:device:auto01'",
         2,
         Duration::from_secs(20),
     );
-    assert_eq!(twinlake.count("SELECT count(*) FROM entity_changes"), 12);
+    assert_eq!(twinlake.count("SELECT count(*) FROM entity_changes"), 13);
     twinlake.wait_for_count(
-        "SELECT count(*) FROM latest WHERE entity = 'device/sensor01//'",
+        "SELECT count(*) FROM latest WHERE entity = 'main:device:sensor01'",
         1,
         Duration::from_secs(20),
     );
