@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TableBuilders, Timestamp, parse_message};
 
 /// A vehicle's grouped reading with ten values: what a thin-edge device typically sends.
 const GROUPED_MEASUREMENT: (&str, &str, u64) = (
@@ -32,7 +32,7 @@ const ALARM: (&str, &str, u64) = (
 const BATCH: usize = 1024;
 
 fn parse_and_append(c: &mut Criterion) {
-    let root = TopicRoot::default();
+    let root = FleetTopics::default();
     let received_at = Timestamp::from_unix_nanos(1_795_219_644_000_000_000);
     let mut group = c.benchmark_group("parse_and_append");
     for (name, (topic, payload, rows)) in [

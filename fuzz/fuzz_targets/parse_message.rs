@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use twinlake_model::{Parsed, TableBuilders, Timestamp, TopicRoot, parse_message};
+use twinlake_model::{FleetTopics, Parsed, TableBuilders, Timestamp, parse_message};
 
 fuzz_target!(|data: &[u8]| {
     let (topic, payload) = match data.iter().position(|&b| b == 0) {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         None => (data, &[][..]),
     };
     let mut builders = TableBuilders::new();
-    match parse_message(&TopicRoot::default(), topic, payload, Timestamp::from_unix_nanos(0)) {
+    match parse_message(&FleetTopics::default(), topic, payload, Timestamp::from_unix_nanos(0)) {
         Parsed::Data(message) => {
             builders.append(&message);
             let batches = builders.finish().expect("accepted messages always build");

@@ -14,7 +14,7 @@ fn stored(topic: &str, payload: &str) -> (String, Vec<Value>) {
         Parsed::Rejected(rejection) => builders.append_rejection(&rejection),
         other => panic!("{topic} gave no rows: {other:?}"),
     }
-    let (table, batch) = builders.finish().unwrap().remove(0);
+    let (table, batch) = builders.finish().expect("batches build").remove(0);
     (table.name().to_owned(), batch_rows(&batch))
 }
 
@@ -78,7 +78,7 @@ fn an_invalid_gateway_id_is_rejected_with_its_reason() {
         assert_eq!(table, "rejected", "{topic}");
         assert_eq!(rows[0]["reason_code"], "invalid_gateway", "{topic}");
         assert_eq!(rows[0]["gateway"], Value::Null, "{topic}");
-        let reason = rows[0]["reason"].as_str().unwrap();
+        let reason = rows[0]["reason"].as_str().expect("a reason");
         assert!(reason.contains("not a valid gateway id"), "{reason}");
     }
     let long = format!("twinlake/{}/te/device/main///m/env", "g".repeat(129));
