@@ -369,8 +369,8 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
     let chain = (0..20)
         .map(|n| {
             let parent = match n {
-                0 => "main".to_owned(),
-                n => format!("main:device:deep{}", n - 1),
+                0 => "device/main//".to_owned(),
+                n => format!("device/deep{}//", n - 1),
             };
             let payload = format!("{{\"@type\":\"child-device\",\"@parent\":\"{parent}\"}}");
             message(&format!("te/device/deep{n}//"), &payload, true, 1)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     Broker, Mosquitto, Twinlake, free_port, make_certificates, make_client_certificate,
-    make_readable_by_all, run,
+    make_readable_by_all, message, publish, run,
 };
 
 const GATEWAYS: [&str; 3] = ["truck1", "truck2", "truck3"];
@@ -331,4 +331,127 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
         "a gateway wrote under another gateway's prefix"
     );
     drop(gateways);
+}
+
+/// The hierarchy across 1,000 gateways (what a central broker forwards): each has a main device
+/// with a depot in its twin and a child device; half of them move to another depot between two
+/// readings. Readings group by the depot as it was when each was taken, one gateway's subtree
+/// and `latest` are that gateway's alone, before and after the rows are persisted.
+#[test]
+fn a_thousand_gateways_grouped_by_their_depot_as_it_was() {
+    const COUNT: usize = 1_000;
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let persist_soon = ["--persist-max-age", "1s"];
+    let twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &persist_soon);
+    let topic = |n: usize, rest: &str| format!("twinlake/gw{n:04}/te/{rest}");
+    let mut first = Vec::new();
+    for n in 0..COUNT {
+        let depot = format!("\"depot{}\"", n % 10);
+        first.push(message(
+            &topic(n, "device/main///twin/depot"),
+            &depot,
+            true,
+            1,
+        ));
+        first.push(message(
+            &topic(n, "device/child01//"),
+            r#"{"@type":"child-device"}"#,
+            true,
+            1,
+        ));
+        let reading = format!("{{\"temperature\":{n}}}");
+        first.push(message(
+            &topic(n, "device/child01///m/env"),
+            &reading,
+            false,
+            1,
+        ));
+    }
+    publish(&twinlake.mqtt_url, first);
+    let readings = "SELECT count(*) FROM measurements";
+    assert_eq!(
+        twinlake.wait_for_count(readings, COUNT as i64, Duration::from_secs(60)),
+        COUNT as i64
+    );
+    let moves: Vec<_> = (0..COUNT)
+        .step_by(2)
+        .map(|n| message(&topic(n, "device/main///twin/depot"), "\"depotX\"", true, 1))
+        .collect();
+    publish(&twinlake.mqtt_url, moves);
+    let moved = "SELECT count(*) FROM gateway_twin_history WHERE value = '\"depotX\"'";
+    assert_eq!(
+        twinlake.wait_for_count(moved, 500, Duration::from_secs(60)),
+        500
+    );
+    let second = (0..COUNT)
+        .map(|n| {
+            message(
+                &topic(n, "device/child01///m/env"),
+                "{\"temperature\":-1}",
+                false,
+                1,
+            )
+        })
+        .collect();
+    publish(&twinlake.mqtt_url, second);
+    let all = 2 * COUNT as i64;
+    assert_eq!(
+        twinlake.wait_for_count(readings, all, Duration::from_secs(60)),
+        all
+    );
+
+    let check = |when: &str| {
+        assert_eq!(
+            twinlake.count("SELECT count(*) FROM gateways"),
+            COUNT as i64,
+            "{when}"
+        );
+        assert_eq!(
+            twinlake.count("SELECT count(*) FROM entities WHERE parent = gateway"),
+            COUNT as i64,
+            "every child under its own gateway's main device, {when}"
+        );
+        // Each reading with the depot its gateway was in when it was taken.
+        let by_depot = twinlake.query(
+            "SELECT json_get_str(d.value) AS depot, count(*) AS readings \
+             FROM measurements m JOIN gateway_twin_history d \
+               ON d.gateway = m.gateway AND d.fragment = 'depot' \
+              AND m.time >= d.valid_from AND (d.valid_to IS NULL OR m.time < d.valid_to) \
+             GROUP BY depot ORDER BY depot",
+        );
+        // Gateway n starts in depot n % 10; the even ones (even depots) move to depotX, so an
+        // even depot keeps its first readings only, an odd one both.
+        let mut expected: Vec<Value> = (0..10)
+            .map(|d| json!({"depot": format!("depot{d}"), "readings": 100 + 100 * (d % 2)}))
+            .collect();
+        expected.push(json!({"depot": "depotX", "readings": 500}));
+        assert_eq!(by_depot, expected, "{when}");
+        // One gateway's subtree and its latest values are its own.
+        assert_eq!(
+            twinlake.query(
+                "SELECT entity, value FROM measurements \
+                 WHERE in_subtree(entity, 'gw0042', time) ORDER BY value"
+            ),
+            vec![
+                json!({"entity": "gw0042:device:child01", "value": -1.0}),
+                json!({"entity": "gw0042:device:child01", "value": 42.0}),
+            ],
+            "{when}"
+        );
+        assert_eq!(
+            twinlake.query("SELECT entity, value FROM latest WHERE gateway = 'gw0042'"),
+            vec![json!({"entity": "gw0042:device:child01", "value": -1.0})],
+            "{when}"
+        );
+    };
+    check("in memory");
+    let files = twinlake.wait_for_metric(
+        "twinlake_lake_files{table=\"measurements\"}",
+        Duration::from_secs(30),
+        |files| files >= 1.0,
+    );
+    assert!(files >= 1.0, "nothing persisted");
+    assert_eq!(twinlake.count(readings), all);
+    check("persisted");
 }

@@ -130,11 +130,13 @@ fn run_sequence(twinlake: &Twinlake) -> (i64, i64, i64) {
         1,
         Duration::from_secs(20),
     );
-    twinlake.wait_for_count(
+    // The sensor's move is a row; line 1's registration, identical to the stored one, is not.
+    let moved = twinlake.wait_for_count(
         "SELECT count(*) FROM entity_changes",
         11,
         Duration::from_secs(20),
     );
+    assert_eq!(moved, 11);
     let step2 = last_change(twinlake, "main:device:sensor01");
     std::thread::sleep(Duration::from_millis(20));
     publish(&twinlake.mqtt_url, deregister_line2());
@@ -370,7 +372,7 @@ fn the_twin_through_the_embedded_broker_and_after_a_restart() {
         2,
         Duration::from_secs(20),
     );
-    assert_eq!(twinlake.count("SELECT count(*) FROM entity_changes"), 13);
+    assert_eq!(twinlake.count("SELECT count(*) FROM entity_changes"), 12);
     twinlake.wait_for_count(
         "SELECT count(*) FROM latest WHERE entity = 'main:device:sensor01'",
         1,
