@@ -10,6 +10,13 @@
 //! With `--late` and `--missing`, trucks lose their link now and then and send what they
 //! measured meanwhile in one late batch, and values go missing, as in TSBS's IoT data.
 //! With the same `--seed` (and `--start`) the same messages are published.
+//!
+//! With `--gateways N` the fleet is what N thin-edge gateways forward instead: every truck is a
+//! gateway of its own (`truck0001`), its main device the truck itself (with the truck's twin
+//! data, and its depot as the twin fragment `depot`, which changes as trucks move between
+//! depots), its sensors and probe child devices and its services as before, each gateway on an
+//! MQTT connection of its own (client id = gateway id) publishing under
+//! `twinlake/<gateway>/te/...`, as its bridge would.
 
 use std::time::Duration;
 
@@ -23,9 +30,16 @@ use twinlake_model::Timestamp;
 
 #[derive(Debug, Args)]
 pub(crate) struct SimulateArgs {
-    /// Number of trucks.
+    /// Number of trucks, as child devices of one site gateway.
     #[arg(long, default_value_t = 10)]
     devices: usize,
+    /// Number of trucks, each a thin-edge gateway with its own MQTT connection (instead of
+    /// --devices).
+    #[arg(long, conflicts_with = "devices")]
+    gateways: Option<usize>,
+    /// With --gateways: the chance per truck and round that it moves to another depot.
+    #[arg(long, default_value_t = 0.0005, value_parser = parse_share)]
+    depot_moves: f64,
     /// Sensors (child devices) per truck; every second one has a nested probe.
     #[arg(long, default_value_t = 2)]
     children_per_device: usize,
@@ -118,6 +132,8 @@ pub(crate) struct Outgoing {
 
 struct Truck {
     id: String,
+    /// The depot it belongs to now (1-based).
+    depot: usize,
     sensors: Vec<Sensor>,
     speed: f64,
     heading: f64,
@@ -145,7 +161,20 @@ struct Sensor {
     humidity: f64,
 }
 
+/// How the fleet's entities reach the broker.
+enum Layout {
+    /// Child devices of one main device, under plain `<root>/...` topics.
+    Site,
+    /// Every truck a gateway: `twinlake/<truck>/<root>/...`; depot moves drawn from their own
+    /// random numbers, so the rest of the fleet is the same as in the site layout.
+    Gateways { moves: StdRng, chance: f64 },
+}
+
+/// The first topic segment of what gateways forward (Twinlake's `--fleet-prefix`).
+const FLEET_PREFIX: &str = "twinlake";
+
 pub(crate) struct Fleet {
+    layout: Layout,
     root: String,
     trucks: Vec<Truck>,
     depots: usize,
@@ -168,7 +197,15 @@ fn qos_of(level: u8) -> QoS {
 impl Fleet {
     pub(crate) fn new(args: &SimulateArgs) -> Self {
         let mut rng = StdRng::seed_from_u64(args.seed);
-        let trucks = (0..args.devices)
+        let devices = args.gateways.unwrap_or(args.devices);
+        let layout = match args.gateways {
+            None => Layout::Site,
+            Some(_) => Layout::Gateways {
+                moves: StdRng::seed_from_u64(args.seed.wrapping_add(1)),
+                chance: args.depot_moves,
+            },
+        };
+        let trucks = (0..devices)
             .map(|t| {
                 let id = format!("truck{:04}", t + 1);
                 let capacity = MODELS[t % MODELS.len()].1;
@@ -182,6 +219,7 @@ impl Fleet {
                     .collect();
                 Truck {
                     id,
+                    depot: t / args.devices_per_depot.max(1) + 1,
                     sensors,
                     speed: rng.random_range(0.0..90.0),
                     heading: rng.random_range(0.0..std::f64::consts::TAU),
@@ -202,8 +240,9 @@ impl Fleet {
             })
             .collect::<Vec<_>>();
         Self {
+            layout,
             root: args.topic_root.clone(),
-            depots: args.devices.div_ceil(args.devices_per_depot.max(1)),
+            depots: devices.div_ceil(args.devices_per_depot.max(1)),
             trucks_per_depot: args.devices_per_depot.max(1),
             trucks,
             services: args.services.clone(),
@@ -240,6 +279,10 @@ impl Fleet {
 
     /// Registrations, twin data and metadata: what thin-edge publishes retained at start.
     pub(crate) fn registrations(&self) -> Vec<Outgoing> {
+        self.as_published(self.site_registrations())
+    }
+
+    fn site_registrations(&self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for depot in 1..=self.depots {
             out.push(self.retained(
@@ -304,7 +347,94 @@ impl Fleet {
         for index in 0..self.trucks.len() {
             self.advance(index, dt, &time, &mut out);
         }
+        out.extend(self.depot_moves());
+        self.as_published(out)
+    }
+
+    /// With gateways: trucks that move to another depot this round, as a new value of their
+    /// `depot` twin fragment.
+    fn depot_moves(&mut self) -> Vec<Outgoing> {
+        let depots = self.depots;
+        let Layout::Gateways { moves, chance } = &mut self.layout else {
+            return Vec::new();
+        };
+        if depots < 2 || *chance <= 0.0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for truck in &mut self.trucks {
+            if !moves.random_bool(*chance) {
+                continue;
+            }
+            let next = (truck.depot % depots) + 1;
+            truck.depot = next;
+            out.push(Outgoing {
+                topic: format!("{}/device/{}///twin/home", self.root, truck.id),
+                payload: json!({"depot": format!("depot{next:02}")}).to_string(),
+                retain: true,
+                qos: QoS::AtLeastOnce,
+            });
+        }
         out
+    }
+
+    /// The messages as this layout publishes them (the site layout's own, or each truck's
+    /// gateway's).
+    fn as_published(&self, messages: Vec<Outgoing>) -> Vec<Outgoing> {
+        match self.layout {
+            Layout::Site => messages,
+            Layout::Gateways { .. } => messages
+                .into_iter()
+                .filter_map(|message| self.as_gateway(message))
+                .collect(),
+        }
+    }
+
+    /// A site message as its truck's gateway publishes it: the truck is the gateway's main
+    /// device (which thin-edge never registers), its sensors and services are the gateway's
+    /// own (`truck0001-sensor1` is `device/sensor1//`), and its depot is a twin fragment.
+    /// Depots are no devices: their registrations are dropped.
+    fn as_gateway(&self, message: Outgoing) -> Option<Outgoing> {
+        let rest = message
+            .topic
+            .strip_prefix(&format!("{}/device/", self.root))?;
+        let (device, channel) = rest.split_once('/')?;
+        let (truck, local) = match device.split_once('-') {
+            Some((truck, part)) => (truck, part),
+            None => (device, "main"),
+        };
+        if truck.starts_with("depot") {
+            return None;
+        }
+        let mut payload = message.payload;
+        let mut channel = channel.to_owned();
+        let registration = channel == "/"
+            || (channel.starts_with("service/") && channel.matches('/').count() == 1);
+        if channel == "/" && local == "main" {
+            return None;
+        }
+        if registration {
+            let mut registration: serde_json::Value = serde_json::from_str(&payload).ok()?;
+            if let Some(parent) = registration.get("@parent").and_then(|p| p.as_str()) {
+                let parent_device = parent.strip_prefix("device/")?.trim_end_matches('/');
+                let local_parent = parent_device.split_once('-').map_or("main", |(_, p)| p);
+                registration["@parent"] = json!(format!("device/{local_parent}//"));
+            }
+            payload = registration.to_string();
+        }
+        if channel == "//twin/home" {
+            let home: serde_json::Value = serde_json::from_str(&payload).ok()?;
+            channel = "//twin/depot".to_owned();
+            payload = home.get("depot")?.to_string();
+        }
+        Some(Outgoing {
+            topic: format!(
+                "{FLEET_PREFIX}/{truck}/{}/device/{local}/{channel}",
+                self.root
+            ),
+            payload,
+            ..message
+        })
     }
 
     fn advance(&mut self, index: usize, dt: f64, time: &str, out: &mut Vec<Outgoing>) {
@@ -516,7 +646,7 @@ impl Fleet {
             truck.offline_rounds = 0;
             out.append(&mut truck.backlog);
         }
-        out
+        self.as_published(out)
     }
 
     /// Every service reports up a second before the first round: a service that goes down in
@@ -533,7 +663,7 @@ impl Fleet {
                 ));
             }
         }
-        out
+        self.as_published(out)
     }
 }
 
@@ -572,6 +702,96 @@ fn round(value: f64, digits: i32) -> f64 {
     (value * scale).round() / scale
 }
 
+/// The MQTT connections a simulation publishes on: one for a site, or one per gateway (client
+/// id = the gateway id, as a thin-edge mapper's bridge connects) for a fleet of gateways.
+struct Connections {
+    endpoint: twinlake_ingest::MqttEndpoint,
+    per_gateway: bool,
+    clients: std::collections::HashMap<String, AsyncClient>,
+    networks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    /// QoS 1 and 2 messages the broker has acknowledged, on every connection.
+    acked: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Connections {
+    fn new(endpoint: twinlake_ingest::MqttEndpoint, per_gateway: bool) -> Self {
+        Self {
+            endpoint,
+            per_gateway,
+            clients: std::collections::HashMap::new(),
+            networks: Vec::new(),
+            acked: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// The connection of the gateway a topic is forwarded for (`twinlake/<gateway>/...`),
+    /// opened at its first message; the one connection of a site.
+    fn client_for(&mut self, topic: &str) -> AsyncClient {
+        let id = match self.per_gateway {
+            true => topic.split('/').nth(1).unwrap_or_default().to_owned(),
+            false => self.endpoint.client_id.clone(),
+        };
+        if let Some(client) = self.clients.get(&id) {
+            return client.clone();
+        }
+        // A gateway keeps 100 messages in flight, as thin-edge's bridge does; a site's one
+        // connection carries the whole fleet.
+        let (inflight, queue) = if self.per_gateway {
+            (100, 200)
+        } else {
+            (1000, 10_000)
+        };
+        let mut options = MqttOptions::new(&id, &self.endpoint.host, self.endpoint.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(inflight)
+            .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        if let Some(user) = &self.endpoint.username {
+            options.set_credentials(user, self.endpoint.password.clone().unwrap_or_default());
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, queue);
+        let acked = std::sync::Arc::clone(&self.acked);
+        self.networks.push(tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
+                        acked.send_modify(|count| *count += 1);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(error) => return Err(format!("MQTT connection to the broker: {error}")),
+                }
+            }
+        }));
+        self.clients.insert(id, client.clone());
+        client
+    }
+
+    /// Waits (up to 60 s) until the broker has acknowledged `needs_ack` messages, then closes
+    /// every connection. How many were acknowledged, and whether that was all of them.
+    async fn finish(self, needs_ack: u64) -> Result<(u64, bool), String> {
+        let mut acked = self.acked.subscribe();
+        let all = tokio::time::timeout(
+            Duration::from_secs(60),
+            acked.wait_for(|count| *count >= needs_ack),
+        )
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+        let acknowledged = *acked.borrow();
+        for client in self.clients.values() {
+            let _ = client.disconnect().await;
+        }
+        for network in self.networks {
+            match network.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(error) => return Err(format!("MQTT task: {error}")),
+            }
+        }
+        Ok((acknowledged, all))
+    }
+}
+
 pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
     let endpoint = twinlake_ingest::MqttEndpoint::parse(
         &args.mqtt_url,
@@ -584,37 +804,13 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
         .map(Timestamp::parse_rfc3339)
         .transpose()
         .map_err(|e| format!("--start: {e}"))?;
-    let mut options = MqttOptions::new(&endpoint.client_id, &endpoint.host, endpoint.port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_inflight(1000)
-        .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-    if let Some(user) = &endpoint.username {
-        options.set_credentials(user, endpoint.password.clone().unwrap_or_default());
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-    let (acked_tx, mut acked) = tokio::sync::watch::channel(0u64);
-    let network = tokio::spawn(async move {
-        let mut count = 0u64;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
-                    count += 1;
-                    let _ = acked_tx.send(count);
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
-                Ok(_) => {}
-                Err(error) => return Err(format!("MQTT connection to the broker: {error}")),
-            }
-        }
-    });
-
+    let mut connections = Connections::new(endpoint, args.gateways.is_some());
     let mut fleet = Fleet::new(&args);
     let mut published = 0u64;
     let mut needs_ack = 0u64;
     let began = Instant::now();
     let mut publish = |message: Outgoing| {
-        let client = client.clone();
+        let client = connections.client_for(&message.topic);
         published += 1;
         if message.qos != QoS::AtMostOnce {
             needs_ack += 1;
@@ -637,7 +833,8 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
     let mut telemetry = 0u64;
     let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     tracing::info!(
-        trucks = args.devices,
+        trucks = fleet.trucks.len(),
+        gateways = args.gateways.is_some(),
         depots = fleet.depots,
         rate = args.rate,
         "simulating"
@@ -671,20 +868,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
     for message in fleet.backlogs() {
         publish(message).await?;
     }
-    // Wait until the broker has acknowledged everything sent with QoS 1 or 2.
-    let all_acknowledged = tokio::time::timeout(
-        Duration::from_secs(60),
-        acked.wait_for(|count| *count >= needs_ack),
-    )
-    .await
-    .is_ok_and(|waited| waited.is_ok());
-    let acknowledged = *acked.borrow();
-    let _ = client.disconnect().await;
-    match network.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(error),
-        Err(error) => return Err(format!("MQTT task: {error}")),
-    }
+    let (acknowledged, all_acknowledged) = connections.finish(needs_ack).await?;
     let seconds = began.elapsed().as_secs_f64();
     tracing::info!(
         published,
@@ -732,6 +916,54 @@ mod tests {
             serde_json::Value::Object(fields) => fields.values().map(leaves).sum(),
             _ => 1,
         }
+    }
+
+    #[test]
+    fn every_truck_of_a_gateway_fleet_is_a_gateway_with_its_own_tree() {
+        let args = SimulateArgs::parse_options(&["--gateways", "3"]).expect("valid options");
+        let fleet = Fleet::new(&args);
+        let setup = fleet.registrations();
+        let topics: Vec<&str> = setup.iter().map(|m| m.topic.as_str()).collect();
+        assert!(
+            topics.iter().all(|t| t.starts_with("twinlake/truck000")),
+            "{topics:?}"
+        );
+        // No registration of the main device (thin-edge makes none) nor of depots.
+        assert!(!topics.contains(&"twinlake/truck0001/te/device/main//"));
+        assert!(!topics.iter().any(|t| t.contains("/device/depot")));
+        let payload = |topic: &str| {
+            let message = setup.iter().find(|m| m.topic == topic).expect(topic);
+            serde_json::from_str::<serde_json::Value>(&message.payload).expect("JSON")
+        };
+        assert_eq!(
+            payload("twinlake/truck0002/te/device/main///twin/depot"),
+            json!("depot01")
+        );
+        let sensor = payload("twinlake/truck0002/te/device/sensor1//");
+        assert_eq!(sensor["@parent"], "device/main//");
+        let probe = payload("twinlake/truck0002/te/device/sensor2-probe//");
+        assert_eq!(probe["@parent"], "device/sensor2//");
+        let service = payload("twinlake/truck0002/te/device/main/service/collectd");
+        assert_eq!(service["@parent"], "device/main//");
+    }
+
+    #[test]
+    fn gateway_trucks_move_between_depots_and_read_as_site_trucks() {
+        let options = ["--depot-moves", "0.05", "--devices-per-depot", "2"];
+        let site = run(&[&["--devices", "4"], &options[..]].concat(), 100);
+        let gateways = run(&[&["--gateways", "4"], &options[..]].concat(), 100);
+        // The readings are the same fleet's: moves draw from random numbers of their own.
+        assert_eq!(telemetry(&site), telemetry(&gateways));
+        let moves: Vec<&Outgoing> = gateways
+            .iter()
+            .filter(|m| m.topic.ends_with("/twin/depot"))
+            .collect();
+        assert!(moves.len() > 5, "{} moves", moves.len());
+        assert!(
+            moves
+                .iter()
+                .all(|m| m.retain && m.payload.starts_with("\"depot0"))
+        );
     }
 
     #[test]
