@@ -167,7 +167,7 @@ enum Layout {
     Site,
     /// Every truck a gateway: `twinlake/<truck>/<root>/...`; depot moves drawn from their own
     /// random numbers, so the rest of the fleet is the same as in the site layout.
-    Gateways { moves: StdRng, chance: f64 },
+    Gateways { moves: Box<StdRng>, chance: f64 },
 }
 
 /// The first topic segment of what gateways forward (Twinlake's `--fleet-prefix`).
@@ -201,7 +201,7 @@ impl Fleet {
         let layout = match args.gateways {
             None => Layout::Site,
             Some(_) => Layout::Gateways {
-                moves: StdRng::seed_from_u64(args.seed.wrapping_add(1)),
+                moves: Box::new(StdRng::seed_from_u64(args.seed.wrapping_add(1))),
                 chance: args.depot_moves,
             },
         };
