@@ -31,6 +31,14 @@ pub struct LatestRow {
 /// lookups, allocating only for a series seen the first time.
 type SeriesTree = HashMap<String, SeriesOfEntity>;
 
+/// The series, and which entities each gateway has among them, so that one gateway's series
+/// are found without looking at the fleet's.
+#[derive(Debug, Default)]
+struct Held {
+    tree: SeriesTree,
+    entities_of_gateway: HashMap<String, Vec<String>>,
+}
+
 /// type → series → newest reading, of one entity of one gateway.
 #[derive(Debug, Default)]
 struct SeriesOfEntity {
@@ -41,7 +49,7 @@ struct SeriesOfEntity {
 /// The newest value per (entity, type, series) of `measurements`, in memory.
 #[derive(Debug, Default)]
 pub struct LatestValues {
-    series: RwLock<SeriesTree>,
+    series: RwLock<Held>,
     /// How many series the tree holds, readable without its lock.
     count: AtomicUsize,
 }
@@ -70,9 +78,13 @@ impl LatestValues {
         ) else {
             return;
         };
-        let Ok(mut tree) = self.series.write() else {
+        let Ok(mut held) = self.series.write() else {
             return;
         };
+        let Held {
+            tree,
+            entities_of_gateway,
+        } = &mut *held;
         for row in 0..batch.num_rows() {
             if value.is_null(row) {
                 continue;
@@ -81,10 +93,14 @@ impl LatestValues {
                 time: time.value(row),
                 value: value.value(row),
             };
-            let Some(held) = entry(&mut tree, entity.value(row))
+            let Some(held) = entry(tree, entity.value(row))
                 .map(|of_entity| {
                     if of_entity.gateway.is_empty() {
                         of_entity.gateway = gateway.value(row).to_owned();
+                        entities_of_gateway
+                            .entry(of_entity.gateway.clone())
+                            .or_default()
+                            .push(entity.value(row).to_owned());
                     }
                     &mut of_entity.types
                 })
@@ -111,21 +127,22 @@ impl LatestValues {
     /// The series of `entities` (every entity when `None`) of `gateways` (every gateway when
     /// `None`) with their newest readings.
     pub fn rows_of(&self, entities: Option<&[&str]>, gateways: Option<&[&str]>) -> Vec<LatestRow> {
-        let Ok(tree) = self.series.read() else {
+        let Ok(held) = self.series.read() else {
             return Vec::new();
         };
-        let selected: Vec<(&String, &SeriesOfEntity)> = match entities {
-            None => tree.iter().collect(),
-            Some(wanted) => {
-                // An entity named twice (`IN ('a', 'a')`) still gives its series once.
-                let mut wanted = wanted.to_vec();
-                wanted.sort_unstable();
-                wanted.dedup();
-                wanted
-                    .iter()
-                    .filter_map(|entity| tree.get_key_value(*entity))
-                    .collect()
-            }
+        let tree = &held.tree;
+        let selected: Vec<(&String, &SeriesOfEntity)> = match (entities, gateways) {
+            (None, None) => tree.iter().collect(),
+            (None, Some(wanted)) => dedup(wanted)
+                .iter()
+                .filter_map(|gateway| held.entities_of_gateway.get(*gateway))
+                .flatten()
+                .filter_map(|entity| tree.get_key_value(entity))
+                .collect(),
+            (Some(wanted), _) => dedup(wanted)
+                .iter()
+                .filter_map(|entity| tree.get_key_value(*entity))
+                .collect(),
         };
         let mut rows = Vec::new();
         let of_gateway = |of_entity: &SeriesOfEntity| {
@@ -154,8 +171,9 @@ impl LatestValues {
 
     /// Whether the series is held already.
     pub fn holds(&self, entity: &str, measurement_type: &str, series: &str) -> bool {
-        self.series.read().is_ok_and(|tree| {
-            tree.get(entity)
+        self.series.read().is_ok_and(|held| {
+            held.tree
+                .get(entity)
                 .and_then(|of_entity| of_entity.types.get(measurement_type))
                 .is_some_and(|by_series| by_series.contains_key(series))
         })
@@ -164,6 +182,14 @@ impl LatestValues {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Names asked for twice (`IN ('a', 'a')`) still give their series once.
+fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut names = names.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// The value under `key`, inserted empty (a reading at `i64::MIN` for a leaf) when missing.
@@ -223,7 +249,7 @@ mod tests {
                 .len(),
             1
         );
-        assert_eq!(latest.rows_of(None, Some(&["main"])).len(), 2);
+        assert_eq!(latest.rows_of(None, Some(&["main", "main"])).len(), 2);
         assert_eq!(latest.rows_of(None, Some(&["other"])).len(), 0);
     }
 }

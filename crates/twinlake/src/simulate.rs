@@ -711,7 +711,12 @@ struct Connections {
     networks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     /// QoS 1 and 2 messages the broker has acknowledged, on every connection.
     acked: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Set when the simulation is done: a connection that fails then gives up.
+    done: tokio::sync::watch::Sender<bool>,
 }
+
+/// Connection attempts in a row after which a connection gives up.
+const CONNECT_ATTEMPTS: u32 = 30;
 
 impl Connections {
     fn new(endpoint: twinlake_ingest::MqttEndpoint, per_gateway: bool) -> Self {
@@ -721,6 +726,7 @@ impl Connections {
             clients: std::collections::HashMap::new(),
             networks: Vec::new(),
             acked: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            done: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -749,17 +755,34 @@ impl Connections {
         if let Some(user) = &self.endpoint.username {
             options.set_credentials(user, self.endpoint.password.clone().unwrap_or_default());
         }
+        // Thousands of gateways connecting at once keep a broker busy for a while: a gateway's
+        // connection waits, and tries again, as a bridge does; its session keeps what it sent
+        // but had not seen acknowledged (`cleansession false`, as thin-edge's bridges).
+        options.set_clean_session(!self.per_gateway);
         let (client, mut eventloop) = AsyncClient::new(options, queue);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(30);
+        eventloop.set_network_options(network);
         let acked = std::sync::Arc::clone(&self.acked);
+        let done = self.done.subscribe();
         self.networks.push(tokio::spawn(async move {
+            let mut failures = 0;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
                         acked.send_modify(|count| *count += 1);
                     }
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => failures = 0,
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
                     Ok(_) => {}
-                    Err(error) => return Err(format!("MQTT connection to the broker: {error}")),
+                    Err(error) => {
+                        failures += 1;
+                        if *done.borrow() || failures >= CONNECT_ATTEMPTS {
+                            return Err(format!("MQTT connection to the broker: {error}"));
+                        }
+                        tracing::debug!(%error, "MQTT connection failed; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
         }));
@@ -778,6 +801,7 @@ impl Connections {
         .await
         .is_ok_and(|waited| waited.is_ok());
         let acknowledged = *acked.borrow();
+        self.done.send_replace(true);
         for client in self.clients.values() {
             let _ = client.disconnect().await;
         }
