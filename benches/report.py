@@ -106,7 +106,7 @@ def main():
         f"{q['latest_lookup_p99_ms']:.2f} ms | – | – | – |"
     )
     lines.append(
-        f"| one depot's subtree vs full scan | {q['subtree_ms']:.0f} ms | Twinlake full scan | "
+        f"| one truck's subtree vs full scan | {q['subtree_ms']:.0f} ms | Twinlake full scan | "
         f"{q['full_scan_ms']:.0f} ms | {ratio(q['subtree_ms'], q['full_scan_ms']):.2f} |"
     )
     lines.append(

@@ -4,17 +4,16 @@
 WITH now AS (
     SELECT max(time) AS t FROM measurements WHERE type = 'telemetry' AND series = 'gps.speed'
 ), buckets AS (
-    SELECT m.entity, date_bin(INTERVAL '10 minutes', m.time) AS bucket, avg(m.value) AS speed
+    SELECT m.gateway, date_bin(INTERVAL '10 minutes', m.time) AS bucket, avg(m.value) AS speed
     FROM measurements m CROSS JOIN now
     WHERE m.type = 'telemetry'
       AND m.series = 'gps.speed'
       AND m.time > now.t - INTERVAL '4 hours'
-    GROUP BY m.entity, bucket
+    GROUP BY m.gateway, bucket
 )
-SELECT e.name AS truck,
+SELECT b.gateway AS truck,
        count(*) FILTER (WHERE b.speed > 1) AS driving_buckets
 FROM buckets b
-JOIN entities e ON e.entity = b.entity
-GROUP BY e.name
+GROUP BY b.gateway
 HAVING count(*) FILTER (WHERE b.speed > 1) > 22
 ORDER BY truck;

@@ -1,11 +1,12 @@
-SELECT p.path AS truck, iso(date_trunc('day', m.time)) AS day,
-       round(avg(value) FILTER (WHERE series = 'engine.temperature'), 2) AS avg_engine_c,
-       round(max(value) FILTER (WHERE series = 'engine.temperature'), 1) AS max_engine_c,
-       round(avg(value) FILTER (WHERE series = 'engine.oil_pressure'), 3) AS avg_oil_bar
+SELECT m.gateway AS truck, iso(date_trunc('day', m.time)) AS day,
+       round(avg(m.value) FILTER (WHERE m.series = 'engine.temperature'), 2) AS avg_engine_c,
+       round(max(m.value) FILTER (WHERE m.series = 'engine.temperature'), 1) AS max_engine_c,
+       round(avg(m.value) FILTER (WHERE m.series = 'engine.oil_pressure'), 3) AS avg_oil_bar
 FROM measurements m
-JOIN entity_paths p ON p.entity = m.entity
-WHERE m.type = 'telemetry' AND m.series IN ('engine.temperature', 'engine.oil_pressure')
-  AND (m.entity = 'main:device:depot02'
-       OR m.entity IN (SELECT descendant FROM ancestors WHERE ancestor = 'main:device:depot02'))
+JOIN gateway_twin_history d
+  ON d.gateway = m.gateway AND d.fragment = 'depot'
+ AND m.time >= d.valid_from AND (d.valid_to IS NULL OR m.time < d.valid_to)
+WHERE json_extract_string(d.value, '$') = 'depot02'
+  AND m.type = 'telemetry' AND m.series IN ('engine.temperature', 'engine.oil_pressure')
 GROUP BY truck, day
 ORDER BY truck, day

@@ -1,5 +1,8 @@
-SELECT a.depth, e.kind, e.type, count(*) AS entities
-FROM ancestors a JOIN entities e ON e.entity = a.descendant
-WHERE a.ancestor = 'main:device:depot01'
-GROUP BY a.depth, e.kind, e.type
-ORDER BY a.depth, e.kind, e.type
+SELECT coalesce(a.depth, 0) AS depth, e.kind, e.type, count(*) AS entities,
+       count(DISTINCT e.gateway) AS trucks
+FROM entities e
+JOIN twin d ON d.entity = e.gateway AND d.fragment = 'depot'
+LEFT JOIN ancestors a ON a.descendant = e.entity AND a.ancestor = e.gateway
+WHERE json_extract_string(d.value, '$') = 'depot01'
+GROUP BY coalesce(a.depth, 0), e.kind, e.type
+ORDER BY depth, e.kind, e.type

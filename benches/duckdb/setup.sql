@@ -1,7 +1,8 @@
 -- The tables and views of Twinlake's SQL, rebuilt in DuckDB over the Parquet files of each
 -- Delta table's current snapshot ({measurements} and the like are the file lists). The
--- simulated fleet neither moves nor deregisters entities, so the current hierarchy is the
--- hierarchy at every reading's time; the twin does change (firmware), so its history is kept.
+-- simulated fleet of gateways neither moves nor deregisters entities, so the current
+-- hierarchy is the hierarchy at every reading's time; the twin does change (firmware, the
+-- depot a truck is in), so its history is kept.
 SET TimeZone = 'UTC';
 -- Naive UTC timestamps: DuckDB buckets them without time zone arithmetic.
 CREATE VIEW measurements AS
@@ -41,23 +42,25 @@ CREATE TABLE ancestors AS
 -- As Twinlake's twin_history: a fragment's first value is valid from the beginning of time.
 CREATE TABLE twin_history AS
     WITH ordered AS (
-        SELECT entity, fragment, value, time,
+        SELECT gateway, entity, fragment, value, time,
                lag(value) OVER (PARTITION BY entity, fragment ORDER BY time) AS previous,
                row_number() OVER (PARTITION BY entity, fragment ORDER BY time) AS n
         FROM read_parquet({twin_changes})
     ), changed AS (
-        SELECT entity, fragment, value, time, n,
+        SELECT gateway, entity, fragment, value, time, n,
                lead(time) OVER (PARTITION BY entity, fragment ORDER BY time) AS valid_to
         FROM ordered WHERE n = 1 OR value IS DISTINCT FROM previous)
-    SELECT entity, fragment, value,
+    SELECT gateway, entity, fragment, value,
            CASE WHEN n = 1 THEN TIMESTAMPTZ '1970-01-01 00:00:00+00' ELSE time END AS valid_from,
            valid_to
     FROM changed WHERE value IS NOT NULL;
 CREATE VIEW twin AS SELECT entity, fragment, value FROM twin_history WHERE valid_to IS NULL;
+CREATE VIEW gateway_twin_history AS
+    SELECT gateway, fragment, value, valid_from, valid_to FROM twin_history WHERE entity = gateway;
 CREATE VIEW health_current AS
     SELECT entity, status, time FROM (
         SELECT *, row_number() OVER (PARTITION BY entity ORDER BY time DESC) AS n FROM health)
     WHERE n = 1 AND status IS NOT NULL;
 CREATE VIEW latest AS
-    SELECT entity, type, series, arg_max(value, time) AS value, max(time) AS time
-    FROM measurements GROUP BY entity, type, series;
+    SELECT gateway, entity, type, series, arg_max(value, time) AS value, max(time) AS time
+    FROM measurements GROUP BY gateway, entity, type, series;

@@ -3,7 +3,7 @@
 //! The fleet of `twinlake simulate` (same seed, same messages) is parsed by the ingest parser
 //! and handed to the store in rounds, without MQTT, so that the figures are the store's own:
 //! persist throughput (sort, encode, write, commit), stored bytes per numeric value, compaction
-//! throughput, and the time of a query over one depot's subtree (1% of the trucks) next to a
+//! throughput, and the time of a query over one depot's trucks (1% of them) next to a
 //! full scan of the same data, before compaction (every file holds every entity) and after
 //! (files hold entity ranges, so the roaring bitmaps skip most of them).
 
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use prometheus_client::registry::Registry;
 use twinlake_model::{
-    EntityTopicId, FleetTopics, Parsed, Table, TableBuilders, Timestamp, main_device_registration,
-    parse_message,
+    EntityTopicId, FleetTopics, Gateway, Parsed, Table, TableBuilders, Timestamp,
+    main_device_registration, parse_message,
 };
 use twinlake_query::{QueryEngine, QueryLimits};
 use twinlake_store::{
@@ -99,7 +99,7 @@ pub(crate) async fn fleet_lake(
     .map_err(|e| e.to_string())?;
 
     let fleet_args = SimulateArgs::parse_options(&[
-        "--devices",
+        "--gateways",
         &shape.devices.to_string(),
         "--seed",
         "1",
@@ -111,12 +111,8 @@ pub(crate) async fn fleet_lake(
     let mut fleet = Fleet::new(&fleet_args);
     let start = Timestamp::parse_rfc3339(shape.start).map_err(|e| e.to_string())?;
     let step = shape.step.as_nanos() as i64;
-    let topics = FleetTopics::default();
+    let mut ingest = FleetIngest::default();
     let mut builders = TableBuilders::new();
-    // What ingest does at the gateway's first message: its main device becomes a root.
-    let gateway = topics.default_gateway();
-    let main = EntityTopicId::main_device();
-    builders.append_entity_change(gateway, &main, &main_device_registration(gateway, start));
     let mut record = 0u64;
     let mut filled = FleetLake {
         lake,
@@ -128,7 +124,7 @@ pub(crate) async fn fleet_lake(
     };
     let mut setup = fleet.registrations();
     setup.extend(fleet.initial_health(start));
-    add(&topics, &mut builders, setup, start, &mut filled.messages);
+    ingest.add(&mut builders, setup, start, &mut filled.messages);
     for round in 0..shape.rounds {
         let at = Timestamp::from_unix_nanos(start.unix_nanos() + round as i64 * step);
         let last = round + 1 == shape.rounds;
@@ -136,7 +132,7 @@ pub(crate) async fn fleet_lake(
         if last {
             messages.extend(fleet.backlogs());
         }
-        add(&topics, &mut builders, messages, at, &mut filled.messages);
+        ingest.add(&mut builders, messages, at, &mut filled.messages);
         if (round + 1) % shape.rounds_per_persist == 0 || last {
             record += 1;
             for (table, batch) in builders.finish().map_err(|e| e.to_string())? {
@@ -278,21 +274,35 @@ fn same_answer(a: &[String], b: &[String]) -> bool {
     }
 }
 
-fn add(
-    topics: &FleetTopics,
-    builders: &mut TableBuilders,
-    messages: Vec<Outgoing>,
-    at: Timestamp,
-    count: &mut u64,
-) {
-    for message in messages {
-        *count += 1;
-        if let Parsed::Data(parsed) = parse_message(
-            topics,
-            message.topic.as_bytes(),
-            message.payload.as_bytes(),
-            at,
-        ) {
+/// Messages parsed as ingest parses them, with what ingest adds: each gateway's main device
+/// registered at the gateway's first message.
+#[derive(Default)]
+struct FleetIngest {
+    topics: FleetTopics,
+    gateways: std::collections::HashSet<Gateway>,
+}
+
+impl FleetIngest {
+    fn add(
+        &mut self,
+        builders: &mut TableBuilders,
+        messages: Vec<Outgoing>,
+        at: Timestamp,
+        count: &mut u64,
+    ) {
+        for message in messages {
+            *count += 1;
+            let topic = message.topic.as_bytes();
+            let Parsed::Data(parsed) =
+                parse_message(&self.topics, topic, message.payload.as_bytes(), at)
+            else {
+                continue;
+            };
+            if self.gateways.insert(parsed.gateway.clone()) {
+                let main = EntityTopicId::main_device();
+                let registration = main_device_registration(&parsed.gateway, at);
+                builders.append_entity_change(&parsed.gateway, &main, &registration);
+            }
             builders.append(&parsed);
         }
     }
@@ -306,32 +316,15 @@ fn total_bytes(live: &LiveTables, table: Table) -> u64 {
     live.files(table).iter().map(|f| f.size).sum()
 }
 
-/// The entities of depot 1's subtree: the depot, its trucks and everything on them.
+/// The entities of depot 1's trucks: every entity of the gateways whose `depot` is depot01.
 async fn depot_subtree(engine: &QueryEngine) -> Result<Vec<String>, String> {
-    let trucks = rows_of(
+    rows_of(
         engine,
-        "SELECT entity FROM entity_changes WHERE parent = 'device/depot01//'",
+        "SELECT DISTINCT m.entity FROM measurements m \
+         JOIN twin d ON d.entity = m.gateway AND d.fragment = 'depot' \
+         WHERE d.value = '\"depot01\"' ORDER BY m.entity",
     )
-    .await?;
-    let all = rows_of(engine, "SELECT DISTINCT entity FROM measurements").await?;
-    let names: Vec<String> = trucks
-        .iter()
-        .map(|t| {
-            t.trim_start_matches("device/")
-                .trim_end_matches('/')
-                .to_owned()
-        })
-        .collect();
-    let mut subtree: Vec<String> = all
-        .into_iter()
-        .filter(|entity| {
-            names.iter().any(|truck| {
-                entity.contains(&format!("{truck}/")) || entity.contains(&format!("{truck}-"))
-            })
-        })
-        .collect();
-    subtree.push("device/depot01//".to_owned());
-    Ok(subtree)
+    .await
 }
 
 pub(crate) async fn rows_of(engine: &QueryEngine, sql: &str) -> Result<Vec<String>, String> {

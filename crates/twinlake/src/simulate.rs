@@ -420,6 +420,12 @@ impl Fleet {
                 let local_parent = parent_device.split_once('-').map_or("main", |(_, p)| p);
                 registration["@parent"] = json!(format!("device/{local_parent}//"));
             }
+            // Names are the gateway's own: `sensor1`, not the site's `truck0001-sensor1`.
+            if let Some(name) = registration.get("name").and_then(|n| n.as_str())
+                && let Some(local_name) = name.strip_prefix(&format!("{truck}-"))
+            {
+                registration["name"] = json!(local_name);
+            }
             payload = registration.to_string();
         }
         if channel == "//twin/home" {

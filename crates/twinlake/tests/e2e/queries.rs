@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Broker, Twinlake, free_port};
 
-/// The data set: 10 trucks in 2 depots, two days of one-minute rounds (662,400 values).
+/// The data set: 10 trucks, each a gateway, in 2 depots, two days of one-minute rounds.
 pub(crate) const SIMULATION: [&str; 12] = [
     "--seed",
     "7",
@@ -20,7 +20,7 @@ pub(crate) const SIMULATION: [&str; 12] = [
     "2880",
     "--rate",
     "0",
-    "--devices",
+    "--gateways",
     "10",
 ];
 
