@@ -130,37 +130,12 @@ impl Mosquitto {
 /// A client key and certificate (`<name>.key`, `<name>.pem`) with common name `name`, signed
 /// by the CA of [`make_certificates`] in the same directory.
 pub(crate) fn make_client_certificate(dir: &Path, name: &str) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    let subject = format!("/CN={name}");
-    openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        &pem,
-    ]);
+    make_signed(dir, name, name, &[]);
 }
 
 /// A CA (`ca.pem`) and a broker key and certificate for 127.0.0.1 signed by it.
 pub(crate) fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    openssl(&[
+    run(Command::new("openssl").current_dir(dir).args([
         "req",
         "-x509",
         "-newkey",
@@ -174,29 +149,32 @@ pub(crate) fn make_certificates(dir: &Path) {
         "ca.key",
         "-out",
         "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "broker.key",
-        "-out",
-        "broker.csr",
-    ]);
+    ]));
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
+    make_signed(dir, "broker", "127.0.0.1", &["-extfile", "san.ext"]);
+}
+
+/// `<file>.key` and `<file>.pem` for common name `common_name`, signed by the CA in `dir`.
+fn make_signed(dir: &Path, file: &str, common_name: &str, extra: &[&str]) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    let (key, csr, pem) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.pem"),
+    );
+    let subject = format!("/CN={common_name}");
     openssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+    ]);
+    let sign = [
         "x509",
         "-req",
         "-in",
-        "broker.csr",
+        &csr,
         "-CA",
         "ca.pem",
         "-CAkey",
@@ -204,11 +182,10 @@ pub(crate) fn make_certificates(dir: &Path) {
         "-CAcreateserial",
         "-days",
         "2",
-        "-extfile",
-        "san.ext",
         "-out",
-        "broker.pem",
-    ]);
+        &pem,
+    ];
+    openssl(&[&sign[..], extra].concat());
 }
 
 /// Mosquitto started as root drops to its own user before it reads certificates and passwords.
