@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Broker, Mosquitto, Twinlake, free_port, message, publish};
 
-fn spec_messages() -> Vec<crate::support::Message> {
+pub(crate) fn spec_messages() -> Vec<crate::support::Message> {
     vec![
         message(
             "te/device/main/service/tedge-agent",
@@ -168,7 +168,8 @@ fn spec_messages() -> Vec<crate::support::Message> {
     ]
 }
 
-fn check_spec_rows(twinlake: &Twinlake) {
+/// The rows of the spec examples; `topic_prefix` is what a bridge put before their topics.
+pub(crate) fn check_spec_rows(twinlake: &Twinlake, topic_prefix: &str) {
     let all_rows = "SELECT (SELECT count(*) FROM measurements) + (SELECT count(*) FROM events) + (SELECT count(*) FROM alarms) + (SELECT count(*) FROM rejected) AS n";
     assert_eq!(
         twinlake.wait_for_count(all_rows, 23, std::time::Duration::from_secs(10)),
@@ -276,27 +277,27 @@ fn check_spec_rows(twinlake: &Twinlake) {
         summary,
         vec![
             (
-                "te/device/main///e/bad_time".to_owned(),
+                format!("{topic_prefix}te/device/main///e/bad_time"),
                 "invalid_time".to_owned()
             ),
             (
-                "te/device/main///m/bad_bool".to_owned(),
+                format!("{topic_prefix}te/device/main///m/bad_bool"),
                 "invalid_payload".to_owned()
             ),
             (
-                "te/device/main///m/bad_deep".to_owned(),
+                format!("{topic_prefix}te/device/main///m/bad_deep"),
                 "invalid_payload".to_owned()
             ),
             (
-                "te/device/main///m/bad_empty".to_owned(),
+                format!("{topic_prefix}te/device/main///m/bad_empty"),
                 "invalid_payload".to_owned()
             ),
             (
-                "te/device/main///m/bad_text".to_owned(),
+                format!("{topic_prefix}te/device/main///m/bad_text"),
                 "invalid_payload".to_owned()
             ),
             (
-                "te/device/main///unknown/channel".to_owned(),
+                format!("{topic_prefix}te/device/main///unknown/channel"),
                 "unknown_channel".to_owned()
             ),
         ]
@@ -345,11 +346,11 @@ fn spec_examples_through_the_embedded_broker() {
     let dir = tempfile::tempdir().unwrap();
     let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
     publish(&twinlake.mqtt_url, spec_messages());
-    check_spec_rows(&twinlake);
+    check_spec_rows(&twinlake, "");
     check_spec_metrics(&twinlake);
     // After a restart the rows come back from the WAL, unchanged.
     twinlake.restart();
-    check_spec_rows(&twinlake);
+    check_spec_rows(&twinlake, "");
 
     // Over the payload limit (256 KiB by default): a `rejected` row with the first KiB and the size.
     let big = format!("{{\"x\":1,\"pad\":\"{}\"}}", "a".repeat(300 * 1024));
@@ -382,7 +383,7 @@ fn spec_examples_through_mosquitto_and_retained_replays_are_not_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &[]);
     publish(&mosquitto.url(), spec_messages());
-    check_spec_rows(&twinlake);
+    check_spec_rows(&twinlake, "");
     check_spec_metrics(&twinlake);
     // Mosquitto replays every retained message to the new connection; none is new.
     twinlake.restart();
@@ -394,7 +395,7 @@ fn spec_examples_through_mosquitto_and_retained_replays_are_not_stored_twice() {
             .metric("twinlake_mqtt_messages_received_total")
             .unwrap_or(0.0);
     }
-    check_spec_rows(&twinlake);
+    check_spec_rows(&twinlake, "");
     // 16 retained topics are replayed: 5 registrations, 5 twin fragments, 3 health, 1 meta, and
     // the command capability and config, which are not stored anyway.
     assert_eq!(replayed, 16.0);
@@ -442,5 +443,5 @@ fn spec_examples_through_mosquitto_over_tls_with_a_password() {
     );
     // Devices publish on the plain listener; Twinlake reads them through the TLS one.
     publish(&mosquitto.url(), spec_messages());
-    check_spec_rows(&twinlake);
+    check_spec_rows(&twinlake, "");
 }
