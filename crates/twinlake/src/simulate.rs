@@ -91,6 +91,10 @@ pub(crate) struct SimulateArgs {
     /// missing data).
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     missing: f64,
+    /// These trucks (e.g. truck0007) stop reporting, as gateways that lost power, for the last
+    /// tenth of --rounds: nothing more comes from them (the rest of the fleet is unchanged).
+    #[arg(long, value_delimiter = ',', requires = "rounds")]
+    silent: Vec<String>,
 }
 
 impl SimulateArgs {
@@ -184,6 +188,10 @@ pub(crate) struct Fleet {
     telemetry_qos: QoS,
     late: f64,
     missing: f64,
+    /// These trucks send nothing from round `silent_from` on.
+    silent: Vec<String>,
+    silent_from: u64,
+    rounds_done: u64,
 }
 
 fn qos_of(level: u8) -> QoS {
@@ -249,6 +257,9 @@ impl Fleet {
             rng,
             telemetry_qos: qos_of(args.qos),
             late: args.late,
+            silent: args.silent.clone(),
+            silent_from: args.rounds.map_or(u64::MAX, |rounds| rounds - rounds / 10),
+            rounds_done: 0,
             missing: args.missing,
         }
     }
@@ -344,16 +355,23 @@ impl Fleet {
     pub(crate) fn round(&mut self, at: Timestamp, dt: f64) -> Vec<Outgoing> {
         let time = at.to_rfc3339();
         let mut out = Vec::new();
+        let silence = self.rounds_done >= self.silent_from;
+        self.rounds_done += 1;
         for index in 0..self.trucks.len() {
+            if silence && self.silent.contains(&self.trucks[index].id) {
+                // Still drawn, so that the other trucks' readings stay as they were.
+                self.advance(index, dt, &time, &mut Vec::new());
+                continue;
+            }
             self.advance(index, dt, &time, &mut out);
         }
-        out.extend(self.depot_moves());
+        out.extend(self.depot_moves(silence));
         self.as_published(out)
     }
 
     /// With gateways: trucks that move to another depot this round, as a new value of their
     /// `depot` twin fragment.
-    fn depot_moves(&mut self) -> Vec<Outgoing> {
+    fn depot_moves(&mut self, silence: bool) -> Vec<Outgoing> {
         let depots = self.depots;
         let Layout::Gateways { moves, chance } = &mut self.layout else {
             return Vec::new();
@@ -363,7 +381,7 @@ impl Fleet {
         }
         let mut out = Vec::new();
         for truck in &mut self.trucks {
-            if !moves.random_bool(*chance) {
+            if !moves.random_bool(*chance) || (silence && self.silent.contains(&truck.id)) {
                 continue;
             }
             let next = (truck.depot % depots) + 1;
@@ -994,6 +1012,52 @@ mod tests {
                 .iter()
                 .all(|m| m.retain && m.payload.starts_with("\"depot0"))
         );
+    }
+
+    #[test]
+    fn silent_trucks_stop_for_the_last_tenth_and_the_rest_is_unchanged() {
+        let all = run(&["--gateways", "4", "--rounds", "100"], 100);
+        let silent = run(
+            &[
+                "--gateways",
+                "4",
+                "--rounds",
+                "100",
+                "--silent",
+                "truck0004",
+            ],
+            100,
+        );
+        let from = |truck: &str, messages: &[Outgoing]| -> Vec<String> {
+            messages
+                .iter()
+                .filter(|m| m.topic.starts_with(&format!("twinlake/{truck}/")))
+                .map(|m| m.payload.clone())
+                .collect()
+        };
+        // truck0004 says what it said before, up to round 90 of 100, and nothing after.
+        let (quiet, loud) = (from("truck0004", &silent), from("truck0004", &all));
+        assert!(quiet.len() < loud.len());
+        assert_eq!(quiet[..], loud[..quiet.len()]);
+        let last = telemetry(&silent)
+            .into_iter()
+            .filter_map(|r| r["time"].as_str().map(str::to_owned))
+            .max();
+        assert_eq!(last.as_deref(), Some("2026-11-01T01:39:00Z"));
+        let quiet_times = quiet
+            .iter()
+            .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .filter_map(|r| r["time"].as_str().map(str::to_owned))
+            .max();
+        assert_eq!(quiet_times.as_deref(), Some("2026-11-01T01:29:00Z"));
+        let others = |messages: &[Outgoing]| {
+            let kept: Vec<&Outgoing> = messages
+                .iter()
+                .filter(|m| !m.topic.starts_with("twinlake/truck0004/"))
+                .collect();
+            kept.iter().map(|m| m.payload.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(others(&silent), others(&all));
     }
 
     #[test]
