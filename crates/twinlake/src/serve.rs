@@ -587,10 +587,16 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?,
     );
+    let folding = std::time::Instant::now();
     let entities = engine
         .entity_history()
         .await
         .map_err(|e| format!("reading the entity hierarchy: {e}"))?;
+    tracing::info!(
+        entities = entities.known(),
+        seconds = folding.elapsed().as_secs_f64(),
+        "hierarchy folded from entity_changes"
+    );
     tokio::spawn(load_latest(Arc::clone(&engine)));
     let http_listen = options
         .http_listen
