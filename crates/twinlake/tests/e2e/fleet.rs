@@ -78,6 +78,14 @@ impl Central {
     }
 }
 
+impl Central {
+    /// Twinlake ingesting from this broker, as user `twinlake` (the ACL's reader).
+    fn twinlake(&self, data_dir: &Path) -> Twinlake {
+        let credentials = ["--mqtt-username", "twinlake", "--mqtt-password", "s3cret"];
+        Twinlake::start(data_dir, Broker::External(self.broker.url()), &credentials)
+    }
+}
+
 /// A gateway's own broker: its local publishers use it anonymously, and the documented bridge
 /// forwards its `te/` tree to the central broker.
 struct Gateway {
@@ -172,20 +180,11 @@ impl Gateway {
     }
 }
 
-fn rows(twinlake: &Twinlake, sql: &str) -> Vec<Value> {
-    twinlake.query(sql)
-}
-
 #[test]
 fn gateways_bridged_as_documented_keep_their_trees_apart() {
     let central = Central::start();
     let dir = tempfile::tempdir().unwrap();
-    let credentials = ["--mqtt-username", "twinlake", "--mqtt-password", "s3cret"];
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::External(central.broker.url()),
-        &credentials,
-    );
+    let twinlake = central.twinlake(dir.path());
     let mut gateways: Vec<Gateway> = GATEWAYS
         .iter()
         .map(|id| Gateway::start(id, &central))
@@ -221,10 +220,7 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
         3
     );
     assert_eq!(
-        rows(
-            &twinlake,
-            "SELECT gateway, entity, value FROM measurements ORDER BY gateway"
-        ),
+        twinlake.query("SELECT gateway, entity, value FROM measurements ORDER BY gateway"),
         vec![
             json!({"gateway": "truck1", "entity": "truck1:device:child01", "value": 0.0}),
             json!({"gateway": "truck2", "entity": "truck2:device:child01", "value": 1.0}),
@@ -236,8 +232,7 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
         twinlake.wait_for_count(registered, 6, Duration::from_secs(30)),
         6
     );
-    let truck2 = rows(
-        &twinlake,
+    let truck2 = twinlake.query(
         "SELECT entity, topic_id, kind, parent FROM entities WHERE gateway = 'truck2' \
          AND entity NOT LIKE '%mosquitto-twinlake-bridge' ORDER BY entity",
     );
@@ -253,7 +248,7 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
         twinlake.count("SELECT count(*) FROM gateways"),
         3,
         "{:?}",
-        rows(&twinlake, "SELECT * FROM gateways")
+        twinlake.query("SELECT * FROM gateways")
     );
     // The bridge's own state arrives as the health of a service of the gateway.
     let bridges = "SELECT count(*) FROM health_current \
@@ -272,8 +267,7 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
         4
     );
     assert_eq!(
-        rows(
-            &twinlake,
+        twinlake.query(
             "SELECT gateway, json_get_str(value) AS depot FROM gateway_twin_history \
              WHERE fragment = 'depot' AND valid_to IS NULL ORDER BY gateway"
         ),
@@ -477,12 +471,7 @@ fn a_thousand_gateways_grouped_by_their_depot_as_it_was() {
 fn the_spec_examples_through_a_gateway_bridge() {
     let central = Central::start();
     let dir = tempfile::tempdir().unwrap();
-    let credentials = ["--mqtt-username", "twinlake", "--mqtt-password", "s3cret"];
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::External(central.broker.url()),
-        &credentials,
-    );
+    let twinlake = central.twinlake(dir.path());
     // The bridge's own state would be a service and health rows more than §6 has.
     let gateway = Gateway::start_with(SPEC_GATEWAY, &central, |bridge| {
         bridge.replace("notifications true", "notifications false")
