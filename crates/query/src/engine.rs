@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -21,7 +22,7 @@ use crate::hierarchy::{
 };
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
-use crate::runtime::{QueryRuntime, Running};
+use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
 use crate::views::VIEWS;
 
 /// The hierarchy's tables, table functions and scalar functions.
@@ -205,7 +206,11 @@ impl QueryEngine {
         let lake_url = url::Url::parse(LAKE_STORE_URL)
             .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
         runtime.register_object_store(&lake_url, lake_store);
-        let mut context = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features();
+        let mut context = SessionContext::new_with_state(CooperativeJoins::add_to(state).build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
         datafusion_functions_json::register_all(&mut context)?;
         let changes = Arc::new(LakeTableProvider::new(

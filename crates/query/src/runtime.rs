@@ -1,11 +1,24 @@
 //! The threads queries run on: a tokio runtime of their own, so that a CPU-heavy query (a
 //! large join, a sort) never holds the threads that ingest and the HTTP server run on, and so
-//! that a query's timeout, a timer on the caller's runtime, fires on time.
+//! that a query's timeout, a timer on the caller's runtime, fires on time; and the plan rule
+//! that lets a cancelled query's work actually stop.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PiecewiseMergeJoinExec, SortMergeJoinExec,
+    SymmetricHashJoinExec,
+};
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::{JoinError, JoinHandle};
 
@@ -68,4 +81,61 @@ impl<T> Drop for Running<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A task on the query runtime stops when aborted only where it yields to the runtime, and
+/// DataFusion yields where batches are read or exchanged. A join can make billions of rows
+/// from one batch of its input, and an aggregate above it consumes them all within one poll:
+/// `count(*)` over a join whose keys barely differ ran for minutes after its query timed out,
+/// holding a query thread. So every join's output counts against the task's budget too.
+#[derive(Debug, Default)]
+pub(crate) struct CooperativeJoins;
+
+impl CooperativeJoins {
+    /// DataFusion's physical rules with this one beside its own `EnsureCooperative` (before
+    /// the late filter pushdown, which must see the plan's final shape).
+    pub(crate) fn add_to(state: SessionStateBuilder) -> SessionStateBuilder {
+        let mut rules = PhysicalOptimizer::new().rules;
+        let place = rules
+            .iter()
+            .position(|rule| rule.name() == "EnsureCooperative")
+            .map_or(rules.len(), |at| at + 1);
+        rules.insert(place, Arc::new(Self));
+        state.with_physical_optimizer_rules(rules)
+    }
+}
+
+impl PhysicalOptimizerRule for CooperativeJoins {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if !is_join(node.as_ref()) {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(
+                Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+            ))
+        })
+        .map(|done| done.data)
+    }
+
+    fn name(&self) -> &str {
+        "CooperativeJoins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn is_join(plan: &dyn ExecutionPlan) -> bool {
+    plan.is::<HashJoinExec>()
+        || plan.is::<NestedLoopJoinExec>()
+        || plan.is::<CrossJoinExec>()
+        || plan.is::<SortMergeJoinExec>()
+        || plan.is::<SymmetricHashJoinExec>()
+        || plan.is::<PiecewiseMergeJoinExec>()
 }

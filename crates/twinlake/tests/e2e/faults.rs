@@ -166,6 +166,41 @@ fn query_bombs_end_in_errors_within_the_limits_while_ingest_goes_on() {
     );
 }
 
+/// A query that timed out stops computing, so the next one has the query threads. A count
+/// over a join whose keys barely differ used to run on for minutes after its timeout (the
+/// aggregate took the join's rows without ever yielding, so the abort could not land): two
+/// such queries held both threads of a 2-core machine and every later query timed out.
+#[test]
+fn a_query_past_its_timeout_stops_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ["--query-timeout-s", "3"];
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &limits);
+    let join = "SELECT count(*) FROM generate_series(1, 200000) a \
+                JOIN generate_series(1, 200000) b ON a.value % 3 = b.value % 3";
+    let (status, body) = crate::support::query_outcome(&twinlake.http, join);
+    assert_eq!(status, 503, "{body:?}");
+    assert!(body.unwrap().contains("query timeout"));
+    // A moment for the abort to land, then the server should be as idle as before.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(twinlake.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(twinlake.pid()) - before;
+    assert!(
+        used < 0.5,
+        "{used:.2} s of CPU in the 3 s after the query timed out"
+    );
+}
+
+/// User and system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
+    ticks as f64 / 100.0
+}
+
 /// A small tmpfs mounted at a path for the test's lifetime (tests run as root in CI).
 struct SmallDisk {
     path: std::path::PathBuf,
