@@ -35,6 +35,16 @@ pub struct IngestMetrics {
     pub backpressure_episodes: Counter,
     /// 1 while ingest is connected to the broker and subscribed.
     pub subscribed: Gauge,
+    /// Connections open on the embedded endpoint.
+    pub connections: Gauge,
+    /// Connections the endpoint refused or closed, per reason.
+    pub connections_refused: Family<Labels, Counter>,
+    /// Publishes the endpoint refused (never stored), per reason.
+    pub publishes_refused: Family<Labels, Counter>,
+    /// QoS 2 publishes sent again after their PUBREC was lost: acknowledged, not stored twice.
+    pub qos2_duplicates: Counter,
+    /// Will messages stored after a connection ended without DISCONNECT.
+    pub wills: Counter,
 }
 
 impl IngestMetrics {
@@ -57,6 +67,11 @@ impl IngestMetrics {
             backpressure: Gauge::default(),
             backpressure_episodes: Counter::default(),
             subscribed: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Family::default(),
+            publishes_refused: Family::default(),
+            qos2_duplicates: Counter::default(),
+            wills: Counter::default(),
         };
         let prefix = registry.sub_registry_with_prefix("twinlake");
         prefix.register(
@@ -139,6 +154,31 @@ impl IngestMetrics {
             "mqtt_subscribed",
             "1 while ingest is connected to the MQTT broker and subscribed to the topic root",
             metrics.subscribed.clone(),
+        );
+        prefix.register(
+            "mqtt_connections",
+            "Connections open on the embedded MQTT endpoint",
+            metrics.connections.clone(),
+        );
+        prefix.register(
+            "mqtt_connections_refused",
+            "Connections the embedded MQTT endpoint refused or closed, per reason",
+            metrics.connections_refused.clone(),
+        );
+        prefix.register(
+            "mqtt_publishes_refused",
+            "Publishes the embedded MQTT endpoint refused and did not store, per reason",
+            metrics.publishes_refused.clone(),
+        );
+        prefix.register(
+            "mqtt_qos2_duplicates",
+            "QoS 2 publishes sent again after their PUBREC was lost: acknowledged again, stored once",
+            metrics.qos2_duplicates.clone(),
+        );
+        prefix.register(
+            "mqtt_wills",
+            "Will messages stored after a connection ended without DISCONNECT",
+            metrics.wills.clone(),
         );
         metrics
     }

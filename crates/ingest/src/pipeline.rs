@@ -1,27 +1,27 @@
-//! The ingest pipeline: MQTT reader → batcher (parse, group) → WAL → acker (hot buffer, PUBACK).
+//! The ingest pipeline: source → batcher (parse, group) → WAL → acker (hot buffer, acks).
 //!
-//! Four tasks joined by FIFO channels keep acknowledgements in the order messages arrived, as
-//! MQTT requires, while the next group is parsed during the current group's fsync:
+//! The source is the embedded MQTT endpoint (every connection of it) or a subscription to an
+//! external broker; either hands each message on with its place in the in-flight budgets, and
+//! stops reading while there is none (backpressure, never loss). Tasks joined by FIFO channels
+//! keep acknowledgements in the order messages arrived, as MQTT requires, while the next group
+//! is parsed during the current group's fsync:
 //!
-//! - the reader polls the MQTT connection and hands each publish on with an in-flight permit;
-//!   when the in-flight or hot-buffer budget is reached it stops reading, which stops the broker
-//!   from sending (backpressure) instead of dropping anything;
-//! - the batcher parses messages into Arrow rows and, every `batch_window` or `batch_max_messages`,
-//!   submits them to the WAL as one record;
+//! - the batcher parses messages into Arrow rows and, every `batch_window` or
+//!   `batch_max_messages`, submits them to the WAL as one record, with the retained-state and
+//!   QoS 2 changes they make;
 //! - the acker waits for each record's fsync, moves its rows to the live tables (so an
-//!   acknowledged message is queryable), then frees its messages' permits and passes their
-//!   acknowledgements to the ack sender, which queues them on the MQTT client.
+//!   acknowledged message is queryable), then frees its messages' places and acknowledges them:
+//!   to the endpoint connection each came on, or through the subscriber's MQTT client.
 //!
-//! After each persist the batcher writes a checkpoint of the retained state to the WAL (so it
-//! outlives the segments that held it), and once that is durable the acker deletes the WAL
-//! segments whose rows are all persisted.
+//! After each persist the batcher writes a checkpoint of the retained and QoS 2 state to the
+//! WAL (so it outlives the segments that held it), and once that is durable the acker deletes
+//! the WAL segments whose rows are all persisted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use twinlake_model::{
     EntityChangeRow, EntityHistory, EntityTopicId, FleetTopics, Message, MessageBody, Parsed,
@@ -31,11 +31,16 @@ use twinlake_model::{
 use twinlake_store::LiveTables;
 use twinlake_wal::{PendingAppend, Wal, WalError, WalStats};
 
-use crate::endpoint::{EndpointError, MqttEndpoint};
+use crate::endpoint::MqttEndpoint;
+use crate::error::IngestError;
+use crate::inflight::{Ack, Budgets, Content, Received};
 use crate::limits::GrowthLimits;
+use crate::listener::{Listener, ListenerConfig};
 use crate::metrics::IngestMetrics;
+use crate::qos2::{QOS2_TABLE, Qos2Log, Qos2State};
 use crate::retained::{RETAINED_TABLE, RetainedLog, RetainedState, is_retained_kind};
-use crate::session::SessionGate;
+use crate::session::AckToken;
+use crate::subscriber::Subscriber;
 
 /// The largest MQTT packet ingest and the embedded broker accept by default.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
@@ -43,7 +48,7 @@ pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
 /// How ingest runs; every limit is here, with its default in [`IngestConfig::new`].
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    pub endpoint: MqttEndpoint,
+    pub source: Source,
     /// Where thin-edge topics are, and which gateway a plain one belongs to.
     pub topics: FleetTopics,
     /// Larger payloads become `rejected` rows holding their first bytes and their size.
@@ -76,9 +81,9 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
-    pub fn new(endpoint: MqttEndpoint) -> Self {
+    pub fn new(source: Source) -> Self {
         Self {
-            endpoint,
+            source,
             topics: FleetTopics::default(),
             max_payload_bytes: 256 * 1024,
             max_rows_per_message: 10_000,
@@ -96,40 +101,19 @@ impl IngestConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error(transparent)]
-    Endpoint(#[from] EndpointError),
-    #[error("the WAL failed, so nothing more can be acknowledged: {0}")]
-    Wal(#[from] WalError),
-    #[error("storing rows: {0}")]
-    Store(#[from] arrow_schema::ArrowError),
-    #[error("acknowledging to the MQTT broker: {0}")]
-    Ack(#[from] rumqttc::ClientError),
-    #[error("an ingest task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+/// Where messages come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Twinlake's own MQTT endpoint: devices and bridges connect to it.
+    Listener(ListenerConfig),
+    /// A subscription to an external broker.
+    Broker(MqttEndpoint),
 }
 
-/// A message with its place in the in-flight budget.
-struct Received {
-    publish: Publish,
-    /// The connection it arrived on (see [`SessionGate`]).
-    connection: u64,
-    received_at: Timestamp,
-    /// Its place in the in-flight budgets of messages and bytes.
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-}
-
-/// The in-flight byte budget as semaphore permits (a semaphore counts in u32 per acquire).
-fn inflight_byte_permits(config: &IngestConfig) -> usize {
-    config.max_inflight_bytes.clamp(1, u32::MAX as usize)
-}
-
-/// What a message takes of the in-flight byte budget: its topic and payload, and never more
-/// than the whole budget (a message larger than it still goes through, alone).
-fn inflight_size(publish: &Publish, config: &IngestConfig) -> u32 {
-    let bytes = publish.topic.len() + publish.payload.len();
-    bytes.clamp(1, inflight_byte_permits(config)) as u32
+/// A started source, to be finished once the pipeline has acknowledged what it holds.
+enum Started {
+    Listener(Listener),
+    Broker(Subscriber),
 }
 
 /// One group commit on its way to the acker.
@@ -142,209 +126,73 @@ struct Commit {
 }
 
 /// Runs ingest until `shutdown` turns true: then it stops taking messages, commits and
-/// acknowledges what it holds, and disconnects. Messages it did not take stay with the broker.
+/// acknowledges what it holds, and disconnects. Messages it did not take stay with their
+/// senders (or the broker), unacknowledged.
 pub async fn run_ingest(
     config: IngestConfig,
     wal: Arc<Wal>,
     hot: Arc<LiveTables>,
-    retained: RetainedState,
+    (retained, qos2): (RetainedState, Qos2State),
     entities: EntityHistory,
     metrics: IngestMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    // Requests (acks) leave this queue only while the reader polls; a full queue holds up
-    // only `send_acks`, never the reader (see there), so its size is a matter of batching.
-    let request_capacity = 2 * config.max_inflight_messages + 1_000;
-    let options = config
-        .endpoint
-        .options(config.max_packet_bytes, request_capacity)?;
-    let (client, eventloop) = AsyncClient::new(options, request_capacity);
-    let permits = Arc::new(Semaphore::new(config.max_inflight_messages));
-    let inflight_bytes = Arc::new(Semaphore::new(inflight_byte_permits(&config)));
-    let (to_batcher, from_reader) = mpsc::unbounded_channel();
-    let (to_acker, from_batcher) = mpsc::unbounded_channel();
-    let (to_ack_sender, acks) = mpsc::unbounded_channel();
-    tracing::info!(
-        host = %config.endpoint.host,
-        port = config.endpoint.port,
-        client_id = %config.endpoint.client_id,
-        filters = ?config.topics.subscription_filters(),
-        "ingest connecting"
-    );
-
-    let gate = Arc::new(SessionGate::default());
-    let reader = tokio::spawn(read(
-        eventloop,
-        (client.clone(), Arc::clone(&gate)),
-        to_batcher,
-        (Arc::clone(&permits), Arc::clone(&inflight_bytes)),
+    let budgets = Budgets::new(
+        (config.max_inflight_messages, config.max_inflight_bytes),
         Arc::clone(&hot),
-        config.clone(),
+        config.hot_budget_bytes,
         metrics.clone(),
-    ));
+    );
+    let (to_batcher, from_source) = mpsc::unbounded_channel();
+    let (to_acker, from_batcher) = mpsc::unbounded_channel();
+    let (to_broker, broker_acks) = mpsc::unbounded_channel();
+    let started = match &config.source {
+        Source::Listener(listener) => Started::Listener(
+            Listener::start(
+                listener.clone(),
+                (config.topics.clone(), config.max_packet_bytes),
+                qos2.clients().cloned().collect(),
+                (to_batcher, budgets.clone()),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        Source::Broker(endpoint) => Started::Broker(Subscriber::start(
+            endpoint,
+            (config.max_packet_bytes, config.max_inflight_messages),
+            config.topics.clone(),
+            (to_batcher, broker_acks),
+            budgets.clone(),
+            metrics.clone(),
+        )?),
+    };
     let mut retained = retained;
     retained.limit_to(config.max_retained_bytes);
     let batcher = tokio::spawn(batch(
-        from_reader,
+        from_source,
         to_acker,
         (Arc::clone(&wal), Arc::clone(&hot)),
         config.clone(),
-        (retained, entities),
+        (retained, qos2, entities),
         metrics.clone(),
         shutdown,
     ));
-    let ack_sender = tokio::spawn(send_acks(acks, (client.clone(), gate), metrics.clone()));
-    let acked = acknowledge(
-        from_batcher,
-        to_ack_sender,
-        wal,
-        hot,
-        permits.clone(),
-        config,
-        metrics,
-    )
-    .await;
-    permits.close();
-    inflight_bytes.close();
-    let acked = acked.and(ack_sender.await?);
-    if let Err(error) = client.disconnect().await {
-        tracing::debug!(%error, "MQTT disconnect request not delivered");
-    }
+    let acked = acknowledge(from_batcher, to_broker, wal, hot, budgets.clone(), metrics).await;
+    budgets.close();
+    let finished = match started {
+        Started::Listener(listener) => listener.finish().await,
+        Started::Broker(subscriber) => subscriber.finish().await,
+    };
     let batched = batcher.await?;
-    reader.await?;
-    acked.and(batched)
-}
-
-async fn read(
-    mut eventloop: EventLoop,
-    (client, gate): (AsyncClient, Arc<SessionGate>),
-    to_batcher: mpsc::UnboundedSender<Received>,
-    (permits, inflight_bytes): (Arc<Semaphore>, Arc<Semaphore>),
-    hot: Arc<LiveTables>,
-    config: IngestConfig,
-    metrics: IngestMetrics,
-) {
-    let filters = config.topics.subscription_filters();
-    let filter = filters.join(" ");
-    let mut last_error_log = None::<Instant>;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                let received_at = Timestamp::now();
-                wait_for_hot_budget(&hot, &config, &metrics, &permits).await;
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    // Shutting down: the message stays unacknowledged, so the broker keeps it.
-                    continue;
-                };
-                let size = inflight_size(&publish, &config);
-                let Ok(bytes_permit) = Arc::clone(&inflight_bytes).acquire_many_owned(size).await
-                else {
-                    continue;
-                };
-                metrics.set_acks_pending(config.max_inflight_messages, &permits);
-                let received = Received {
-                    publish,
-                    connection: gate.connection(),
-                    received_at,
-                    _permits: (permit, bytes_permit),
-                };
-                // A closed batcher means shutdown: the message is left to the broker.
-                let _ = to_batcher.send(received);
-            }
-            Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
-                tracing::info!(
-                    session_present = connack.session_present,
-                    "connected to the MQTT broker"
-                );
-                let queued = gate.connected(connack.session_present, || {
-                    client.try_subscribe_many(subscription(&filters))
-                });
-                if let Err(error) = queued {
-                    // The request queue is full (acks piling up): wait for room rather than
-                    // stay connected and receive nothing.
-                    tracing::warn!(%error, %filter, "subscription not queued yet; waiting for room");
-                    subscribe_later(client.clone(), filters.clone(), Duration::ZERO);
-                }
-            }
-            Ok(Event::Incoming(Incoming::SubAck(suback))) => {
-                if suback.return_codes.iter().all(granted) {
-                    metrics.subscribed.set(1);
-                    tracing::info!(%filter, "subscribed");
-                } else {
-                    metrics.subscribed.set(0);
-                    tracing::error!(%filter, codes = ?suback.return_codes, "the broker refused the subscription: nothing is received; asking again in 10 s");
-                    subscribe_later(client.clone(), filters.clone(), Duration::from_secs(10));
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(error) => {
-                metrics.subscribed.set(0);
-                if permits.is_closed() {
-                    break;
-                }
-                // rumqttc reconnects on the next poll; log at most every 10 s while it retries.
-                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(%error, "MQTT connection lost; reconnecting");
-                    last_error_log = Some(Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-fn granted(code: &rumqttc::SubscribeReasonCode) -> bool {
-    matches!(code, rumqttc::SubscribeReasonCode::Success(_))
-}
-
-/// What ingest subscribes to: every gateway's thin-edge topics, at QoS 1.
-fn subscription(filters: &[String]) -> Vec<SubscribeFilter> {
-    filters
-        .iter()
-        .map(|filter| SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce))
-        .collect()
-}
-
-/// Queues a subscription after `delay`, waiting for room in the request queue.
-fn subscribe_later(client: AsyncClient, filters: [String; 2], delay: Duration) {
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        if let Err(error) = client.subscribe_many(subscription(&filters)).await {
-            tracing::error!(%error, ?filters, "could not subscribe: the MQTT client has stopped");
-        }
-    });
-}
-
-/// Holds the reader while the in-memory rows exceed their budget.
-async fn wait_for_hot_budget(
-    hot: &LiveTables,
-    config: &IngestConfig,
-    metrics: &IngestMetrics,
-    permits: &Semaphore,
-) {
-    // Once shutting down (permits closed) nothing more is taken, so there is nothing to wait for.
-    if hot.bytes() <= config.hot_budget_bytes || permits.is_closed() {
-        return;
-    }
-    tracing::warn!(
-        hot_bytes = hot.bytes(),
-        budget = config.hot_budget_bytes,
-        "hot-buffer budget reached: ingest stops reading until memory is freed"
-    );
-    metrics.backpressure.set(1);
-    metrics.backpressure_episodes.inc();
-    while hot.bytes() > config.hot_budget_bytes && !permits.is_closed() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    metrics.backpressure.set(0);
-    tracing::info!("hot-buffer budget free again: ingest resumes");
+    acked.and(finished).and(batched)
 }
 
 /// The rows of one group commit being assembled.
 struct Group {
     builders: TableBuilders,
     retained_log: RetainedLog,
+    qos2_log: Qos2Log,
     messages: Vec<Received>,
     /// When a limit's rejection was last logged, per reason code.
     limit_warnings: std::collections::HashMap<&'static str, Instant>,
@@ -363,14 +211,20 @@ async fn batch(
     to_acker: mpsc::UnboundedSender<Commit>,
     (wal, live): (Arc<Wal>, Arc<LiveTables>),
     config: IngestConfig,
-    (mut retained, mut entities): (RetainedState, EntityHistory),
+    (retained, qos2, entities): (RetainedState, Qos2State, EntityHistory),
     metrics: IngestMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
+    let mut state = IngestState {
+        retained,
+        qos2,
+        entities,
+    };
     let mut persisted = live.persist_generation();
     let mut group = Group {
         builders: TableBuilders::new(),
         retained_log: RetainedLog::default(),
+        qos2_log: Qos2Log::default(),
         messages: Vec::new(),
         limit_warnings: std::collections::HashMap::new(),
         bytes: 0,
@@ -389,8 +243,8 @@ async fn batch(
                 if WalStats::get(&wal.stats().closed_segments) > 0 {
                     // The group first: the checkpoint must not hold state of unsubmitted messages.
                     submit(&mut group, &wal, &to_acker)?;
-                    checkpoint(&retained, &wal, &to_acker)?;
-                    metrics.retained_bytes.set(retained.bytes() as i64);
+                    checkpoint(&state, &wal, &to_acker)?;
+                    metrics.retained_bytes.set(state.retained.bytes() as i64);
                 }
                 continue;
             }
@@ -403,12 +257,12 @@ async fn batch(
             &mut group,
             received,
             &config,
-            (&mut retained, &mut entities, &live),
+            (&mut state, &live),
             &metrics,
         );
-        // Commit as soon as nothing more is waiting: a broker that sends only a few unacknowledged
-        // messages at a time (rumqttd: 100) waits for this commit before sending more, so
-        // holding the group for the window would only add latency. Under a flood the queue never
+        // Commit as soon as nothing more is waiting: a sender that keeps only a few messages
+        // unacknowledged waits for this commit before sending more, so holding the group for
+        // the window would only add latency. Under a flood the queue never
         // empties and groups grow to `batch_max_messages`.
         if group.messages.len() >= config.batch_max_messages
             || group.bytes >= GROUP_MAX_BYTES
@@ -423,20 +277,66 @@ async fn batch(
     submit(&mut group, &wal, &to_acker)
 }
 
+/// What the batcher keeps across groups: the state the WAL also holds (retained payloads, QoS 2
+/// packet ids) and the hierarchy as registrations made it.
+struct IngestState {
+    retained: RetainedState,
+    qos2: Qos2State,
+    entities: EntityHistory,
+}
+
 fn add(
     group: &mut Group,
     received: Received,
     config: &IngestConfig,
-    (retained, entities, live): (&mut RetainedState, &mut EntityHistory, &LiveTables),
+    (state, live): (&mut IngestState, &LiveTables),
     metrics: &IngestMetrics,
 ) {
-    metrics.messages.inc();
     group
         .deadline
         .get_or_insert_with(|| Instant::now() + config.batch_window);
-    let publish = &received.publish;
-    let topic = publish.topic.as_bytes();
-    let payload = publish.payload.as_ref();
+    match &received.content {
+        Content::Release(key) => {
+            state.qos2.release(key);
+            group.qos2_log.released(key);
+        }
+        Content::EndSession(client_id) => {
+            state.qos2.end_session(client_id);
+            group.qos2_log.session_ended(client_id);
+        }
+        Content::Publish {
+            topic,
+            payload,
+            exactly_once,
+        } => {
+            metrics.messages.inc();
+            let resent = exactly_once.as_ref().is_some_and(|key| {
+                // Resent after a lost PUBREC: acknowledged again with this group, not stored.
+                let pending = state.qos2.is_pending(key);
+                if !pending {
+                    state.qos2.receive(key);
+                    group.qos2_log.received(key);
+                }
+                pending
+            });
+            if resent {
+                metrics.qos2_duplicates.inc();
+            } else {
+                let message = (topic, payload, received.received_at);
+                add_publish(group, message, config, (state, live), metrics);
+            }
+        }
+    }
+    group.messages.push(received);
+}
+
+fn add_publish(
+    group: &mut Group,
+    (topic, payload, received_at): (&Bytes, &Bytes, Timestamp),
+    config: &IngestConfig,
+    (state, live): (&mut IngestState, &LiveTables),
+    metrics: &IngestMetrics,
+) {
     if payload.len() > config.max_payload_bytes {
         let keep = 1024.min(config.max_payload_bytes);
         let rejection = Rejection::payload_too_large(
@@ -445,14 +345,13 @@ fn add(
             payload,
             config.max_payload_bytes,
             keep,
-            received.received_at,
+            received_at,
         );
         reject(group, &rejection, metrics);
-        group.messages.push(received);
         return;
     }
     group.bytes += payload.len();
-    match parse_message(&config.topics, topic, payload, received.received_at) {
+    match parse_message(&config.topics, topic, payload, received_at) {
         Parsed::Data(message) => {
             let (rows, bytes) = (message.row_count(), message.repeated_bytes());
             if rows > config.max_rows_per_message || bytes > config.max_message_row_bytes {
@@ -460,47 +359,45 @@ fn add(
                     Some(message.gateway.clone()),
                     topic,
                     payload,
-                    received.received_at,
+                    received_at,
                     (rows, bytes),
                     (config.max_rows_per_message, config.max_message_row_bytes),
                 );
                 reject_over_limit(group, &rejection, metrics);
-                group.messages.push(received);
                 return;
             }
             group.bytes += bytes;
-            if let Some(reason) = config.growth.exceeded_by(&message, entities, live.latest()) {
+            let growth = config
+                .growth
+                .exceeded_by(&message, &state.entities, live.latest());
+            if let Some(reason) = growth {
                 let gateway = Some(message.gateway.clone());
-                let rejection =
-                    Rejection::over_limit(gateway, topic, payload, received.received_at, reason);
+                let rejection = Rejection::over_limit(gateway, topic, payload, received_at, reason);
                 reject_over_limit(group, &rejection, metrics);
-                group.messages.push(received);
                 return;
             }
             if is_retained_kind(message.table()) {
                 // The retain flag cannot tell a replay: a gateway's bridge replays its retained
                 // state at every reconnect over Twinlake's established subscription, and MQTT
                 // 3.1.1 brokers clear the flag on such deliveries.
-                if retained.is_unchanged(topic, payload) {
+                if state.retained.is_unchanged(topic, payload) {
                     metrics.retained_duplicates.inc();
-                    group.messages.push(received);
                     return;
                 }
-                let topic = Bytes::copy_from_slice(topic);
                 // The WAL gets what the state now holds for the topic, so replay rebuilds it.
-                if retained.record(topic.clone(), publish.payload.clone()) {
-                    group.retained_log.push(topic, publish.payload.clone());
+                if state.retained.record(topic.clone(), payload.clone()) {
+                    group.retained_log.push(topic.clone(), payload.clone());
                 } else {
                     metrics.retained_untracked.inc();
-                    group.retained_log.push(topic, Bytes::new());
+                    group.retained_log.push(topic.clone(), Bytes::new());
                 }
             }
             if !payload.is_empty() {
                 register(
                     &mut group.builders,
-                    entities,
+                    &mut state.entities,
                     &message,
-                    received.received_at,
+                    received_at,
                 );
             }
             group.builders.append(&message);
@@ -519,7 +416,6 @@ fn add(
             metrics.count_not_stored("outside_root");
         }
     }
-    group.messages.push(received);
 }
 
 /// Keeps the hierarchy ingest knows current, registers a gateway's main device from the
@@ -600,11 +496,13 @@ fn submit(
     let messages = std::mem::take(&mut group.messages);
     let rows = group.builders.finish()?;
     let retained_batch = group.retained_log.take_batch()?;
+    let qos2_batch = group.qos2_log.take_batch()?;
     let mut tables: Vec<(String, arrow_array::RecordBatch)> = rows
         .iter()
         .map(|(table, batch)| (table.name().to_owned(), batch.clone()))
         .collect();
     tables.extend(retained_batch.map(|batch| (RETAINED_TABLE.to_owned(), batch)));
+    tables.extend(qos2_batch.map(|batch| (QOS2_TABLE.to_owned(), batch)));
     let append = if tables.is_empty() {
         None
     } else {
@@ -624,13 +522,20 @@ fn submit(
 /// that only hold persisted rows once that record is durable: replay then still finds the
 /// last payload of every retained topic.
 fn checkpoint(
-    retained: &RetainedState,
+    state: &IngestState,
     wal: &Wal,
     to_acker: &mpsc::UnboundedSender<Commit>,
 ) -> Result<(), IngestError> {
-    let append = match retained.checkpoint_batch()? {
-        Some(batch) => Some(wal.submit(vec![(RETAINED_TABLE.to_owned(), batch)])?),
-        None => None,
+    let mut tables = Vec::new();
+    if let Some(batch) = state.retained.checkpoint_batch()? {
+        tables.push((RETAINED_TABLE.to_owned(), batch));
+    }
+    if let Some(batch) = state.qos2.checkpoint_batch()? {
+        tables.push((QOS2_TABLE.to_owned(), batch));
+    }
+    let append = match tables.is_empty() {
+        true => None,
+        false => Some(wal.submit(tables)?),
     };
     let _ = to_acker.send(Commit {
         append,
@@ -641,72 +546,12 @@ fn checkpoint(
     Ok(())
 }
 
-/// What an acknowledgement needs of a message: its QoS, packet id and connection.
-struct AckToken {
-    publish: Publish,
-    connection: u64,
-}
-
-fn ack_token(received: &Received) -> AckToken {
-    let mut publish = Publish::new(String::new(), received.publish.qos, Vec::new());
-    publish.pkid = received.publish.pkid;
-    AckToken {
-        publish,
-        connection: received.connection,
-    }
-}
-
-/// Queues the acknowledgements of durable messages on the MQTT client, in order.
-///
-/// A task of its own so that nothing the reader waits for waits on the client's request
-/// queue: the queue drains only while the reader polls, and when the acker itself queued acks,
-/// a full queue held the acker, the commits behind it held every in-flight permit, and the
-/// reader, waiting for a permit, never polled again: ingest stalled for good with a broker
-/// that sends without an in-flight limit (found by `benches/run.sh --scale medium`).
-async fn send_acks(
-    mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
-    (client, gate): (AsyncClient, Arc<SessionGate>),
-    metrics: IngestMetrics,
-) -> Result<(), IngestError> {
-    while let Some(tokens) = acks.recv().await {
-        for token in &tokens {
-            send_ack(token, &client, &gate, &metrics).await?;
-            metrics.acks_queued.dec();
-        }
-    }
-    Ok(())
-}
-
-/// Queues one ack, waiting for room in the client's queue; an ack of a session the broker
-/// no longer has is dropped (see [`SessionGate`]).
-async fn send_ack(
-    token: &AckToken,
-    client: &AsyncClient,
-    gate: &SessionGate,
-    metrics: &IngestMetrics,
-) -> Result<(), IngestError> {
-    loop {
-        match gate.admit(token.connection, || client.try_ack(&token.publish)) {
-            None => {
-                metrics.acks_of_lost_sessions.inc();
-                return Ok(());
-            }
-            Some(Ok(())) => return Ok(()),
-            Some(Err(rumqttc::ClientError::TryRequest(_))) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Some(Err(error)) => return Err(error.into()),
-        }
-    }
-}
-
 async fn acknowledge(
     mut from_batcher: mpsc::UnboundedReceiver<Commit>,
-    to_ack_sender: mpsc::UnboundedSender<Vec<AckToken>>,
+    to_broker: mpsc::UnboundedSender<Vec<AckToken>>,
     wal: Arc<Wal>,
     hot: Arc<LiveTables>,
-    permits: Arc<Semaphore>,
-    config: IngestConfig,
+    budgets: Budgets,
     metrics: IngestMetrics,
 ) -> Result<(), IngestError> {
     while let Some(commit) = from_batcher.recv().await {
@@ -746,14 +591,26 @@ async fn acknowledge(
                 );
             }
         }
-        // Dropping the messages frees their in-flight permits; their acks go to `send_acks`.
-        let tokens: Vec<AckToken> = commit.messages.iter().map(ack_token).collect();
-        drop(commit.messages);
-        metrics.set_acks_pending(config.max_inflight_messages, &permits);
-        metrics.acks_queued.inc_by(tokens.len() as i64);
-        if to_ack_sender.send(tokens).is_err() {
-            // `send_acks` failed; run_ingest reports its error.
-            break;
+        // Dropping the messages frees their in-flight places; the endpoint's connections get
+        // their acks here, the subscriber's go to its ack sender.
+        let mut tokens = Vec::new();
+        for received in commit.messages {
+            match received.ack {
+                Ack::Endpoint(done) => {
+                    // A connection that went away meanwhile has nobody left to tell.
+                    let _ = done.send(());
+                }
+                Ack::Broker(token) => tokens.push(token),
+                Ack::Nothing => {}
+            }
+        }
+        budgets.update_metrics();
+        if !tokens.is_empty() {
+            metrics.acks_queued.inc_by(tokens.len() as i64);
+            if to_broker.send(tokens).is_err() {
+                // `send_acks` failed; run_ingest reports its error.
+                break;
+            }
         }
         metrics
             .wal_bytes
@@ -770,13 +627,16 @@ mod tests {
 
     use super::*;
 
-    fn received(publish: Publish) -> Received {
-        let permit = || Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    fn received(topic: &'static str, payload: &str) -> Received {
         Received {
-            publish,
-            connection: 0,
+            content: Content::Publish {
+                topic: Bytes::from_static(topic.as_bytes()),
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                exactly_once: None,
+            },
+            ack: Ack::Nothing,
             received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
-            _permits: (permit(), permit()),
+            _place: crate::inflight::Place::outside_budgets(),
         }
     }
 
@@ -787,8 +647,8 @@ mod tests {
         const MESSAGES: usize = 140;
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
-        let mut config =
-            IngestConfig::new(MqttEndpoint::parse("mqtt://127.0.0.1", "test").unwrap());
+        let endpoint = MqttEndpoint::parse("mqtt://127.0.0.1", "test").unwrap();
+        let mut config = IngestConfig::new(Source::Broker(endpoint));
         // Neither the window nor the message count may end a group first.
         config.batch_window = Duration::from_secs(3600);
         // 160 values, each row repeating 100 KB of `properties`: 16 MB of rows per message,
@@ -797,8 +657,8 @@ mod tests {
         let payload = format!("{{\"properties\":\"{}\"{values}}}", "p".repeat(100_000));
         let (to_batcher, from_reader) = mpsc::unbounded_channel();
         for _ in 0..MESSAGES {
-            let publish = Publish::new("te/device/main///m/env", QoS::AtLeastOnce, payload.clone());
-            to_batcher.send(received(publish)).unwrap();
+            let message = received("te/device/main///m/env", &payload);
+            to_batcher.send(message).unwrap();
         }
         let (to_acker, mut commits) = mpsc::unbounded_channel();
         let (stop, shutdown) = watch::channel(false);
@@ -807,7 +667,11 @@ mod tests {
             to_acker,
             (Arc::new(wal), Arc::new(LiveTables::new())),
             config,
-            (RetainedState::default(), EntityHistory::new()),
+            (
+                RetainedState::default(),
+                Qos2State::default(),
+                EntityHistory::new(),
+            ),
             IngestMetrics::register(&mut Registry::default()),
             shutdown,
         ));

@@ -16,6 +16,8 @@ use twinlake_model::Table;
 use twinlake_store::LiveTables;
 use twinlake_wal::Replay;
 
+use crate::qos2::{QOS2_TABLE, Qos2State};
+
 /// The WAL table holding `(topic, payload)` of stored retained messages.
 pub const RETAINED_TABLE: &str = "_retained";
 
@@ -194,20 +196,32 @@ pub enum RestoreError {
     Store(#[from] ArrowError),
 }
 
+/// What ingest rebuilds from the WAL at start.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub retained: RetainedState,
+    pub qos2: Qos2State,
+    /// Rows put back into the live tables.
+    pub rows: usize,
+}
+
 /// Puts the rows of replayed WAL records that are not persisted yet back into the live tables,
-/// and rebuilds the retained state. `persisted` gives, per table, the last WAL record whose
-/// rows of that table are in the lake. Returns the state and how many rows were restored.
+/// and rebuilds the retained and QoS 2 state. `persisted` gives, per table, the last WAL
+/// record whose rows of that table are in the lake.
 pub fn restore_from_wal(
     replay: &Replay,
     live: &LiveTables,
     persisted: &[(Table, Option<u64>)],
-) -> Result<(RetainedState, usize), RestoreError> {
-    let mut retained = RetainedState::default();
-    let mut rows = 0;
+) -> Result<Restored, RestoreError> {
+    let mut restored = Restored::default();
     for (record, tables) in &replay.records {
         for (name, batch) in tables {
             if name == RETAINED_TABLE {
-                retained.apply(batch);
+                restored.retained.apply(batch);
+                continue;
+            }
+            if name == QOS2_TABLE {
+                restored.qos2.apply(batch);
                 continue;
             }
             match Table::from_name(name) {
@@ -228,7 +242,7 @@ pub fn restore_from_wal(
                             found: names.join(", "),
                         });
                     }
-                    rows += batch.num_rows();
+                    restored.rows += batch.num_rows();
                     live.append(table, batch.clone(), *record)?;
                 }
                 None => {
@@ -240,7 +254,7 @@ pub fn restore_from_wal(
             }
         }
     }
-    Ok((retained, rows))
+    Ok(restored)
 }
 
 #[cfg(test)]

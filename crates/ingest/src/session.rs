@@ -12,6 +12,25 @@
 
 use std::sync::RwLock;
 
+use rumqttc::Publish;
+
+/// What an acknowledgement needs of a message: its QoS, packet id and connection.
+pub(crate) struct AckToken {
+    pub(crate) publish: Publish,
+    pub(crate) connection: u64,
+}
+
+impl AckToken {
+    pub(crate) fn of(received: &Publish, connection: u64) -> Self {
+        let mut publish = Publish::new(String::new(), received.qos, Vec::new());
+        publish.pkid = received.pkid;
+        Self {
+            publish,
+            connection,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Sessions {
     /// Counts connections (ConnAcks); messages carry the one they arrived on.

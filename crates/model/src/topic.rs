@@ -161,6 +161,38 @@ impl FleetTopics {
         };
         Ok(Some((Gateway::parse(gateway)?, local)))
     }
+
+    /// The fleet topic of a message `gateway` published on a connection of its own: a plain
+    /// topic becomes `<prefix>/<gateway>/…`, its own prefixed topics stay as they are, and a
+    /// topic under another gateway's prefix is refused unless the publisher may relay for
+    /// every gateway (an upstream broker forwarding many).
+    pub fn qualify<'a>(
+        &self,
+        topic: &'a str,
+        gateway: &Gateway,
+        relay: bool,
+    ) -> Result<std::borrow::Cow<'a, str>, ForeignTopic> {
+        let Some(forwarded) = topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return Ok(format!("{}/{gateway}/{topic}", self.prefix).into());
+        };
+        let named = forwarded.split_once('/').map_or(forwarded, |(named, _)| named);
+        if relay || named == gateway.as_str() {
+            return Ok(topic.into());
+        }
+        Err(ForeignTopic {
+            named: named.to_owned(),
+        })
+    }
+}
+
+/// A publish under another gateway's prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a topic of gateway {named:?}, which this connection may not publish for")]
+pub struct ForeignTopic {
+    pub named: String,
 }
 
 const ENTITY_SEGMENTS: usize = 4;
@@ -401,6 +433,24 @@ mod tests {
 
     fn entity(id: &str) -> EntityTopicId {
         EntityTopicId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn a_connection_publishes_for_its_own_gateway_only() {
+        let fleet = FleetTopics::default();
+        let truck = Gateway::parse("truck042").unwrap();
+        let own = |topic| fleet.qualify(topic, &truck, false);
+        assert_eq!(
+            own("te/device/main///m/env").unwrap(),
+            "twinlake/truck042/te/device/main///m/env"
+        );
+        let forwarded = "twinlake/truck042/te/device/main///m/env";
+        assert_eq!(own(forwarded).unwrap(), forwarded);
+        let foreign = "twinlake/truck043/te/device/main///m/env";
+        assert_eq!(own(foreign).unwrap_err().named, "truck043");
+        // A prefix with nothing after it names no gateway, and still not this one.
+        assert!(own("twinlake/truck0421").is_err());
+        assert_eq!(fleet.qualify(foreign, &truck, true).unwrap(), foreign);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod bench;
 mod bench_lake;
 mod bench_queries;
 mod check;
+mod passwd;
 mod query;
 mod serve;
 mod simulate;
@@ -27,7 +28,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Twinlake: MQTT ingest (embedded broker by default), the WAL, and SQL over HTTP.
+    /// Run Twinlake: MQTT ingest (its own endpoint by default), the WAL, and SQL over HTTP.
     Serve(serve::ServeOptions),
     /// Compact the lake now: merge small files, apply retention, vacuum (run while serve is stopped).
     Compact(serve::ServeOptions),
@@ -38,11 +39,16 @@ enum Command {
     /// Benchmarks that start their own broker and server (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Run only the embedded MQTT broker (the benchmark's reference point).
-    #[command(hide = true)]
-    EmbeddedBroker {
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        listen: std::net::SocketAddr,
+    /// Add or change a user of the MQTT endpoint's password file (the password is read from
+    /// standard input, one line).
+    Passwd {
+        /// The password file (created when missing).
+        file: std::path::PathBuf,
+        /// The user: a gateway id, whose topics it may then publish.
+        user: String,
+        /// May publish for every gateway (an upstream broker forwarding a fleet).
+        #[arg(long)]
+        relay: bool,
     },
     /// Show the rows one thin-edge MQTT message becomes, or why Twinlake rejects it.
     ///
@@ -81,16 +87,9 @@ fn main() -> ExitCode {
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => run_async(bench::bench(command)).map(|()| ExitCode::SUCCESS),
-        Command::EmbeddedBroker { listen } => run_async(async move {
-            twinlake_ingest::EmbeddedBroker::start(
-                listen,
-                twinlake_ingest::DEFAULT_MAX_PACKET_BYTES,
-            )
-            .map_err(|e| e.to_string())?;
-            let _ = tokio::signal::ctrl_c().await;
-            Ok(())
-        })
-        .map(|()| ExitCode::SUCCESS),
+        Command::Passwd { file, user, relay } => {
+            passwd::passwd(&file, &user, relay).map(|()| ExitCode::SUCCESS)
+        }
     };
     match outcome {
         Ok(code) => code,
@@ -107,13 +106,10 @@ fn run_async<F: std::future::Future<Output = Result<(), String>>>(
     command: F,
 ) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rumqttd reports every ordinary client disconnect as an error from these two modules;
-        // the Delta kernel logs an error for every table it opens before creating it. Twinlake
-        // reports the failures of both that matter itself.
+        // The Delta kernel logs an error for every table it opens before creating it; Twinlake
+        // reports the failures that matter itself.
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off,deltalake_core=warn,buoyant_kernel=off",
-            )
+            tracing_subscriber::EnvFilter::new("info,deltalake_core=warn,buoyant_kernel=off")
         });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

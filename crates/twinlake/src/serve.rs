@@ -1,4 +1,4 @@
-//! `twinlake serve`: the embedded broker (or an external one), ingest, the WAL, SQL over HTTP.
+//! `twinlake serve`: the embedded MQTT endpoint (or an external broker), ingest, the WAL, SQL over HTTP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::sync::watch;
 use twinlake_ingest::{
-    DEFAULT_MAX_PACKET_BYTES, EmbeddedBroker, IngestConfig, IngestMetrics, MqttEndpoint,
+    IngestConfig, IngestMetrics, ListenerConfig, MqttEndpoint, Source, TlsListener,
     restore_from_wal, run_ingest,
 };
 use twinlake_model::{FleetTopics, Gateway, TopicRoot};
@@ -34,9 +34,38 @@ pub(crate) struct ServeOptions {
     /// Where the WAL and, unless --store-url says otherwise, the lake live [default: ./twinlake-data].
     #[arg(long, env = "TWINLAKE_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Address of the embedded MQTT broker [default: 127.0.0.1:1883].
+    /// Address of the embedded MQTT endpoint (plain MQTT) [default: 127.0.0.1:1883].
     #[arg(long, env = "TWINLAKE_MQTT_LISTEN")]
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// Address of the embedded MQTT endpoint over TLS (needs --mqtt-tls-cert and --mqtt-tls-key).
+    #[arg(long, env = "TWINLAKE_MQTTS_LISTEN")]
+    pub(crate) mqtts_listen: Option<SocketAddr>,
+    /// The endpoint's TLS certificate chain (PEM).
+    #[arg(long, env = "TWINLAKE_MQTT_TLS_CERT")]
+    pub(crate) mqtt_tls_cert: Option<PathBuf>,
+    /// The endpoint's TLS private key (PEM).
+    #[arg(long, env = "TWINLAKE_MQTT_TLS_KEY")]
+    pub(crate) mqtt_tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates: a certificate it signed names its gateway by its CN.
+    #[arg(long, env = "TWINLAKE_MQTT_TLS_CLIENT_CA")]
+    pub(crate) mqtt_tls_client_ca: Option<PathBuf>,
+    /// Users of the endpoint: `name:argon2-hash[:relay]` lines, as `twinlake passwd` writes them.
+    #[arg(long, env = "TWINLAKE_MQTT_PASSWORD_FILE")]
+    pub(crate) mqtt_password_file: Option<PathBuf>,
+    /// Let clients in without credentials or certificate [default: only on loopback, and only
+    /// without a password file].
+    #[arg(long, env = "TWINLAKE_MQTT_ALLOW_ANONYMOUS")]
+    pub(crate) mqtt_allow_anonymous: Option<bool>,
+    /// Connections the endpoint keeps at once [default: 20000].
+    #[arg(long, env = "TWINLAKE_MQTT_MAX_CONNECTIONS")]
+    pub(crate) mqtt_max_connections: Option<usize>,
+    /// Publishes one connection may have unacknowledged (MQTT 5 Receive Maximum) [default: 1000].
+    #[arg(long, env = "TWINLAKE_MQTT_RECEIVE_MAXIMUM")]
+    pub(crate) mqtt_receive_maximum: Option<u16>,
+    /// Bytes of one connection's unacknowledged publishes, e.g. 64MiB [default: 64MiB].
+    #[arg(long, env = "TWINLAKE_MQTT_MAX_CONNECTION_INFLIGHT_BYTES", value_parser = crate::units::parse_bytes)]
+    #[serde(default, deserialize_with = "crate::units::deserialize_bytes")]
+    pub(crate) mqtt_max_connection_inflight_bytes: Option<u64>,
     /// Use this external broker instead of the embedded one: mqtt://host:port or mqtts://host:port.
     #[arg(long, env = "TWINLAKE_MQTT_URL")]
     pub(crate) mqtt_url: Option<String>,
@@ -206,6 +235,15 @@ impl ServeOptions {
             file,
             data_dir,
             mqtt_listen,
+            mqtts_listen,
+            mqtt_tls_cert,
+            mqtt_tls_key,
+            mqtt_tls_client_ca,
+            mqtt_password_file,
+            mqtt_allow_anonymous,
+            mqtt_max_connections,
+            mqtt_receive_maximum,
+            mqtt_max_connection_inflight_bytes,
             mqtt_url,
             mqtt_ca_file,
             mqtt_username,
@@ -321,6 +359,56 @@ impl ServeOptions {
             max_age: self.persist_max_age.unwrap_or(defaults.max_age),
             parquet: defaults.parquet,
         }
+    }
+
+    /// The embedded endpoint, or the external broker of --mqtt-url.
+    fn source(&self) -> Result<Source, String> {
+        let Some(url) = &self.mqtt_url else {
+            return self.listener().map(Source::Listener);
+        };
+        let client_id = self.mqtt_client_id.clone();
+        let client_id = client_id.unwrap_or_else(|| "twinlake".to_owned());
+        let mut endpoint = MqttEndpoint::parse(url, client_id).map_err(|e| e.to_string())?;
+        endpoint.ca_file = self.mqtt_ca_file.clone();
+        if self.mqtt_username.is_some() {
+            endpoint.username = self.mqtt_username.clone();
+            endpoint.password = self.mqtt_password.clone();
+        }
+        Ok(Source::Broker(endpoint))
+    }
+
+    fn listener(&self) -> Result<ListenerConfig, String> {
+        let plain = self
+            .mqtt_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
+        let mut listener = ListenerConfig::new(plain);
+        listener.tls = match (self.mqtts_listen, &self.mqtt_tls_cert, &self.mqtt_tls_key) {
+            (None, None, None) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.mqtt_tls_client_ca.clone(),
+            }),
+            _ => {
+                return Err(
+                    "MQTT over TLS needs all of --mqtts-listen, --mqtt-tls-cert and --mqtt-tls-key"
+                        .to_owned(),
+                );
+            }
+        };
+        listener.password_file = self.mqtt_password_file.clone();
+        listener.allow_anonymous = self.mqtt_allow_anonymous;
+        if let Some(count) = self.mqtt_max_connections {
+            listener.max_connections = count.max(1);
+        }
+        if let Some(count) = self.mqtt_receive_maximum {
+            listener.receive_maximum = count.max(1);
+        }
+        if let Some(bytes) = self.mqtt_max_connection_inflight_bytes {
+            listener.max_connection_inflight_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        Ok(listener)
     }
 
     fn query_timeout(&self) -> Duration {
@@ -499,36 +587,16 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         .max()
         .map(RecordId);
     let (wal, replay) = Wal::open(wal_config).map_err(|e| e.to_string())?;
-    let (retained, rows) = restore_from_wal(&replay, &hot, &persisted)
+    let restored = restore_from_wal(&replay, &hot, &persisted)
         .map_err(|e| format!("restoring the WAL: {e}"))?;
     drop(replay);
     tracing::info!(
-        rows,
-        retained_topics = retained.len(),
+        rows = restored.rows,
+        retained_topics = restored.retained.len(),
         "rows not yet persisted restored from the WAL"
     );
 
-    let client_id = options
-        .mqtt_client_id
-        .clone()
-        .unwrap_or_else(|| "twinlake".to_owned());
-    let mut endpoint = match &options.mqtt_url {
-        Some(url) => MqttEndpoint::parse(url, client_id).map_err(|e| e.to_string())?,
-        None => {
-            let listen = options
-                .mqtt_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
-            EmbeddedBroker::start(listen, DEFAULT_MAX_PACKET_BYTES).map_err(|e| e.to_string())?;
-            MqttEndpoint::parse(&format!("mqtt://{listen}"), client_id)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    endpoint.ca_file = options.mqtt_ca_file.clone();
-    if options.mqtt_username.is_some() {
-        endpoint.username = options.mqtt_username.clone();
-        endpoint.password = options.mqtt_password.clone();
-    }
-    let mut ingest = IngestConfig::new(endpoint);
+    let mut ingest = IngestConfig::new(options.source()?);
     ingest.topics = topics;
     if let Some(bytes) = options.max_payload_bytes {
         ingest.max_payload_bytes = bytes;
@@ -614,7 +682,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         ingest,
         Arc::clone(&wal),
         hot,
-        retained,
+        (restored.retained, restored.qos2),
         entities,
         metrics,
         stopped.clone(),
