@@ -33,7 +33,7 @@ pub struct IngestMetrics {
     /// 1 while ingest has stopped reading because a budget is reached.
     pub backpressure: Gauge,
     pub backpressure_episodes: Counter,
-    /// 1 while ingest is connected to the broker and subscribed.
+    /// 1 while ingest takes messages: the endpoint listens, or it is subscribed to the broker.
     pub subscribed: Gauge,
     /// Connections open on the embedded endpoint.
     pub connections: Gauge,
@@ -152,7 +152,7 @@ impl IngestMetrics {
         );
         prefix.register(
             "mqtt_subscribed",
-            "1 while ingest is connected to the MQTT broker and subscribed to the topic root",
+            "1 while ingest takes messages: the embedded endpoint listens, or the subscription to the external broker is in place",
             metrics.subscribed.clone(),
         );
         prefix.register(

@@ -253,13 +253,7 @@ async fn batch(
         let Some(received) = next else {
             break;
         };
-        add(
-            &mut group,
-            received,
-            &config,
-            (&mut state, &live),
-            &metrics,
-        );
+        add(&mut group, received, &config, (&mut state, &live), &metrics);
         // Commit as soon as nothing more is waiting: a sender that keeps only a few messages
         // unacknowledged waits for this commit before sending more, so holding the group for
         // the window would only add latency. Under a flood the queue never

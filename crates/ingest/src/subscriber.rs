@@ -221,4 +221,3 @@ async fn send_ack(
         }
     }
 }
-

@@ -54,5 +54,6 @@ pub use reject::{PayloadKind, RejectReason, Rejection};
 pub use schema::{Column, ColumnType, Table, UTC};
 pub use time::{TimeError, Timestamp};
 pub use topic::{
-    Channel, DefaultScheme, EntityTopicId, FleetTopics, ForeignTopic, Gateway, Topic, TopicError, TopicRoot,
+    Channel, DefaultScheme, EntityTopicId, FleetTopics, ForeignTopic, Gateway, Topic, TopicError,
+    TopicRoot,
 };

@@ -178,7 +178,9 @@ impl FleetTopics {
         else {
             return Ok(format!("{}/{gateway}/{topic}", self.prefix).into());
         };
-        let named = forwarded.split_once('/').map_or(forwarded, |(named, _)| named);
+        let named = forwarded
+            .split_once('/')
+            .map_or(forwarded, |(named, _)| named);
         if relay || named == gateway.as_str() {
             return Ok(topic.into());
         }

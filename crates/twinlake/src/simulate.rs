@@ -776,7 +776,10 @@ impl Connections {
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(inflight)
             .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        if let Some(user) = &self.endpoint.username {
+        // A site is one gateway, `main`: on Twinlake's endpoint a connection's gateway is its
+        // username (a broker without a password file ignores it).
+        let site = (!self.per_gateway).then_some("main");
+        if let Some(user) = self.endpoint.username.as_deref().or(site) {
             options.set_credentials(user, self.endpoint.password.clone().unwrap_or_default());
         }
         // Thousands of gateways connecting at once keep a broker busy for a while: a gateway's

@@ -102,7 +102,12 @@ impl Sessions {
 
     /// The connection ended. True when its session ends with it and had QoS 2 state, which
     /// must go then.
-    fn close(&mut self, client_id: &Arc<str>, number: u64, (persistent, used_exactly_once): (bool, bool)) -> bool {
+    fn close(
+        &mut self,
+        client_id: &Arc<str>,
+        number: u64,
+        (persistent, used_exactly_once): (bool, bool),
+    ) -> bool {
         if self.live.get(client_id).is_some_and(|(n, _)| *n == number) {
             self.live.remove(client_id);
         }
@@ -211,11 +216,29 @@ where
     if opened.end_earlier_session {
         connection.end_session().await;
     }
-    connack(&mut connection.out, &connect, &shared, None, opened.session_present);
+    connack(
+        &mut connection.out,
+        &connect,
+        &shared,
+        None,
+        opened.session_present,
+    );
     let end = connection
-        .run(&mut reader, &mut writer, buf, (connect.keep_alive, &opened.taken_over))
+        .run(
+            &mut reader,
+            &mut writer,
+            buf,
+            (connect.keep_alive, &opened.taken_over),
+        )
         .await;
-    connection.finish(&mut writer, end, connect.will, (&opened, connect.persistent)).await;
+    connection
+        .finish(
+            &mut writer,
+            end,
+            connect.will,
+            (&opened, connect.persistent),
+        )
+        .await;
     shared.metrics.connections.dec();
 }
 
@@ -432,18 +455,30 @@ impl Connection {
         let packet_id = publish.packet_id;
         match publish.qos {
             0 => {}
-            1 => self.owe(Outgoing::PubAck { packet_id, refused: false }, durable),
-            _ => self.owe(Outgoing::PubRec { packet_id, refused: false }, durable),
+            1 => self.owe(
+                Outgoing::PubAck {
+                    packet_id,
+                    refused: false,
+                },
+                durable,
+            ),
+            _ => self.owe(
+                Outgoing::PubRec {
+                    packet_id,
+                    refused: false,
+                },
+                durable,
+            ),
         }
         None
     }
 
     /// The fleet topic of a publish, None when it is another gateway's.
     fn fleet_topic(&self, topic: &str) -> Option<Bytes> {
-        let qualified = self
-            .shared
-            .topics
-            .qualify(topic, &self.identity.gateway, self.identity.relay);
+        let qualified =
+            self.shared
+                .topics
+                .qualify(topic, &self.identity.gateway, self.identity.relay);
         match qualified {
             Ok(topic) => Some(Bytes::from(topic.into_owned())),
             Err(foreign) => {
@@ -465,11 +500,23 @@ impl Connection {
             }),
             (Version::V5, 0) => None,
             (Version::V5, 1) => {
-                self.owe(Outgoing::PubAck { packet_id, refused: true }, None);
+                self.owe(
+                    Outgoing::PubAck {
+                        packet_id,
+                        refused: true,
+                    },
+                    None,
+                );
                 None
             }
             (Version::V5, _) => {
-                self.owe(Outgoing::PubRec { packet_id, refused: true }, None);
+                self.owe(
+                    Outgoing::PubRec {
+                        packet_id,
+                        refused: true,
+                    },
+                    None,
+                );
                 None
             }
         }
@@ -503,7 +550,10 @@ impl Connection {
         size: usize,
         acknowledged: bool,
     ) -> Option<Option<oneshot::Receiver<()>>> {
-        let budget = (&self.connection_bytes, self.shared.connection_inflight_bytes);
+        let budget = (
+            &self.connection_bytes,
+            self.shared.connection_inflight_bytes,
+        );
         let place = self.shared.budgets.admit(size, Some(budget)).await?;
         let (ack, durable) = match acknowledged {
             true => {

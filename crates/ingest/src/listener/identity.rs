@@ -264,10 +264,11 @@ mod tests {
             .unwrap();
         assert_eq!((truck.gateway.as_str(), truck.relay), ("truck042", false));
         // Again, now from the cache of verified passwords.
-        assert!(auth
-            .identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
-            .await
-            .is_ok());
+        assert!(
+            auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
+                .await
+                .is_ok()
+        );
         let wrong = auth.identify(&connect("any", Some(("truck042", "guess"))), None, false);
         assert_eq!(wrong.await.unwrap_err(), Refusal::Credentials);
         let unknown = auth.identify(&connect("any", Some(("nobody", "x"))), None, true);
@@ -288,10 +289,11 @@ mod tests {
         // A changed file is read again; a broken one leaves the users as they were.
         std::fs::write(&path, "truck042:not-a-hash\n").unwrap();
         auth.reload(true);
-        assert!(auth
-            .identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
-            .await
-            .is_ok());
+        assert!(
+            auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
+                .await
+                .is_ok()
+        );
         std::fs::write(&path, "").unwrap();
         auth.reload(true);
         let gone = auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false);

@@ -98,6 +98,7 @@ pub struct TlsListener {
 
 /// The running endpoint.
 pub(crate) struct Listener {
+    shared: Arc<Shared>,
     accepting: Vec<JoinHandle<()>>,
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -156,7 +157,9 @@ impl Listener {
             accepting.push(tokio::spawn(accept.run()));
         }
         accepting.push(tokio::spawn(reload_passwords(Arc::clone(&shared))));
+        shared.metrics.subscribed.set(1);
         Ok(Self {
+            shared: Arc::clone(&shared),
             accepting,
             slots,
             max_connections: config.max_connections.max(1),
@@ -166,6 +169,7 @@ impl Listener {
     /// Once shutting down: waits (a few seconds at most) for the connections to send what they
     /// owe and close.
     pub(crate) async fn finish(self) -> Result<(), IngestError> {
+        self.shared.metrics.subscribed.set(0);
         for task in &self.accepting {
             task.abort();
         }
@@ -227,7 +231,8 @@ impl Accept {
                 let Some(acceptor) = tls else {
                     return connection::serve(stream, peer(None), shared).await;
                 };
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                 match handshake.await {
                     Ok(Ok(stream)) => {
                         let cn = stream
@@ -263,8 +268,7 @@ fn count(shared: &Shared, reason: &str) {
 
 /// Reads the password file again when it changes, and on SIGHUP.
 async fn reload_passwords(shared: Arc<Shared>) {
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let force = tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => false,
@@ -291,7 +295,8 @@ fn tls_acceptor(tls: &TlsListener) -> Result<TlsAcceptor, ListenerError> {
         Ok(chain)
     };
     let chain = certificates(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| failed(&tls.key, e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| failed(&tls.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -305,11 +310,13 @@ fn tls_acceptor(tls: &TlsListener) -> Result<TlsAcceptor, ListenerError> {
                     .add(certificate)
                     .map_err(|e| failed(path, e.to_string()))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| failed(path, e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| failed(path, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

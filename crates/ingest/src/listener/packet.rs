@@ -46,11 +46,19 @@ pub(crate) struct Publish {
 pub(crate) enum Incoming {
     Publish(Publish),
     PubRel(u16),
-    Subscribe { packet_id: u16, filters: usize },
-    Unsubscribe { packet_id: u16, filters: usize },
+    Subscribe {
+        packet_id: u16,
+        filters: usize,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        filters: usize,
+    },
     PingReq,
     /// `with_will`: an MQTT 5 client asked for its will to be published anyway (0x04).
-    Disconnect { with_will: bool },
+    Disconnect {
+        with_will: bool,
+    },
     /// Acknowledgements of publishes this endpoint never sends, and AUTH.
     Unexpected(&'static str),
 }
@@ -121,7 +129,11 @@ pub(crate) enum PacketError {
 
 /// The length of a fixed header whose remaining-length bytes are all in `buf`.
 fn fixed_header_len(buf: &[u8]) -> Option<usize> {
-    let varint = buf.get(1..)?.iter().take(4).position(|byte| byte & 0x80 == 0)?;
+    let varint = buf
+        .get(1..)?
+        .iter()
+        .take(4)
+        .position(|byte| byte & 0x80 == 0)?;
     Some(2 + varint)
 }
 
@@ -518,12 +530,21 @@ mod tests {
             properties: Some(properties),
         };
         connect.keep_alive = 10;
-        let will = v5::LastWill::new("te/device/main///status/health", "{}", v5::QoS::AtLeastOnce, false, None);
+        let will = v5::LastWill::new(
+            "te/device/main///status/health",
+            "{}",
+            v5::QoS::AtLeastOnce,
+            false,
+            None,
+        );
         let mut buf = encoded(v5::Packet::Connect(connect, Some(will), None));
         let connect = read_connect(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(connect.version, Version::V5);
         assert!(connect.persistent && !connect.clean_start);
-        assert_eq!(connect.will.unwrap().topic, "te/device/main///status/health");
+        assert_eq!(
+            connect.will.unwrap().topic,
+            "te/device/main///status/health"
+        );
         assert!(buf.is_empty());
     }
 
@@ -536,7 +557,12 @@ mod tests {
 
     #[test]
     fn packets_over_the_limit_are_refused_before_they_are_whole() {
-        let publish = v5::Publish::new("te/device/main///m/env", v5::QoS::AtLeastOnce, vec![b'x'; 2000], None);
+        let publish = v5::Publish::new(
+            "te/device/main///m/env",
+            v5::QoS::AtLeastOnce,
+            vec![b'x'; 2000],
+            None,
+        );
         let mut buf = encoded(v5::Packet::Publish(publish));
         buf.truncate(10);
         assert!(matches!(

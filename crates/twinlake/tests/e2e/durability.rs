@@ -25,7 +25,8 @@ pub(crate) fn publish_numbered(
     runtime.block_on(async move {
         let (host, port) = url_parts(&mqtt_url);
         let mut options = MqttOptions::new(format!("numbered-{}", free_port()), host, port);
-        options.set_inflight(200);
+        // The gateway `main`, on Twinlake's endpoint (a broker without passwords ignores it).
+        options.set_inflight(200).set_credentials("main", "");
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let topic = format!("te/device/{entity}///m/seq");
         let sender = tokio::spawn(async move {

@@ -82,7 +82,7 @@ fn a_message_that_would_become_gigabytes_of_rows_is_rejected_and_the_server_live
     let calm = "SELECT count(*) FROM measurements WHERE entity = 'main:device:calm'";
     assert_eq!(twinlake.wait_for_count(calm, 1, Duration::from_secs(20)), 1);
     let rejected = twinlake.query(
-        "SELECT reason_code, reason, octet_length(CAST(payload AS VARCHAR)) AS bytes FROM rejected WHERE topic = 'te/device/bomb///m/env'",
+        "SELECT reason_code, reason, octet_length(CAST(payload AS VARCHAR)) AS bytes FROM rejected WHERE topic = 'twinlake/main/te/device/bomb///m/env'",
     );
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0]["reason_code"], "too_many_rows");
@@ -418,7 +418,7 @@ fn devices_that_invent_names_are_held_to_the_growth_limits() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Level 17 is refused; the levels below it wait for a parent that never comes.
-    let rejected_deep = "SELECT count(*) FROM rejected WHERE reason_code = 'too_deep' AND topic = 'te/device/deep16//'";
+    let rejected_deep = "SELECT count(*) FROM rejected WHERE reason_code = 'too_deep' AND topic = 'twinlake/main/te/device/deep16//'";
     assert_eq!(twinlake.count(rejected_deep), 1);
     let deepest = "SELECT CAST(max(depth) AS BIGINT) FROM entity_ancestors WHERE ancestor = 'main'";
     assert_eq!(twinlake.count(deepest), 16);

@@ -342,15 +342,17 @@ fn hex(text: &str) -> String {
 }
 
 #[test]
-fn spec_examples_through_the_embedded_broker() {
+fn spec_examples_through_the_embedded_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
     publish(&twinlake.mqtt_url, spec_messages());
-    check_spec_rows(&twinlake, "");
+    // The endpoint files a plain topic under its connection's gateway (`main` here): rejected
+    // rows show the fleet topic, as for a gateway's bridge.
+    check_spec_rows(&twinlake, "twinlake/main/");
     check_spec_metrics(&twinlake);
     // After a restart the rows come back from the WAL, unchanged.
     twinlake.restart();
-    check_spec_rows(&twinlake, "");
+    check_spec_rows(&twinlake, "twinlake/main/");
 
     // Over the payload limit (256 KiB by default): a `rejected` row with the first KiB and the size.
     let big = format!("{{\"x\":1,\"pad\":\"{}\"}}", "a".repeat(300 * 1024));
@@ -366,7 +368,7 @@ fn spec_examples_through_the_embedded_broker() {
     let row = &twinlake.query(
         "SELECT topic, payload, reason FROM rejected WHERE reason_code = 'payload_too_large'",
     )[0];
-    assert_eq!(row["topic"], "te/device/main///m/huge");
+    assert_eq!(row["topic"], "twinlake/main/te/device/main///m/huge");
     let kept = row["payload"].as_str().unwrap();
     assert_eq!(kept.len(), 2 * 1024, "the first KiB, shown as hex");
     assert!(kept.starts_with(&hex("{\"x\":1")));

@@ -270,10 +270,7 @@ impl Twinlake {
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
             .args(&self.extra)
-            .env(
-                "RUST_LOG",
-                "warn,buoyant_kernel=off,rumqttd::router::routing=off,rumqttd::server::broker=off",
-            )
+            .env("RUST_LOG", "warn,buoyant_kernel=off")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         match &self.broker {
@@ -497,9 +494,11 @@ pub(crate) fn publish(mqtt_url: &str, messages: Vec<Message>) {
     runtime.block_on(async move {
         let url = url_parts(mqtt_url);
         let mut options = MqttOptions::new(format!("e2e-publisher-{}", free_port()), url.0, url.1);
+        // The gateway `main`, on Twinlake's endpoint (a broker without passwords ignores it).
         options
             .set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024)
-            .set_inflight(100);
+            .set_inflight(100)
+            .set_credentials("main", "");
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let expected = messages.iter().filter(|m| m.qos != QoS::AtMostOnce).count();
         let sender = tokio::spawn(async move {

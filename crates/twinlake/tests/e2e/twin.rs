@@ -355,7 +355,7 @@ fn check(twinlake: &Twinlake, (step1, step2, step3): (i64, i64, i64)) {
 }
 
 #[test]
-fn the_twin_through_the_embedded_broker_and_after_a_restart() {
+fn the_twin_through_the_embedded_endpoint_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
     let steps = run_sequence(&twinlake);
