@@ -34,7 +34,11 @@ pub(crate) enum Content {
     },
     /// PUBREL: the client may use the packet id again.
     Release(PacketKey),
-    /// A client began a clean session: its earlier packet ids mean nothing now.
+    /// A client began a persistent session: it is present when the client comes back, also
+    /// after a restart.
+    BeginSession(Arc<str>),
+    /// A client's session ended (a clean start, or a connection whose session ends with it):
+    /// its packet ids mean nothing now.
     EndSession(Arc<str>),
 }
 

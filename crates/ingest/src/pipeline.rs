@@ -151,7 +151,7 @@ pub async fn run_ingest(
             Listener::start(
                 listener.clone(),
                 (config.topics.clone(), config.max_packet_bytes),
-                qos2.clients().cloned().collect(),
+                &qos2,
                 (to_batcher, budgets.clone()),
                 metrics.clone(),
                 shutdown.clone(),
@@ -293,6 +293,10 @@ fn add(
         Content::Release(key) => {
             state.qos2.release(key);
             group.qos2_log.released(key);
+        }
+        Content::BeginSession(client_id) => {
+            state.qos2.begin_session(client_id);
+            group.qos2_log.session_begun(client_id);
         }
         Content::EndSession(client_id) => {
             state.qos2.end_session(client_id);

@@ -1,9 +1,10 @@
-//! Exactly once for QoS 2 on the embedded endpoint: which packet ids each client's session has
-//! had stored and not yet released.
+//! The sessions of the embedded endpoint that outlive their connections: which client ids have
+//! a persistent session, and which QoS 2 packet ids each has had stored and not yet released.
 //!
-//! A QoS 2 sender that lost our PUBREC sends the PUBLISH again, with the same packet id, on its
-//! next connection, which may come after a crash of Twinlake. So this state is durable like
-//! the rows: every change is written to the WAL in the record of the messages it belongs to
+//! A client whose CONNACK says its session is not present must discard what it has not seen
+//! acknowledged (MQTT 3.1.1 §3.2.2.2, and rumqttc does), so a persistent session must survive
+//! a crash of Twinlake like the rows. And a QoS 2 sender that lost our PUBREC sends the PUBLISH
+//! again, with the same packet id, on its next connection. So this state is durable: every change is written to the WAL in the record of the messages it belongs to
 //! (a PUBREC leaves only after the record holding both the rows and the packet id is fsynced,
 //! a PUBCOMP only after the record holding the release), replayed at start, and checkpointed
 //! with the retained state so that WAL truncation cannot take it.
@@ -20,8 +21,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 /// The WAL table of QoS 2 state changes (not a table of the lake).
 pub(crate) const QOS2_TABLE: &str = "_mqtt_qos2";
 
-/// Packet id 0 is not a valid MQTT packet id; a row with it and `received` false ends the
-/// client's whole session.
+/// Packet id 0 is not a valid MQTT packet id; a row with it stands for the client's whole
+/// session: begun (`received` true) or ended (false).
 const WHOLE_SESSION: u16 = 0;
 
 fn qos2_schema() -> SchemaRef {
@@ -39,17 +40,26 @@ pub(crate) struct PacketKey {
     pub(crate) packet_id: u16,
 }
 
-/// Packet ids stored and not yet released, per client id.
+/// Persistent sessions, and packet ids stored and not yet released per client id.
 #[derive(Debug, Default)]
 pub struct Qos2State {
+    persistent: HashSet<Arc<str>>,
     pending: HashMap<Arc<str>, HashSet<u16>>,
 }
 
 impl Qos2State {
-    /// Clients with a session here (packet ids pending): their session is present after a
-    /// restart.
-    pub fn clients(&self) -> impl Iterator<Item = &Arc<str>> {
+    /// Clients with a persistent session: it is present when they connect again.
+    pub fn persistent_sessions(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.persistent.iter()
+    }
+
+    /// Clients with QoS 2 packet ids pending.
+    pub fn clients_with_packets(&self) -> impl Iterator<Item = &Arc<str>> {
         self.pending.keys()
+    }
+
+    pub(crate) fn begin_session(&mut self, client_id: &Arc<str>) {
+        self.persistent.insert(Arc::clone(client_id));
     }
 
     pub(crate) fn is_pending(&self, key: &PacketKey) -> bool {
@@ -76,11 +86,15 @@ impl Qos2State {
 
     pub(crate) fn end_session(&mut self, client_id: &str) {
         self.pending.remove(client_id);
+        self.persistent.remove(client_id);
     }
 
     /// Every pending packet id as one WAL batch.
     pub(crate) fn checkpoint_batch(&self) -> Result<Option<RecordBatch>, ArrowError> {
         let mut log = Qos2Log::default();
+        for client_id in &self.persistent {
+            log.session_begun(client_id);
+        }
         for (client_id, ids) in &self.pending {
             for &packet_id in ids {
                 log.received(&PacketKey {
@@ -103,6 +117,7 @@ impl Qos2State {
                 packet_id: ids.value(row),
             };
             match (received.value(row), key.packet_id) {
+                (true, WHOLE_SESSION) => self.begin_session(&key.client_id),
                 (true, _) => self.receive(&key),
                 (false, WHOLE_SESSION) => self.end_session(&key.client_id),
                 (false, _) => self.release(&key),
@@ -126,6 +141,10 @@ impl Qos2Log {
     pub(crate) fn released(&mut self, key: &PacketKey) {
         self.rows
             .push((Arc::clone(&key.client_id), key.packet_id, false));
+    }
+
+    pub(crate) fn session_begun(&mut self, client_id: &Arc<str>) {
+        self.rows.push((Arc::clone(client_id), WHOLE_SESSION, true));
     }
 
     pub(crate) fn session_ended(&mut self, client_id: &Arc<str>) {
@@ -171,6 +190,8 @@ mod tests {
         log.received(&key("truck1", 7));
         log.received(&key("truck1", 8));
         log.received(&key("truck2", 7));
+        log.session_begun(&Arc::from("truck2"));
+        log.session_begun(&Arc::from("truck3"));
         log.released(&key("truck1", 7));
         log.session_ended(&Arc::from("truck2"));
         let mut state = Qos2State::default();
@@ -181,6 +202,8 @@ mod tests {
         let mut restored = Qos2State::default();
         restored.apply(&state.checkpoint_batch().unwrap().unwrap());
         assert!(restored.is_pending(&key("truck1", 8)));
-        assert_eq!(restored.clients().count(), 1);
+        assert_eq!(restored.clients_with_packets().count(), 1);
+        let sessions: Vec<&str> = restored.persistent_sessions().map(|c| &**c).collect();
+        assert_eq!(sessions, ["truck3"]);
     }
 }

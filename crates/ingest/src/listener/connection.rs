@@ -21,7 +21,7 @@ use super::packet::{
 };
 use crate::inflight::{Ack, Budgets, Content, Received};
 use crate::metrics::IngestMetrics;
-use crate::qos2::PacketKey;
+use crate::qos2::{PacketKey, Qos2State};
 
 /// A client must send CONNECT this soon after it connects.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,11 +53,11 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Seeded with the clients whose QoS 2 state the WAL held: their sessions are present.
-    pub(crate) fn restored(clients: Vec<Arc<str>>) -> Self {
+    /// The sessions the WAL held.
+    pub(crate) fn restored(state: &Qos2State) -> Self {
         Self {
-            persistent: clients.iter().cloned().collect(),
-            exactly_once: clients.into_iter().collect(),
+            persistent: state.persistent_sessions().cloned().collect(),
+            exactly_once: state.clients_with_packets().cloned().collect(),
             ..Self::default()
         }
     }
@@ -67,8 +67,10 @@ impl Sessions {
 struct Opened {
     number: u64,
     session_present: bool,
-    /// Its QoS 2 state must go: a clean start of a client that had some.
+    /// The session it ends: a clean start of a client that had one.
     end_earlier_session: bool,
+    /// A persistent session not known before, to be made durable before CONNACK.
+    begin_session: bool,
     taken_over: Arc<Notify>,
 }
 
@@ -78,12 +80,10 @@ impl Sessions {
         let session_present = !connect.clean_start && self.persistent.contains(client_id);
         let mut end_earlier_session = false;
         if connect.clean_start {
-            self.persistent.remove(client_id);
-            end_earlier_session = self.exactly_once.remove(client_id);
+            let had_packets = self.exactly_once.remove(client_id);
+            end_earlier_session = self.persistent.remove(client_id) || had_packets;
         }
-        if connect.persistent {
-            self.persistent.insert(Arc::clone(client_id));
-        }
+        let begin_session = connect.persistent && self.persistent.insert(Arc::clone(client_id));
         let taken_over = Arc::new(Notify::new());
         let earlier = self.live.insert(
             Arc::clone(client_id),
@@ -96,6 +96,7 @@ impl Sessions {
             number: self.connections,
             session_present,
             end_earlier_session,
+            begin_session,
             taken_over,
         }
     }
@@ -173,10 +174,11 @@ where
             };
             packet::write(&mut out, Version::V311, refusal);
             let _ = writer.write_all(&out).await;
-            return refused(&shared, &peer, &format!("protocol level {level}"));
+            let detail = format!("protocol level {level}");
+            return refused(&shared, &peer, (Refusal::ProtocolVersion.code(), &detail));
         }
-        Ok(Err(error)) => return refused(&shared, &peer, &error.to_string()),
-        Err(_) => return refused(&shared, &peer, "no CONNECT within 10 s"),
+        Ok(Err(error)) => return refused(&shared, &peer, ("malformed", &error.to_string())),
+        Err(_) => return refused(&shared, &peer, ("timeout", "no CONNECT within 10 s")),
     };
     let identity = shared
         .auth
@@ -188,8 +190,8 @@ where
             let mut out = BytesMut::new();
             connack(&mut out, &connect, &shared, Some(refusal), false);
             let _ = writer.write_all(&out).await;
-            let reason = format!("{refusal:?} (client id {:?})", connect.client_id);
-            return refused(&shared, &peer, &reason);
+            let detail = format!("client id {:?}", connect.client_id);
+            return refused(&shared, &peer, (refusal.code(), &detail));
         }
     };
     let client_id: Arc<str> = match connect.client_id.is_empty() {
@@ -215,6 +217,10 @@ where
     };
     if opened.end_earlier_session {
         connection.end_session().await;
+    }
+    if opened.begin_session && !connection.begin_session().await {
+        shared.metrics.connections.dec();
+        return;
     }
     connack(
         &mut connection.out,
@@ -242,9 +248,8 @@ where
     shared.metrics.connections.dec();
 }
 
-fn refused(shared: &Shared, peer: &Peer, reason: &str) {
-    tracing::info!(peer = %peer.address, reason, "MQTT connection refused");
-    let code = reason.split([' ', '(']).next().unwrap_or("refused");
+fn refused(shared: &Shared, peer: &Peer, (code, detail): (&str, &str)) {
+    tracing::warn!(peer = %peer.address, reason = code, detail, "MQTT connection refused");
     shared
         .metrics
         .connections_refused
@@ -570,6 +575,15 @@ impl Connection {
         };
         self.shared.to_batcher.send(received).ok()?;
         Some(durable)
+    }
+
+    /// Makes the new persistent session durable; false when ingest stopped meanwhile.
+    async fn begin_session(&mut self) -> bool {
+        let content = Content::BeginSession(Arc::clone(&self.client_id));
+        match self.hand_on(content, 0, true).await {
+            Some(Some(durable)) => durable.await.is_ok(),
+            _ => false,
+        }
     }
 
     async fn end_session(&mut self) {

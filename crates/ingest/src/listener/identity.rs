@@ -247,6 +247,15 @@ mod tests {
         }
     }
 
+    async fn who(
+        auth: &Authenticator,
+        connect: Connect,
+        cn: Option<String>,
+        anonymous: bool,
+    ) -> Result<Identity, Refusal> {
+        auth.identify(&connect, cn, anonymous).await
+    }
+
     #[tokio::test]
     async fn users_of_the_password_file_and_their_roles() {
         let dir = tempfile::tempdir().unwrap();
@@ -258,60 +267,90 @@ mod tests {
         );
         std::fs::write(&path, lines).unwrap();
         let auth = Authenticator::new(Some(path.clone())).unwrap();
-        let truck = auth
-            .identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
-            .await
-            .unwrap();
+        let truck = who(
+            &auth,
+            connect("any", Some(("truck042", "s3cret"))),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!((truck.gateway.as_str(), truck.relay), ("truck042", false));
         // Again, now from the cache of verified passwords.
         assert!(
-            auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
-                .await
-                .is_ok()
-        );
-        let wrong = auth.identify(&connect("any", Some(("truck042", "guess"))), None, false);
-        assert_eq!(wrong.await.unwrap_err(), Refusal::Credentials);
-        let unknown = auth.identify(&connect("any", Some(("nobody", "x"))), None, true);
-        assert_eq!(unknown.await.unwrap_err(), Refusal::Credentials);
-        let relay = auth
-            .identify(&connect("any", Some(("upstream", "relay-pw"))), None, false)
+            who(
+                &auth,
+                connect("any", Some(("truck042", "s3cret"))),
+                None,
+                false
+            )
             .await
-            .unwrap();
+            .is_ok()
+        );
+        let wrong = who(
+            &auth,
+            connect("any", Some(("truck042", "guess"))),
+            None,
+            false,
+        );
+        assert_eq!(wrong.await.unwrap_err(), Refusal::Credentials);
+        let unknown = who(&auth, connect("any", Some(("nobody", "x"))), None, true);
+        assert_eq!(unknown.await.unwrap_err(), Refusal::Credentials);
+        let relay = who(
+            &auth,
+            connect("any", Some(("upstream", "relay-pw"))),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
         assert!(relay.relay);
-        let anonymous = auth.identify(&connect("truck7", None), None, false);
+        let anonymous = who(&auth, connect("truck7", None), None, false);
         assert_eq!(anonymous.await.unwrap_err(), Refusal::NotAuthorized);
         // A certificate names its gateway whatever else the client says.
-        let certified = auth
-            .identify(&connect("any", None), Some("truck9".to_owned()), false)
-            .await
-            .unwrap();
+        let certified = who(
+            &auth,
+            connect("any", None),
+            Some("truck9".to_owned()),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(certified.gateway.as_str(), "truck9");
         // A changed file is read again; a broken one leaves the users as they were.
         std::fs::write(&path, "truck042:not-a-hash\n").unwrap();
         auth.reload(true);
         assert!(
-            auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false)
-                .await
-                .is_ok()
+            who(
+                &auth,
+                connect("any", Some(("truck042", "s3cret"))),
+                None,
+                false
+            )
+            .await
+            .is_ok()
         );
         std::fs::write(&path, "").unwrap();
         auth.reload(true);
-        let gone = auth.identify(&connect("any", Some(("truck042", "s3cret"))), None, false);
+        let gone = who(
+            &auth,
+            connect("any", Some(("truck042", "s3cret"))),
+            None,
+            false,
+        );
         assert_eq!(gone.await.unwrap_err(), Refusal::Credentials);
     }
 
     #[tokio::test]
     async fn anonymous_clients_are_their_client_id_or_username() {
         let auth = Authenticator::new(None).unwrap();
-        let by_id = auth.identify(&connect("truck7", None), None, true).await;
+        let by_id = who(&auth, connect("truck7", None), None, true).await;
         assert_eq!(by_id.unwrap().gateway.as_str(), "truck7");
-        let named = auth
-            .identify(&connect("x", Some(("truck8", ""))), None, true)
-            .await;
+        let named = who(&auth, connect("x", Some(("truck8", ""))), None, true).await;
         assert_eq!(named.unwrap().gateway.as_str(), "truck8");
-        let bad_id = auth.identify(&connect("a/b", None), None, true).await;
+        let bad_id = who(&auth, connect("a/b", None), None, true).await;
         assert_eq!(bad_id.unwrap_err(), Refusal::ClientId);
-        let empty = auth.identify(&connect("", None), None, true).await;
+        let empty = who(&auth, connect("", None), None, true).await;
         assert_eq!(empty.unwrap_err(), Refusal::ClientId);
     }
 }

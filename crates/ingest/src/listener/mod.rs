@@ -30,6 +30,7 @@ pub use self::identity::hash_password;
 use crate::error::{IngestError, ListenerError};
 use crate::inflight::{Budgets, Received};
 use crate::metrics::IngestMetrics;
+use crate::qos2::Qos2State;
 
 /// The endpoint's listeners, authentication and per-connection limits.
 #[derive(Debug, Clone)]
@@ -110,7 +111,7 @@ impl Listener {
     pub(crate) async fn start(
         config: ListenerConfig,
         (topics, max_packet_bytes): (FleetTopics, usize),
-        sessions_with_state: Vec<Arc<str>>,
+        restored: &Qos2State,
         (to_batcher, budgets): (mpsc::UnboundedSender<Received>, Budgets),
         metrics: IngestMetrics,
         shutdown: watch::Receiver<bool>,
@@ -123,7 +124,7 @@ impl Listener {
             receive_maximum: config.receive_maximum.max(1),
             connection_inflight_bytes: config.max_connection_inflight_bytes.max(1),
             auth,
-            sessions: Mutex::new(Sessions::restored(sessions_with_state)),
+            sessions: Mutex::new(Sessions::restored(restored)),
             to_batcher,
             budgets,
             metrics,
@@ -244,7 +245,7 @@ impl Accept {
                         connection::serve(stream, peer(cn), shared).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::info!(%address, %error, "MQTT TLS handshake failed");
+                        tracing::warn!(%address, %error, "MQTT TLS handshake failed");
                         count(&shared, "tls");
                     }
                     Err(_) => count(&shared, "tls"),

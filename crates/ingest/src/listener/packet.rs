@@ -72,6 +72,18 @@ pub(crate) enum Refusal {
     NotAuthorized,
 }
 
+impl Refusal {
+    /// The reason label of the refused-connections metric.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Self::ProtocolVersion => "protocol_version",
+            Self::ClientId => "invalid_gateway_id",
+            Self::Credentials => "bad_credentials",
+            Self::NotAuthorized => "not_authorized",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     ConnAck {
@@ -533,7 +545,7 @@ mod tests {
         let will = v5::LastWill::new(
             "te/device/main///status/health",
             "{}",
-            v5::QoS::AtLeastOnce,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
             false,
             None,
         );
@@ -557,12 +569,13 @@ mod tests {
 
     #[test]
     fn packets_over_the_limit_are_refused_before_they_are_whole() {
-        let publish = v5::Publish::new(
+        let mut publish = v5::Publish::new(
             "te/device/main///m/env",
-            v5::QoS::AtLeastOnce,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
             vec![b'x'; 2000],
             None,
         );
+        publish.pkid = 1;
         let mut buf = encoded(v5::Packet::Publish(publish));
         buf.truncate(10);
         assert!(matches!(

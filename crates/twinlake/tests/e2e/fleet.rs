@@ -22,7 +22,7 @@ const SPEC_GATEWAY: &str = "main";
 
 /// The first code block after `heading` in docs/fleet.md: the tests use the files exactly as
 /// the documentation shows them.
-fn documented(heading: &str) -> String {
+pub(crate) fn documented(heading: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/fleet.md");
     let doc = std::fs::read_to_string(path).unwrap();
     let section = &doc[doc
@@ -37,8 +37,14 @@ fn documented(heading: &str) -> String {
 /// authenticate with a certificate whose common name is their id.
 struct Central {
     broker: Mosquitto,
-    tls_port: u16,
-    certificates: PathBuf,
+    upstream: Upstream,
+}
+
+/// Where a gateway's bridge connects: a TLS port, and the directory of the CA, the server's
+/// and every gateway's certificate.
+pub(crate) struct Upstream {
+    pub(crate) tls_port: u16,
+    pub(crate) certificates: PathBuf,
 }
 
 impl Central {
@@ -72,8 +78,10 @@ impl Central {
         let broker = Mosquitto::start_with_config(dir, port, config);
         Self {
             broker,
-            tls_port,
-            certificates: d,
+            upstream: Upstream {
+                tls_port,
+                certificates: d,
+            },
         }
     }
 }
@@ -88,7 +96,7 @@ impl Central {
 
 /// A gateway's own broker: its local publishers use it anonymously, and the documented bridge
 /// forwards its `te/` tree to the central broker.
-struct Gateway {
+pub(crate) struct Gateway {
     port: u16,
     config: String,
     broker: Option<Mosquitto>,
@@ -98,18 +106,22 @@ struct Gateway {
 
 impl Gateway {
     fn start(id: &'static str, central: &Central) -> Self {
-        Self::start_with(id, central, |bridge| bridge)
+        Self::start_with(id, &central.upstream, |bridge| bridge)
     }
 
     /// A gateway whose documented bridge file is first changed by `adapt`.
-    fn start_with(id: &'static str, central: &Central, adapt: impl Fn(String) -> String) -> Self {
+    pub(crate) fn start_with(
+        id: &str,
+        upstream: &Upstream,
+        adapt: impl Fn(String) -> String,
+    ) -> Self {
         let persistence = tempfile::tempdir().unwrap();
         let d = persistence.path().to_owned();
-        let certificates = central.certificates.display();
+        let certificates = upstream.certificates.display();
         let bridge = documented("### thin-edge 1.x, or any Mosquitto: a bridge")
             .replace(
                 "central.example.com:8883",
-                &format!("127.0.0.1:{}", central.tls_port),
+                &format!("127.0.0.1:{}", upstream.tls_port),
             )
             .replace(
                 "/etc/ssl/certs/twinlake-ca.pem",
@@ -142,12 +154,12 @@ impl Gateway {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
     /// What a local thin-edge component publishes, QoS 1.
-    fn publish(&self, topic: &str, payload: &str, retain: bool) {
+    pub(crate) fn publish(&self, topic: &str, payload: &str, retain: bool) {
         let port = self.port.to_string();
         let mut command = Command::new("mosquitto_pub");
         command.args([
@@ -170,7 +182,7 @@ impl Gateway {
 
     /// Stops the gateway's broker (it saves its retained messages) and starts it again on the
     /// same port and files: the bridge reconnects and replays the retained state.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         if let Some(mut broker) = self.broker.take() {
             broker.terminate();
         }
@@ -306,8 +318,8 @@ fn gateways_bridged_as_documented_keep_their_trees_apart() {
 
     // A gateway may write its own subtree only: truck1 publishing as truck3 is refused by the
     // central broker's ACL (MQTT 3.1.1 acknowledges and drops it).
-    let c = central.certificates.display();
-    let tls_port = central.tls_port.to_string();
+    let c = central.upstream.certificates.display();
+    let tls_port = central.upstream.tls_port.to_string();
     let as_truck1 = |topic: &str, payload: &str| {
         run(Command::new("mosquitto_pub")
             .args([
@@ -473,7 +485,7 @@ fn the_spec_examples_through_a_gateway_bridge() {
     let dir = tempfile::tempdir().unwrap();
     let twinlake = central.twinlake(dir.path());
     // The bridge's own state would be a service and health rows more than §6 has.
-    let gateway = Gateway::start_with(SPEC_GATEWAY, &central, |bridge| {
+    let gateway = Gateway::start_with(SPEC_GATEWAY, &central.upstream, |bridge| {
         bridge.replace("notifications true", "notifications false")
     });
     publish(&gateway.url(), crate::spec::spec_messages());

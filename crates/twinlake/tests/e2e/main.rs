@@ -1,10 +1,11 @@
-//! End-to-end tests: the real `twinlake` binary, a real MQTT broker (the embedded one and
+//! End-to-end tests: the real `twinlake` binary, real MQTT (Twinlake's own endpoint and
 //! Mosquitto), a real MQTT client publishing, and SQL over HTTP to check what was stored.
 
 // In a test harness a panic is the failure report, helpers included.
 #![allow(clippy::unwrap_used)]
 
 mod durability;
+mod endpoint;
 mod faults;
 mod fleet;
 mod lake;

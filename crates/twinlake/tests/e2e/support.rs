@@ -130,7 +130,14 @@ impl Mosquitto {
 /// A client key and certificate (`<name>.key`, `<name>.pem`) with common name `name`, signed
 /// by the CA of [`make_certificates`] in the same directory.
 pub(crate) fn make_client_certificate(dir: &Path, name: &str) {
-    make_signed(dir, name, name, &[]);
+    // An X.509 v3 client certificate, as `tedge cert create` makes (rustls refuses v1 ones).
+    let extensions = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&extensions),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    make_signed(dir, name, name, &["-extfile", &extensions]);
 }
 
 /// A CA (`ca.pem`) and a broker key and certificate for 127.0.0.1 signed by it.

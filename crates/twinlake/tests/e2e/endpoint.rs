@@ -1,0 +1,338 @@
+//! Twinlake's own MQTT endpoint with real clients: the rumqttc publisher through kills of the
+//! server (QoS 1 and 2), Mosquitto's clients (3.1.1 and 5), and gateways' Mosquitto bridges
+//! configured from docs/fleet.md, authenticated by client certificate and by password.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+use crate::durability::EPOCH;
+use crate::fleet::{Gateway, Upstream};
+use crate::support::{
+    Broker, Twinlake, free_port, make_certificates, make_client_certificate, make_readable_by_all,
+    url_parts,
+};
+
+/// Publishes `count` numbered measurements as gateway `gateway` with a persistent session,
+/// riding out the server's restarts (the client sends again what was not acknowledged), and
+/// returns how many were acknowledged.
+fn publish_through_restarts(url: String, gateway: &'static str, count: u64, qos: QoS) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (host, port) = url_parts(&url);
+        let mut options = MqttOptions::new(format!("{gateway}-publisher"), host, port);
+        options
+            .set_clean_session(false)
+            .set_inflight(100)
+            .set_credentials(gateway, "");
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let sender = tokio::spawn(async move {
+            for n in 0..count {
+                let payload = format!("{{\"seq\":{n},\"time\":{}}}", EPOCH + n as i64);
+                client
+                    .publish("te/device/main///m/seq", qos, false, payload)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            client
+        });
+        let mut acked = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while acked < count && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_)))) => acked += 1,
+                Ok(Ok(_)) | Err(_) => {}
+                // The server is down (rumqttc connects again at the next poll).
+                Ok(Err(error)) => {
+                    if error.to_string().contains("state") {
+                        eprintln!("{gateway}: {error} after {acked} acknowledgements");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.disconnect().await;
+        acked
+    })
+}
+
+/// kill -9 of `serve` at random moments while a gateway publishes to its endpoint: every
+/// acknowledged message is there afterwards, and QoS 2 messages are there exactly once, even
+/// those whose PUBREC or PUBCOMP the kill took.
+#[test]
+fn kills_of_the_endpoint_lose_nothing_acknowledged_and_qos2_stays_exactly_once() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for (qos, gateway) in [
+        (QoS::AtLeastOnce, "truck-q1"),
+        (QoS::ExactlyOnce, "truck-q2"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
+        let total = 6_000;
+        let url = twinlake.mqtt_url.clone();
+        let publisher =
+            std::thread::spawn(move || publish_through_restarts(url, gateway, total, qos));
+        let mut kills = Vec::new();
+        for _ in 0..4 {
+            let wait = rng.random_range(200..1200);
+            std::thread::sleep(Duration::from_millis(wait));
+            twinlake.kill();
+            kills.push(wait);
+            twinlake.start_again();
+        }
+        let acked = publisher.join().unwrap();
+        assert_eq!(
+            acked, total,
+            "{qos:?}: kills after (ms) {kills:?}, seed {seed}"
+        );
+        let rows = format!("SELECT count(*) FROM measurements WHERE gateway = '{gateway}'");
+        let distinct =
+            format!("SELECT count(DISTINCT value) FROM measurements WHERE gateway = '{gateway}'");
+        let found = twinlake.wait_for_count(&distinct, total as i64, Duration::from_secs(60));
+        assert_eq!(found, total as i64, "{qos:?}: kills {kills:?}, seed {seed}");
+        let stored = twinlake.count(&rows);
+        if qos == QoS::ExactlyOnce {
+            assert_eq!(
+                stored, total as i64,
+                "QoS 2 stored twice: kills {kills:?}, seed {seed}"
+            );
+        }
+        eprintln!("{qos:?}: 4 kills after (ms) {kills:?}: {total} acknowledged, {stored} rows");
+    }
+}
+
+/// Mosquitto's own clients: MQTT 5 hears "not authorized" for another gateway's topic, 3.1.1
+/// loses its connection; subscriptions are refused; a killed client's will is stored.
+#[test]
+fn mosquitto_clients_see_refusals_by_the_book_and_leave_their_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
+    let port = url_parts(&twinlake.mqtt_url).1.to_string();
+    let pub_as = |version: &str, client: &str, topic: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1"])
+            .args(["-i", client, "-t", topic, "-m", r#"{"t":1}"#])
+            .output()
+            .unwrap()
+    };
+    let own = pub_as("mqttv5", "truck1", "te/device/main///m/env");
+    assert!(own.status.success(), "{own:?}");
+    let own = pub_as(
+        "mqttv311",
+        "truck1",
+        "twinlake/truck1/te/device/child1///m/env",
+    );
+    assert!(own.status.success(), "{own:?}");
+    let foreign = pub_as("mqttv5", "truck1", "twinlake/truck2/te/device/main///m/env");
+    let said = String::from_utf8_lossy(&foreign.stderr).to_string();
+    assert!(said.contains("Not authorized"), "{foreign:?}");
+    let foreign = pub_as(
+        "mqttv311",
+        "truck1",
+        "twinlake/truck2/te/device/main///m/env",
+    );
+    assert!(
+        !foreign.status.success(),
+        "3.1.1 has no refusal but a closed connection"
+    );
+    let stored = "SELECT count(*) FROM measurements";
+    assert_eq!(
+        twinlake.wait_for_count(stored, 2, Duration::from_secs(10)),
+        2
+    );
+    assert_eq!(
+        twinlake.count("SELECT count(*) FROM measurements WHERE gateway = 'truck2'"),
+        0
+    );
+    let refused = "twinlake_mqtt_publishes_refused_total{reason=\"foreign_topic\"}";
+    assert_eq!(twinlake.metric(refused), Some(2.0));
+
+    for version in ["mqttv311", "mqttv5"] {
+        let sub = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                "truck1",
+            ])
+            .args(["-t", "#", "-W", "3"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&sub.stderr).to_string();
+        assert!(said.contains("denied"), "{version}: {sub:?}");
+    }
+
+    // thin-edge's health "down" arrives this way: the will of a connection that breaks.
+    let mut agent = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "truck3",
+            "-q",
+            "1",
+            "-l",
+        ])
+        .args(["-t", "te/device/main/service/tedge-agent/status/health"])
+        .args([
+            "--will-topic",
+            "te/device/main/service/tedge-agent/status/health",
+        ])
+        .args(["--will-payload", r#"{"status":"down"}"#, "--will-qos", "1"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = agent.stdin.as_mut().unwrap();
+        writeln!(stdin, r#"{{"status":"up"}}"#).unwrap();
+        stdin.flush().unwrap();
+    }
+    let health = "SELECT count(*) FROM health WHERE gateway = 'truck3'";
+    assert_eq!(
+        twinlake.wait_for_count(health, 1, Duration::from_secs(10)),
+        1
+    );
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    assert_eq!(
+        twinlake.wait_for_count(health, 2, Duration::from_secs(10)),
+        2
+    );
+    let last = twinlake
+        .query("SELECT status FROM health WHERE gateway = 'truck3' ORDER BY time DESC LIMIT 1");
+    assert_eq!(last[0]["status"], "down");
+    assert_eq!(twinlake.metric("twinlake_mqtt_wills_total"), Some(1.0));
+}
+
+/// The password file of the endpoint, as `twinlake passwd` writes it.
+fn add_user(file: &Path, user: &str, password: &str, relay: bool) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+    command.arg("passwd").arg(file).arg(user);
+    if relay {
+        command.arg("--relay");
+    }
+    let mut child = command.stdin(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "{password}").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+/// Gateways' Mosquitto bridges from docs/fleet.md connect straight to the endpoint over TLS:
+/// one with its client certificate (its CN is its gateway id), one with a password. A wrong
+/// password, an unknown user and a certificate of another CA are refused; nothing they send
+/// is stored. A bridge's retained replay after a reconnect adds no rows.
+#[test]
+fn gateways_bridge_into_the_endpoint_with_certificates_and_passwords() {
+    let certificates = tempfile::tempdir().unwrap();
+    let c = certificates.path();
+    make_certificates(c);
+    make_client_certificate(c, "truck-cert");
+    let stranger = tempfile::tempdir().unwrap();
+    make_certificates(stranger.path());
+    make_client_certificate(stranger.path(), "truck-stranger");
+    let passwords = c.join("passwords");
+    add_user(&passwords, "truck-pw", "s3cret", false);
+    // The gateways' Mosquitto drops root for its own user, which must read the certificates.
+    make_readable_by_all(c);
+    make_readable_by_all(stranger.path());
+    let (tls_port, data) = (free_port(), tempfile::tempdir().unwrap());
+    let path = |name: &str| c.join(name).display().to_string();
+    let tls = [
+        "--mqtts-listen".to_owned(),
+        format!("127.0.0.1:{tls_port}"),
+        "--mqtt-tls-cert".to_owned(),
+        path("broker.pem"),
+        "--mqtt-tls-key".to_owned(),
+        path("broker.key"),
+        "--mqtt-tls-client-ca".to_owned(),
+        path("ca.pem"),
+        "--mqtt-password-file".to_owned(),
+        path("passwords"),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let twinlake = Twinlake::start(data.path(), Broker::Embedded(free_port()), &tls);
+    let upstream = Upstream {
+        tls_port,
+        certificates: c.to_owned(),
+    };
+    let mut by_certificate = Gateway::start_with("truck-cert", &upstream, |bridge| bridge);
+    let with_password = |user: &'static str, password: &'static str| {
+        move |bridge: String| {
+            let kept: Vec<&str> = bridge
+                .lines()
+                .filter(|line| {
+                    !line.starts_with("bridge_certfile") && !line.starts_with("bridge_keyfile")
+                })
+                .collect();
+            format!(
+                "{}\nremote_username {user}\nremote_password {password}\n",
+                kept.join("\n")
+            )
+        }
+    };
+    let by_password =
+        Gateway::start_with("truck-pw", &upstream, with_password("truck-pw", "s3cret"));
+    let wrong = Gateway::start_with("truck-pw", &upstream, with_password("truck-pw", "guess"));
+    let unknown = Gateway::start_with("truck-x", &upstream, with_password("truck-x", "s3cret"));
+    let other_ca = Gateway::start_with("truck-stranger", &upstream, |bridge| {
+        let theirs = stranger.path().display().to_string();
+        bridge.replace(
+            &format!("{}/truck-stranger", c.display()),
+            &format!("{theirs}/truck-stranger"),
+        )
+    });
+    for gateway in [&by_certificate, &by_password, &wrong, &unknown, &other_ca] {
+        gateway.publish("te/device/main///m/env", r#"{"temp":20}"#, false);
+        gateway.publish("te/device/main///twin/depot", r#""hamburg""#, true);
+    }
+    let stored = "SELECT count(DISTINCT gateway) FROM measurements";
+    let found = twinlake.wait_for_count(stored, 2, Duration::from_secs(30));
+    let rows = "SELECT DISTINCT gateway FROM measurements";
+    assert_eq!(found, 2, "stored: {:?}", twinlake.query(rows));
+    let gateways = twinlake.query("SELECT DISTINCT gateway FROM measurements ORDER BY gateway");
+    assert_eq!(gateways[0]["gateway"], "truck-cert");
+    assert_eq!(gateways[1]["gateway"], "truck-pw");
+    let twins = "SELECT count(*) FROM twin_changes";
+    assert_eq!(
+        twinlake.wait_for_count(twins, 2, Duration::from_secs(10)),
+        2
+    );
+    // The refused bridges keep trying; by now each was refused at least once.
+    for reason in ["bad_credentials", "tls"] {
+        let sample = format!("twinlake_mqtt_connections_refused_total{{reason=\"{reason}\"}}");
+        let refused = twinlake.wait_for_metric(&sample, Duration::from_secs(30), |n| n >= 1.0);
+        assert!(refused >= 1.0, "{reason}: {refused}");
+    }
+
+    // A reconnecting bridge replays the gateway's retained twin: not stored again.
+    by_certificate.restart();
+    let replays = "twinlake_retained_duplicates_total";
+    let replayed = twinlake.wait_for_metric(replays, Duration::from_secs(30), |n| n >= 1.0);
+    assert!(replayed >= 1.0);
+    assert_eq!(twinlake.count(twins), 2);
+    let wrong_gateways =
+        "SELECT count(*) FROM measurements WHERE gateway NOT IN ('truck-cert', 'truck-pw')";
+    assert_eq!(twinlake.count(wrong_gateways), 0);
+    drop((wrong, unknown, other_ca));
+}
