@@ -57,7 +57,7 @@ impl Central {
         }
         std::fs::write(
             d.join("acl"),
-            documented("### Write rights on the central broker"),
+            documented("### Write rights on a central broker"),
         )
         .unwrap();
         std::fs::write(d.join("passwords"), "").unwrap();
