@@ -77,6 +77,13 @@ def main():
         "|---|---|---|---|---|",
     ]
     for broker, figures in results["ingest"].items():
+        # Twinlake's own endpoint delivers nothing: its reference latency is the acknowledgement,
+        # which waits for the fsync. Through Mosquitto it is Mosquitto's own delivery.
+        second = (
+            "the same probes acknowledged to the publisher"
+            if broker == "embedded"
+            else "the same probes delivered to a subscriber"
+        )
         lines.append(
             f"| ingest over MQTT QoS 1 with fsync ({broker}), values/s | "
             f"{figures['ingest_values_per_s']:,.0f} | raw delivery to a do-nothing subscriber | "
@@ -85,7 +92,7 @@ def main():
         )
         lines.append(
             f"| publish-to-queryable p50 / p99 ({broker}) | {figures['latency_p50_ms']:.1f} / "
-            f"{figures['latency_p99_ms']:.1f} ms | the same probes delivered to a subscriber | "
+            f"{figures['latency_p99_ms']:.1f} ms | {second} | "
             f"{figures['delivery_latency_p50_ms']:.1f} / {figures['delivery_latency_p99_ms']:.1f} ms | "
             f"{ratio(figures['latency_p50_ms'], figures['delivery_latency_p50_ms']):.1f} / "
             f"{ratio(figures['latency_p99_ms'], figures['delivery_latency_p99_ms']):.1f} |"
