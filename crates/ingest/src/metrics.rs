@@ -23,7 +23,7 @@ pub struct IngestMetrics {
     /// Acknowledgements of durable messages not yet handed to the MQTT client: it sends them
     /// only as fast as its event loop turns, so they pile up while a broker floods.
     pub acks_queued: Gauge,
-    /// Acks not sent because the broker started a new session meanwhile.
+    /// Acks not sent because their connection ended meanwhile.
     pub acks_of_lost_sessions: Counter,
     pub wal_bytes: Gauge,
     /// 1 while the WAL waits for disk space: nothing is acknowledged meanwhile.
@@ -117,7 +117,7 @@ impl IngestMetrics {
         );
         prefix.register(
             "acks_of_lost_sessions",
-            "Acknowledgements not sent because the broker started a new session meanwhile (their packet ids would mean other messages)",
+            "Acknowledgements not sent because their connection to the broker ended meanwhile (the broker sends those messages again, or dropped them with their session)",
             metrics.acks_of_lost_sessions.clone(),
         );
         prefix.register(

@@ -118,9 +118,7 @@ async fn read(
                     session_present = connack.session_present,
                     "connected to the MQTT broker"
                 );
-                let queued = gate.connected(connack.session_present, || {
-                    client.try_subscribe_many(subscription(&filters))
-                });
+                let queued = gate.connected(|| client.try_subscribe_many(subscription(&filters)));
                 if let Err(error) = queued {
                     // The request queue is full (acks piling up): wait for room rather than
                     // stay connected and receive nothing.
