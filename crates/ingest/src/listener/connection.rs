@@ -342,12 +342,12 @@ impl Connection {
                     return End::Closed { reason: DisconnectReason::SessionTakenOver, will: true };
                 }
                 _ = shutdown.wait_for(|stop| *stop) => {
-                    return End::Closed { reason: DisconnectReason::ServerShuttingDown, will: false };
+                    return stopping();
                 }
                 durable = async { self.owed.front_mut().and_then(|o| o.durable.as_mut()).expect("guarded").await }, if self.front_waits() => {
                     if durable.is_err() {
                         // The pipeline stopped without making it durable: nothing to acknowledge.
-                        return End::Closed { reason: DisconnectReason::ServerShuttingDown, will: false };
+                        return stopping();
                     }
                     if let Some(owed) = self.owed.front_mut() {
                         owed.durable = None;
@@ -376,12 +376,7 @@ impl Connection {
                 match durable.try_recv() {
                     Ok(()) => owed.durable = None,
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        return Some(End::Closed {
-                            reason: DisconnectReason::ServerShuttingDown,
-                            will: false,
-                        });
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => return Some(stopping()),
                 }
             }
             if let Some(owed) = self.owed.pop_front() {
@@ -410,7 +405,9 @@ impl Connection {
             Incoming::Publish(publish) => return self.publish(publish).await,
             Incoming::PubRel(packet_id) => {
                 let key = self.packet_key(packet_id);
-                let durable = self.hand_on(Content::Release(key), 0, true).await?;
+                let Some(durable) = self.hand_on(Content::Release(key), 0, true).await else {
+                    return Some(stopping());
+                };
                 self.owe(Outgoing::PubComp { packet_id }, durable);
             }
             Incoming::Subscribe { packet_id, filters } => {
@@ -456,7 +453,9 @@ impl Connection {
             payload: publish.payload,
             exactly_once,
         };
-        let durable = self.hand_on(content, size, publish.qos > 0).await?;
+        let Some(durable) = self.hand_on(content, size, publish.qos > 0).await else {
+            return Some(stopping());
+        };
         let packet_id = publish.packet_id;
         match publish.qos {
             0 => {}
@@ -660,6 +659,14 @@ impl Connection {
             exactly_once: None,
         };
         let _ = self.hand_on(content, size, false).await;
+    }
+}
+
+/// Ingest is stopping: what was not handed on stays unacknowledged, with the client.
+fn stopping() -> End {
+    End::Closed {
+        reason: DisconnectReason::ServerShuttingDown,
+        will: false,
     }
 }
 
