@@ -14,8 +14,8 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use crate::durability::EPOCH;
 use crate::fleet::{Gateway, Upstream};
 use crate::support::{
-    Broker, Twinlake, free_port, make_certificates, make_client_certificate, make_readable_by_all,
-    url_parts,
+    Broker, Twinlake, free_port, make_certificates, make_client_certificate,
+    make_expired_client_certificate, make_readable_by_all, url_parts,
 };
 
 /// Publishes `count` numbered measurements as gateway `gateway` with a persistent session,
@@ -535,4 +535,51 @@ fn ten_thousand_idle_gateways_cost_little_and_stall_nothing() {
         "{per_connection} bytes per connection"
     );
     drop(clients);
+}
+
+/// A client certificate the endpoint's CA signed but that expired is refused in the TLS
+/// handshake, while a current one of the same CA gets in.
+#[test]
+fn an_expired_client_certificate_is_refused() {
+    let certificates = tempfile::tempdir().unwrap();
+    let c = certificates.path();
+    make_certificates(c);
+    make_client_certificate(c, "truck-new");
+    make_expired_client_certificate(c, "truck-old");
+    let (tls_port, data) = (free_port(), tempfile::tempdir().unwrap());
+    let path = |name: &str| c.join(name).display().to_string();
+    let tls = [
+        "--mqtts-listen".to_owned(),
+        format!("127.0.0.1:{tls_port}"),
+        "--mqtt-tls-cert".to_owned(),
+        path("broker.pem"),
+        "--mqtt-tls-key".to_owned(),
+        path("broker.key"),
+        "--mqtt-tls-client-ca".to_owned(),
+        path("ca.pem"),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let twinlake = Twinlake::start(data.path(), Broker::Embedded(free_port()), &tls);
+    let port = tls_port.to_string();
+    let publish_as = |gateway: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-i", gateway])
+            .args(["--cafile", &path("ca.pem")])
+            .args(["--cert", &path(&format!("{gateway}.pem"))])
+            .args(["--key", &path(&format!("{gateway}.key"))])
+            .args(["-t", "te/device/main///m/env", "-m", r#"{"t":1}"#])
+            .output()
+            .unwrap()
+    };
+    assert!(publish_as("truck-new").status.success());
+    assert!(!publish_as("truck-old").status.success());
+    let stored = "SELECT count(*) FROM measurements WHERE gateway = 'truck-new'";
+    assert_eq!(
+        twinlake.wait_for_count(stored, 1, Duration::from_secs(10)),
+        1
+    );
+    let expired = "SELECT count(*) FROM measurements WHERE gateway = 'truck-old'";
+    assert_eq!(twinlake.count(expired), 0);
+    let refused = "twinlake_mqtt_connections_refused_total{reason=\"tls\"}";
+    assert!(twinlake.metric(refused).is_some_and(|n| n >= 1.0));
 }

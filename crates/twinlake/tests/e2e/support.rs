@@ -165,6 +165,52 @@ pub(crate) fn make_certificates(dir: &Path) {
     make_signed(dir, "broker", "127.0.0.1", &["-extfile", "san.ext"]);
 }
 
+/// `<name>.key` and `<name>.pem`, a client certificate for `name` signed by the CA in `dir`
+/// that expired in 2020 (`openssl ca` can date a certificate; `x509 -req` cannot).
+pub(crate) fn make_expired_client_certificate(dir: &Path, name: &str) {
+    let db = dir.join(format!("{name}-ca-db"));
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("index.txt"), "").unwrap();
+    std::fs::write(db.join("serial"), "01\n").unwrap();
+    let config = format!(
+        "[ca]\ndefault_ca = old\n[old]\ndatabase = {db}/index.txt\nserial = {db}/serial\n\
+         new_certs_dir = {db}\ndefault_md = sha256\npolicy = any\nx509_extensions = client\n\
+         [any]\ncommonName = supplied\n\
+         [client]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n",
+        db = db.display()
+    );
+    let config_file = format!("{name}-ca.cnf");
+    std::fs::write(dir.join(&config_file), config).unwrap();
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN={name}");
+    openssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+    ]);
+    openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        &config_file,
+        "-cert",
+        "ca.pem",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        &csr,
+        "-out",
+        &pem,
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    ]);
+}
+
 /// `<file>.key` and `<file>.pem` for common name `common_name`, signed by the CA in `dir`.
 fn make_signed(dir: &Path, file: &str, common_name: &str, extra: &[&str]) {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
