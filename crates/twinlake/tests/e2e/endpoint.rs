@@ -293,6 +293,30 @@ fn add_user(file: &Path, user: &str, password: &str, relay: bool) {
     assert!(child.wait().unwrap().success());
 }
 
+/// `serve` with a TLS listener whose certificates are in `certificates` (`broker.pem`, whose CA
+/// `ca.pem` also signs client certificates), and a password file there if named. Returns the
+/// server and its TLS port.
+fn start_with_tls(data: &Path, certificates: &Path, passwords: Option<&str>) -> (Twinlake, u16) {
+    let tls_port = free_port();
+    let path = |name: &str| certificates.join(name).display().to_string();
+    let mut flags = vec![
+        "--mqtts-listen".to_owned(),
+        format!("127.0.0.1:{tls_port}"),
+        "--mqtt-tls-cert".to_owned(),
+        path("broker.pem"),
+        "--mqtt-tls-key".to_owned(),
+        path("broker.key"),
+        "--mqtt-tls-client-ca".to_owned(),
+        path("ca.pem"),
+    ];
+    if let Some(file) = passwords {
+        flags.extend(["--mqtt-password-file".to_owned(), path(file)]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let twinlake = Twinlake::start(data, Broker::Embedded(free_port()), &flags);
+    (twinlake, tls_port)
+}
+
 /// Gateways' Mosquitto bridges from docs/fleet.md connect straight to the endpoint over TLS:
 /// one with its client certificate (its CN is its gateway id), one with a password. A wrong
 /// password, an unknown user and a certificate of another CA are refused; nothing they send
@@ -311,22 +335,8 @@ fn gateways_bridge_into_the_endpoint_with_certificates_and_passwords() {
     // The gateways' Mosquitto drops root for its own user, which must read the certificates.
     make_readable_by_all(c);
     make_readable_by_all(stranger.path());
-    let (tls_port, data) = (free_port(), tempfile::tempdir().unwrap());
-    let path = |name: &str| c.join(name).display().to_string();
-    let tls = [
-        "--mqtts-listen".to_owned(),
-        format!("127.0.0.1:{tls_port}"),
-        "--mqtt-tls-cert".to_owned(),
-        path("broker.pem"),
-        "--mqtt-tls-key".to_owned(),
-        path("broker.key"),
-        "--mqtt-tls-client-ca".to_owned(),
-        path("ca.pem"),
-        "--mqtt-password-file".to_owned(),
-        path("passwords"),
-    ];
-    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
-    let twinlake = Twinlake::start(data.path(), Broker::Embedded(free_port()), &tls);
+    let data = tempfile::tempdir().unwrap();
+    let (twinlake, tls_port) = start_with_tls(data.path(), c, Some("passwords"));
     let upstream = Upstream {
         tls_port,
         certificates: c.to_owned(),
@@ -546,20 +556,9 @@ fn an_expired_client_certificate_is_refused() {
     make_certificates(c);
     make_client_certificate(c, "truck-new");
     make_expired_client_certificate(c, "truck-old");
-    let (tls_port, data) = (free_port(), tempfile::tempdir().unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let (twinlake, tls_port) = start_with_tls(data.path(), c, None);
     let path = |name: &str| c.join(name).display().to_string();
-    let tls = [
-        "--mqtts-listen".to_owned(),
-        format!("127.0.0.1:{tls_port}"),
-        "--mqtt-tls-cert".to_owned(),
-        path("broker.pem"),
-        "--mqtt-tls-key".to_owned(),
-        path("broker.key"),
-        "--mqtt-tls-client-ca".to_owned(),
-        path("ca.pem"),
-    ];
-    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
-    let twinlake = Twinlake::start(data.path(), Broker::Embedded(free_port()), &tls);
     let port = tls_port.to_string();
     let publish_as = |gateway: &str| {
         Command::new("mosquitto_pub")
