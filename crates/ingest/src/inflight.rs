@@ -140,8 +140,7 @@ impl Budgets {
             .acquire_many_owned(Self::share(bytes, self.max_bytes))
             .await
             .ok()?;
-        self.metrics
-            .set_acks_pending(self.max_messages, &self.messages);
+        self.update_metrics();
         Some(Place {
             _message: message,
             _bytes: bytes,

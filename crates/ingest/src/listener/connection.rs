@@ -42,6 +42,17 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+impl Shared {
+    /// A connection refused or closed at once: logged, and counted by `code`.
+    pub(crate) fn refuse_connection(&self, address: SocketAddr, (code, detail): (&str, &str)) {
+        tracing::warn!(peer = %address, reason = code, detail, "MQTT connection refused");
+        self.metrics
+            .connections_refused
+            .get_or_create(&IngestMetrics::label("reason", code))
+            .inc();
+    }
+}
+
 /// The sessions of client ids: which are persistent, which have QoS 2 state, which connection
 /// holds each (a new connection with the same client id takes the session over).
 #[derive(Debug, Default)]
@@ -175,10 +186,15 @@ where
             packet::write(&mut out, Version::V311, refusal);
             let _ = writer.write_all(&out).await;
             let detail = format!("protocol level {level}");
-            return refused(&shared, &peer, (Refusal::ProtocolVersion.code(), &detail));
+            return shared
+                .refuse_connection(peer.address, (Refusal::ProtocolVersion.code(), &detail));
         }
-        Ok(Err(error)) => return refused(&shared, &peer, ("malformed", &error.to_string())),
-        Err(_) => return refused(&shared, &peer, ("timeout", "no CONNECT within 10 s")),
+        Ok(Err(error)) => {
+            return shared.refuse_connection(peer.address, ("malformed", &error.to_string()));
+        }
+        Err(_) => {
+            return shared.refuse_connection(peer.address, ("timeout", "no CONNECT within 10 s"));
+        }
     };
     let identity = shared
         .auth
@@ -191,7 +207,7 @@ where
             connack(&mut out, &connect, &shared, Some(refusal), false);
             let _ = writer.write_all(&out).await;
             let detail = format!("client id {:?}", connect.client_id);
-            return refused(&shared, &peer, (refusal.code(), &detail));
+            return shared.refuse_connection(peer.address, (refusal.code(), &detail));
         }
     };
     let client_id: Arc<str> = match connect.client_id.is_empty() {
@@ -246,15 +262,6 @@ where
         )
         .await;
     shared.metrics.connections.dec();
-}
-
-fn refused(shared: &Shared, peer: &Peer, (code, detail): (&str, &str)) {
-    tracing::warn!(peer = %peer.address, reason = code, detail, "MQTT connection refused");
-    shared
-        .metrics
-        .connections_refused
-        .get_or_create(&IngestMetrics::label("reason", code))
-        .inc();
 }
 
 fn connack(

@@ -267,43 +267,17 @@ mod tests {
         );
         std::fs::write(&path, lines).unwrap();
         let auth = Authenticator::new(Some(path.clone())).unwrap();
-        let truck = who(
-            &auth,
-            connect("any", Some(("truck042", "s3cret"))),
-            None,
-            false,
-        )
-        .await
-        .unwrap();
+        let login =
+            |user, password| who(&auth, connect("any", Some((user, password))), None, false);
+        let truck = login("truck042", "s3cret").await.unwrap();
         assert_eq!((truck.gateway.as_str(), truck.relay), ("truck042", false));
         // Again, now from the cache of verified passwords.
-        assert!(
-            who(
-                &auth,
-                connect("any", Some(("truck042", "s3cret"))),
-                None,
-                false
-            )
-            .await
-            .is_ok()
-        );
-        let wrong = who(
-            &auth,
-            connect("any", Some(("truck042", "guess"))),
-            None,
-            false,
-        );
+        assert!(login("truck042", "s3cret").await.is_ok());
+        let wrong = login("truck042", "guess");
         assert_eq!(wrong.await.unwrap_err(), Refusal::Credentials);
         let unknown = who(&auth, connect("any", Some(("nobody", "x"))), None, true);
         assert_eq!(unknown.await.unwrap_err(), Refusal::Credentials);
-        let relay = who(
-            &auth,
-            connect("any", Some(("upstream", "relay-pw"))),
-            None,
-            false,
-        )
-        .await
-        .unwrap();
+        let relay = login("upstream", "relay-pw").await.unwrap();
         assert!(relay.relay);
         let anonymous = who(&auth, connect("truck7", None), None, false);
         assert_eq!(anonymous.await.unwrap_err(), Refusal::NotAuthorized);
@@ -320,24 +294,10 @@ mod tests {
         // A changed file is read again; a broken one leaves the users as they were.
         std::fs::write(&path, "truck042:not-a-hash\n").unwrap();
         auth.reload(true);
-        assert!(
-            who(
-                &auth,
-                connect("any", Some(("truck042", "s3cret"))),
-                None,
-                false
-            )
-            .await
-            .is_ok()
-        );
+        assert!(login("truck042", "s3cret").await.is_ok());
         std::fs::write(&path, "").unwrap();
         auth.reload(true);
-        let gone = who(
-            &auth,
-            connect("any", Some(("truck042", "s3cret"))),
-            None,
-            false,
-        );
+        let gone = login("truck042", "s3cret");
         assert_eq!(gone.await.unwrap_err(), Refusal::Credentials);
     }
 

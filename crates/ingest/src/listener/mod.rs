@@ -215,8 +215,9 @@ impl Accept {
                 }
             };
             let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-                self.count_refused("max_connections");
-                tracing::warn!(%address, "MQTT connection closed: at the connection limit (setting: mqtt max connections)");
+                let detail = "at the connection limit (setting: mqtt max connections)";
+                self.shared
+                    .refuse_connection(address, ("max_connections", detail));
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -245,26 +246,16 @@ impl Accept {
                         connection::serve(stream, peer(cn), shared).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%address, %error, "MQTT TLS handshake failed");
-                        count(&shared, "tls");
+                        let detail = format!("TLS handshake failed: {error}");
+                        shared.refuse_connection(address, ("tls", &detail));
                     }
-                    Err(_) => count(&shared, "tls"),
+                    Err(_) => {
+                        shared.refuse_connection(address, ("tls", "no TLS handshake in 10 s"))
+                    }
                 }
             });
         }
     }
-
-    fn count_refused(&self, reason: &str) {
-        count(&self.shared, reason);
-    }
-}
-
-fn count(shared: &Shared, reason: &str) {
-    shared
-        .metrics
-        .connections_refused
-        .get_or_create(&IngestMetrics::label("reason", reason))
-        .inc();
 }
 
 /// Reads the password file again when it changes, and on SIGHUP.
