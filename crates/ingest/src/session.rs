@@ -7,7 +7,7 @@
 //! ids mean nothing, and with a resumed one the broker sends every unacknowledged message again
 //! under its packet id, whose copy gets its own ack. The stale ack would free the id first, the
 //! broker would give it to a new message, and the copy's ack would then acknowledge that new
-//! message before it is durable: lost at a crash (seen in CI: 5 of 7,500 in the kill loop). So
+//! message before it is durable, to be lost at a crash. So
 //! only acks of messages that came on the current connection are sent, and the subscription of
 //! a new connection is queued under the same lock, so no stale ack can follow it.
 
