@@ -1,11 +1,12 @@
 //! The write-ahead log of Twinlake: what makes a message durable before it is acknowledged.
 //!
-//! This crate owns segment files of records. A record holds the rows of one group commit as the
-//! Arrow IPC encoding of one batch per table, zstd-compressed, behind a length and a CRC32C so
-//! that a torn tail is found on replay. One writer thread does all file I/O: it gathers the
-//! appends that arrive within the commit window into one record, writes it, fsyncs, and only
-//! then releases every waiter. On a full disk a record waits (its waiters with it) until there
-//! is space; any other write error stops the log. Segments rotate by size; replay reads records
+//! This crate owns segment files of records. A record holds the rows of one append as the Arrow
+//! IPC encoding of one batch per table, zstd-compressed, behind a length and a CRC32C so that a
+//! torn tail is found on replay. One writer thread does all file I/O: it gathers the appends that
+//! arrive within the commit window, writes each as a record of its own (so each has its own id)
+//! with one write, fsyncs once, and only then releases every waiter. On a full disk the records
+//! wait (their waiters with them) until there is space; any other write error stops the log.
+//! Segments rotate by size; replay reads records
 //! in order, stops at the first bad one and truncates the torn tail; record ids never go back
 //! (not below what the caller says was persisted elsewhere); segments whose records are all
 //! persisted elsewhere are deleted on request.
@@ -52,8 +53,8 @@ pub struct WalConfig {
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_bytes: u64,
     /// How long the first append of a group waits for others to share its fsync. Even at zero,
-    /// everything submitted while the previous record was being written and fsynced goes into
-    /// one record: the group then spans one fsync, which adapts to the disk.
+    /// everything submitted while the previous group was being written and fsynced shares the
+    /// next fsync: the group then spans one fsync, which adapts to the disk.
     pub commit_window: Duration,
     pub sync: SyncMode,
     /// zstd level of records: low, because the WAL is on the ingest path.

@@ -273,22 +273,20 @@ impl WriterState {
         }
     }
 
-    /// Writes one record for all `appends` and releases their waiters. While the disk is full
-    /// the record waits (its waiters with it, so ingest stops acknowledging) and is written as
-    /// soon as there is space.
+    /// Writes a record for each of `appends`, all with one write and one fsync, and releases
+    /// their waiters. Each append keeps a record (and an id) of its own: a caller that applies
+    /// appends one by one can then say exactly which records it has applied, which a record
+    /// shared by several appends would blur (see `a_group_commit_gives_each_append_its_own_record`).
+    /// While the disk is full the records wait (their waiters with them, so ingest stops
+    /// acknowledging) and are written as soon as there is space.
     fn commit(&mut self, appends: Vec<(TableBatches, AppendWaiter)>, commands: &Receiver<Command>) {
         if appends.is_empty() {
             return;
         }
-        let mut waiters = Vec::with_capacity(appends.len());
-        let mut tables = Vec::new();
-        for (batches, done) in appends {
-            tables.extend(batches);
-            waiters.push(done);
-        }
+        let (tables, waiters): (Vec<TableBatches>, Vec<AppendWaiter>) = appends.into_iter().unzip();
         let mut full_since = None::<Instant>;
         let result = loop {
-            match self.write_record(&tables) {
+            match self.write_records(&tables) {
                 Err(WriteFailure::DiskFull(reason)) => {
                     if full_since.is_none() {
                         tracing::warn!(%reason, "WAL disk full: nothing more is acknowledged until there is space; queries go on");
@@ -300,7 +298,7 @@ impl WriterState {
                     }
                 }
                 Err(WriteFailure::Failed(reason)) => break Err(WalError::Poisoned(reason)),
-                Ok(id) => break Ok(id),
+                Ok(first) => break Ok(first),
             }
         };
         if let Some(since) = full_since {
@@ -310,10 +308,10 @@ impl WriterState {
         self.stats
             .appends
             .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-        for done in waiters {
+        for (offset, done) in (0..).zip(waiters) {
             // A waiter that went away (its task was cancelled) still had its rows written.
             let _ = done.send(match &result {
-                Ok(id) => Ok(*id),
+                Ok(first) => Ok(RecordId(first.0 + offset)),
                 Err(WalError::DiskFull(reason)) => Err(WalError::DiskFull(reason.clone())),
                 Err(error) => Err(WalError::Poisoned(error.to_string())),
             });
@@ -350,24 +348,32 @@ impl WriterState {
         }
     }
 
-    fn write_record(&mut self, tables: &TableBatches) -> Result<RecordId, WriteFailure> {
+    /// Appends one record per entry of `tables`, with consecutive ids, and syncs once; returns
+    /// the first id. On failure none of them is in the log.
+    fn write_records(&mut self, tables: &[TableBatches]) -> Result<RecordId, WriteFailure> {
         if let Some(reason) = &self.poisoned {
             return Err(WriteFailure::Failed(reason.clone()));
         }
-        let id = self.next;
-        let framed = record::encode(id, tables, self.config.zstd_level)
-            .map_err(|e| WriteFailure::Failed(e.to_string()))?;
+        let first = self.next;
+        let mut framed = Vec::new();
+        let mut last = first;
+        for (id, tables) in (first.0..).map(RecordId).zip(tables) {
+            let record = record::encode(id, tables, self.config.zstd_level)
+                .map_err(|e| WriteFailure::Failed(e.to_string()))?;
+            framed.extend_from_slice(&record);
+            last = id;
+        }
         let mut active = match self.active.take() {
             Some(active) => active,
-            None => ActiveSegment::create(&self.config.dir, id).map_err(|e| self.fail(e))?,
+            None => ActiveSegment::create(&self.config.dir, first).map_err(|e| self.fail(e))?,
         };
         let before = active.info.clone();
         let written = active
-            .append(&framed, id)
+            .append(&framed, last)
             .and_then(|()| sync(&active, &self.config, &self.stats));
         if let Err(error) = written {
             // On a full disk, cut back to the last whole record: the next attempt writes the
-            // record anew, so nothing depends on pages a failed write or fsync left behind. A
+            // records anew, so nothing depends on pages a failed write or fsync left behind. A
             // cut that fails leaves part of a record behind, which must never be written after.
             let cut = match error.is_disk_full() {
                 true => active.cut_back(before),
@@ -379,8 +385,10 @@ impl WriterState {
                 Err(cut) => self.poison(cut.to_string()),
             });
         }
-        self.next = RecordId(id.0 + 1);
-        self.stats.records_written.fetch_add(1, Ordering::Relaxed);
+        self.next = RecordId(last.0 + 1);
+        self.stats
+            .records_written
+            .fetch_add(tables.len() as u64, Ordering::Relaxed);
         if active.info.bytes >= self.config.segment_bytes {
             // The next record starts a new segment.
             self.closed.push(active.info);
@@ -388,7 +396,7 @@ impl WriterState {
             self.active = Some(active);
         }
         self.publish_sizes();
-        Ok(id)
+        Ok(first)
     }
 
     /// A full disk can be waited out; after any other failed write or fsync the file's tail is

@@ -548,7 +548,7 @@ fn commits_whose_answer_is_lost_lose_no_row_and_leave_no_missing_file() {
     wait_until_persisted(&twinlake, 3_000.0);
     // Compaction merges whatever a commit written twice left, and reads every file it lists.
     assert_eq!(
-        twinlake.wait_for_count(all, 3_000, Duration::from_secs(60)),
+        twinlake.wait_for_count_where(all, |count| count <= 3_000, Duration::from_secs(60)),
         3_000
     );
 
@@ -576,20 +576,24 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
         .unwrap_or(5);
     let mosquitto = crate::support::Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
+    // Persists every few hundred ms while groups share fsyncs (a 30 ms commit window): a persist
+    // then often comes between two groups of one fsync, where acknowledged rows were once lost.
     let flags = [
         "--persist-max-rows",
-        "400",
+        "100",
         "--persist-max-age",
         "1s",
+        "--wal-commit-window-ms",
+        "30",
         "--compact-interval-s",
-        "2",
+        "1",
         "--compact-min-files",
         "2",
     ];
     let mut twinlake = Twinlake::start(dir.path(), Broker::External(mosquitto.url()), &flags);
     let total = rounds * 1_500;
     let url = mosquitto.url();
-    let publisher = std::thread::spawn(move || publish_numbered(url, "loop", total, 2_000.0, 1));
+    let publisher = std::thread::spawn(move || publish_numbered(url, "loop", total, 1_500.0, 1));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -601,16 +605,18 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
     let mut lost_after_restart = Vec::new();
     let mut peak_repeats = 0;
     for round in 0..rounds {
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..1_200)));
-        let before = twinlake.count(distinct);
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..700)));
+        let before = stored_seqs(&twinlake);
         twinlake.kill();
         twinlake.start_again();
         // What was queryable (so durable) before the kill is there after it.
-        let after = twinlake.count(distinct);
-        if after < before {
-            lost_after_restart.push((round, before, after));
+        let after = stored_seqs(&twinlake);
+        let mut gone: Vec<u64> = before.difference(&after).copied().collect();
+        if !gone.is_empty() {
+            gone.sort_unstable();
+            lost_after_restart.push((round, gone));
         }
-        peak_repeats = peak_repeats.max(twinlake.count(all) - after);
+        peak_repeats = peak_repeats.max(twinlake.count(all) - after.len() as i64);
     }
     assert_eq!(
         lost_after_restart,
@@ -629,10 +635,12 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
         eprintln!("kill loop: {arrived} of {total} before a restart, seed {seed}");
         twinlake.restart();
     }
+    let stored = twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(60));
     assert_eq!(
-        twinlake.wait_for_count(distinct, total as i64, Duration::from_secs(60)),
+        stored,
         total as i64,
-        "messages lost, seed {seed}"
+        "messages lost, seed {seed}; missing seq: {:?}",
+        missing_seqs(&twinlake, total)
     );
     if arrived < total as i64 {
         // Not a loss (Mosquitto kept them), but a stall worth knowing of: reported, see issue 12.
@@ -641,7 +649,9 @@ fn sigkill_during_ingest_persistence_and_compaction_loses_nothing() {
             total as i64 - arrived
         );
     }
-    let merged = twinlake.wait_for_count(all, total as i64, Duration::from_secs(120));
+    // Repeats are dropped when compaction merges the files holding them, a few seconds on.
+    let merged =
+        twinlake.wait_for_count_where(all, |count| count <= total as i64, Duration::from_secs(120));
     eprintln!(
         "kill loop: {rounds} SIGKILLs, {total} messages, 0 lost; at most {peak_repeats} rows stored twice right after a restart, {} once compaction had run; seed {seed}",
         merged - total as i64
@@ -1045,4 +1055,18 @@ fn queries_beyond_the_concurrency_limit_wait_for_a_turn() {
         waited >= Duration::from_secs(2),
         "SELECT 1 was answered after {waited:?}, beside the slow query: no limit"
     );
+}
+
+/// The numbers of the `loop` device's messages that are queryable.
+fn stored_seqs(twinlake: &Twinlake) -> std::collections::HashSet<u64> {
+    let rows = twinlake.query(
+        "SELECT DISTINCT CAST(value AS BIGINT) AS seq FROM measurements WHERE entity = 'main:device:loop'",
+    );
+    rows.iter().filter_map(|row| row["seq"].as_u64()).collect()
+}
+
+/// The numbers of the `loop` device's messages that are not stored, for a failure to name.
+fn missing_seqs(twinlake: &Twinlake, total: u64) -> Vec<u64> {
+    let stored = stored_seqs(twinlake);
+    (0..total).filter(|n| !stored.contains(n)).collect()
 }

@@ -456,10 +456,20 @@ impl Twinlake {
     }
 
     pub(crate) fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) -> i64 {
+        self.wait_for_count_where(sql, |count| count >= expected, timeout)
+    }
+
+    /// Waits (`timeout` at most) until the count `sql` gives is `done`; returns the last count.
+    pub(crate) fn wait_for_count_where(
+        &self,
+        sql: &str,
+        done: impl Fn(i64) -> bool,
+        timeout: Duration,
+    ) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
             let count = self.count(sql);
-            if count >= expected || Instant::now() > deadline {
+            if done(count) || Instant::now() > deadline {
                 return count;
             }
             std::thread::sleep(Duration::from_millis(100));
