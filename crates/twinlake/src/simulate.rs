@@ -735,6 +735,9 @@ struct Connections {
     networks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     /// QoS 1 and 2 messages the broker has acknowledged, on every connection.
     acked: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Publish-to-acknowledged of every QoS 1 and 2 message: from its PUBLISH written to the
+    /// socket to its PUBACK (or PUBREC) read, in microseconds.
+    ack_latencies: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
     /// Set when the simulation is done: a connection that fails then gives up.
     done: tokio::sync::watch::Sender<bool>,
 }
@@ -750,6 +753,7 @@ impl Connections {
             clients: std::collections::HashMap::new(),
             networks: Vec::new(),
             acked: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            ack_latencies: std::sync::Arc::default(),
             done: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -791,12 +795,35 @@ impl Connections {
         network.set_connection_timeout(30);
         eventloop.set_network_options(network);
         let acked = std::sync::Arc::clone(&self.acked);
+        let latencies = std::sync::Arc::clone(&self.ack_latencies);
         let done = self.done.subscribe();
         self.networks.push(tokio::spawn(async move {
             let mut failures = 0;
+            let mut written = std::collections::HashMap::new();
+            let acknowledged = |written: &mut std::collections::HashMap<u16, Instant>,
+                                packet_id| {
+                if let Some(at) = written.remove(&packet_id) {
+                    let micros = Instant::now().duration_since(at).as_micros();
+                    if let Ok(mut latencies) = latencies.lock() {
+                        latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                    }
+                }
+            };
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(packet_id)))
+                        if packet_id != 0 =>
+                    {
+                        written.insert(packet_id, Instant::now());
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                        acknowledged(&mut written, ack.pkid);
+                        acked.send_modify(|count| *count += 1);
+                    }
+                    Ok(Event::Incoming(Incoming::PubRec(rec))) => {
+                        acknowledged(&mut written, rec.pkid);
+                    }
+                    Ok(Event::Incoming(Incoming::PubComp(_))) => {
                         acked.send_modify(|count| *count += 1);
                     }
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => failures = 0,
@@ -818,8 +845,9 @@ impl Connections {
     }
 
     /// Waits (up to 60 s) until the broker has acknowledged `needs_ack` messages, then closes
-    /// every connection. How many were acknowledged, and whether that was all of them.
-    async fn finish(self, needs_ack: u64) -> Result<(u64, bool), String> {
+    /// every connection. How many were acknowledged, whether that was all of them, and the
+    /// publish-to-acknowledged latencies.
+    async fn finish(self, needs_ack: u64) -> Result<(u64, bool, AckLatencies), String> {
         let mut acked = self.acked.subscribe();
         let all = tokio::time::timeout(
             Duration::from_secs(60),
@@ -839,7 +867,35 @@ impl Connections {
                 Err(error) => return Err(format!("MQTT task: {error}")),
             }
         }
-        Ok((acknowledged, all))
+        let latencies = self
+            .ack_latencies
+            .lock()
+            .map(|mut latencies| AckLatencies::of(&mut latencies))
+            .unwrap_or_default();
+        Ok((acknowledged, all, latencies))
+    }
+}
+
+/// Publish-to-acknowledged percentiles, in milliseconds.
+#[derive(Debug, Default)]
+struct AckLatencies {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl AckLatencies {
+    fn of(micros: &mut [u32]) -> Self {
+        micros.sort_unstable();
+        let at = |q: f64| {
+            let index = ((micros.len() as f64 * q) as usize).min(micros.len().saturating_sub(1));
+            micros.get(index).map_or(0.0, |&m| f64::from(m) / 1000.0)
+        };
+        Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }
 
@@ -919,7 +975,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
     for message in fleet.backlogs() {
         publish(message).await?;
     }
-    let (acknowledged, all_acknowledged) = connections.finish(needs_ack).await?;
+    let (acknowledged, all_acknowledged, latency) = connections.finish(needs_ack).await?;
     let seconds = began.elapsed().as_secs_f64();
     tracing::info!(
         published,
@@ -927,6 +983,9 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<(), String> {
         rounds = round_index,
         seconds = format!("{seconds:.1}"),
         per_second = format!("{:.0}", published as f64 / seconds),
+        ack_p50_ms = format!("{:.1}", latency.p50),
+        ack_p99_ms = format!("{:.1}", latency.p99),
+        ack_max_ms = format!("{:.1}", latency.max),
         "simulation done"
     );
     if !all_acknowledged {

@@ -27,6 +27,8 @@ use crate::qos2::{PacketKey, Qos2State};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that takes no bytes for this long is gone (a slow reader must not hold a task).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the last replies of a closing connection may take.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every connection of the endpoint shares.
 pub(crate) struct Shared {
@@ -636,9 +638,16 @@ impl Connection {
                 *will
             }
         };
-        let _ = self.send_owed(writer).await;
-        let _ = self.flush(writer).await;
-        let _ = writer.shutdown().await;
+        if !matches!(end, End::Lost(_)) {
+            // A last, short chance for what is owed: a client that stopped reading would
+            // otherwise hold the will and the session for another write timeout.
+            let farewell = async {
+                let _ = self.send_owed(writer).await;
+                let _ = self.flush(writer).await;
+                let _ = writer.shutdown().await;
+            };
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
+        }
         if let Some(will) = will.filter(|_| store_will) {
             self.store_will(will).await;
         }

@@ -221,6 +221,7 @@ impl Accept {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            bound_send_buffer(&stream);
             let shared = Arc::clone(&self.shared);
             let (tls, anonymous) = (self.tls.clone(), self.anonymous);
             tokio::spawn(async move {
@@ -255,6 +256,18 @@ impl Accept {
                 }
             });
         }
+    }
+}
+
+/// The kernel's send buffer of a connection. The endpoint only ever sends acknowledgements of a
+/// few bytes, at most a receive maximum of them outstanding, so this is ample; left to grow, a
+/// client that never reads could make the kernel hold megabytes of acknowledgements for it
+/// before the endpoint stops reading from it (see `a_client_that_reads_nothing_stalls_only_itself`).
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+fn bound_send_buffer(stream: &tokio::net::TcpStream) {
+    if let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
+        tracing::debug!(%error, "could not bound an MQTT connection's send buffer");
     }
 }
 

@@ -412,6 +412,16 @@ struct RawClient {
 impl RawClient {
     fn connect(port: u16, client_id: &str, keep_alive: u16, will: Option<(&str, &str)>) -> Self {
         let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Self::over(stream, client_id, keep_alive, will)
+    }
+
+    /// Sends CONNECT over a connected socket and reads the CONNACK.
+    fn over(
+        stream: std::net::TcpStream,
+        client_id: &str,
+        keep_alive: u16,
+        will: Option<(&str, &str)>,
+    ) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -435,10 +445,14 @@ impl RawClient {
     }
 
     fn send(&mut self, packet: v4::Packet) {
+        self.try_send(packet).unwrap();
+    }
+
+    fn try_send(&mut self, packet: v4::Packet) -> std::io::Result<()> {
         use std::io::Write;
         let mut out = bytes::BytesMut::new();
         packet.write(&mut out, 1 << 20).unwrap();
-        self.stream.write_all(&out).unwrap();
+        self.stream.write_all(&out)
     }
 
     fn publish(&mut self, topic: &str, payload: &str, qos: rumqttc::QoS, packet_id: u16) {
@@ -513,6 +527,66 @@ fn clients_that_stop_halfway_hold_up_no_one() {
     let stuck = "SELECT count(*) FROM measurements WHERE gateway = 'truck-stuck'";
     assert_eq!(twinlake.count(stuck), 1);
     drop(silent);
+}
+
+/// A client that publishes and never reads its acknowledgements stalls only itself: once the
+/// little the kernel holds of its acknowledgements is full, the endpoint stops reading from it
+/// (its writes block), another gateway is served as usual meanwhile, and the endpoint lets it go
+/// when it has taken nothing for the write timeout (30 s).
+#[test]
+fn a_client_that_reads_nothing_stalls_only_itself() {
+    // Far more than the endpoint reads before it stops: its acknowledgements of those would
+    // need megabytes of kernel buffers.
+    const AT_MOST: u64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
+    let port = url_parts(&twinlake.mqtt_url).1;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect(&address.into()).unwrap();
+    let mut slow = RawClient::over(socket.into(), "truck-slow", 0, None);
+    slow.stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < AT_MOST {
+            let mut publish =
+                v4::Publish::new("te/device/main///m/", QoS::AtLeastOnce, "{\"v\":1}");
+            publish.pkid = (sent % u64::from(u16::MAX)) as u16 + 1;
+            if slow.try_send(v4::Packet::Publish(publish)).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        (sent, slow)
+    });
+    let (sent, slow) = writer.join().unwrap();
+    assert!(
+        sent < AT_MOST,
+        "the endpoint read all {sent} publishes of a client that read none of its acknowledgements"
+    );
+
+    let url = twinlake.mqtt_url.clone();
+    let began = std::time::Instant::now();
+    let acked = std::thread::spawn(move || {
+        crate::durability::publish_numbered(url, "steady", 1_000, 0.0, 1)
+    });
+    assert_eq!(acked.join().unwrap(), 1_000);
+    let steady = began.elapsed();
+    let open =
+        twinlake.wait_for_metric("twinlake_mqtt_connections", Duration::from_secs(60), |n| {
+            n == 0.0
+        });
+    eprintln!(
+        "a client reading nothing got {sent} publishes out before its writes blocked; another gateway's 1,000 were acknowledged in {:.2} s meanwhile; the slow one was let go after {:.0} s",
+        steady.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+    assert_eq!(open, 0.0, "the client that reads nothing is let go");
+    drop(slow);
 }
 
 /// 10,000 gateways connected and idle: what each costs in memory, and a gateway's publishes
