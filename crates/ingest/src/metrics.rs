@@ -29,6 +29,9 @@ pub struct IngestMetrics {
     /// 1 while the WAL waits for disk space: nothing is acknowledged meanwhile.
     pub wal_disk_full: Gauge,
     pub fsync_seconds: Histogram,
+    /// From a message read to its acknowledgement released (its record durable, its rows
+    /// queryable): the part of publish-to-acknowledged that is Twinlake's.
+    pub durable_seconds: Histogram,
     pub hot_bytes: Gauge,
     /// 1 while ingest has stopped reading because a budget is reached.
     pub backpressure: Gauge,
@@ -62,6 +65,7 @@ impl IngestMetrics {
             acks_queued: Gauge::default(),
             wal_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            durable_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             hot_bytes: Gauge::default(),
             wal_disk_full: Gauge::default(),
             backpressure: Gauge::default(),
@@ -74,6 +78,11 @@ impl IngestMetrics {
             wills: Counter::default(),
         };
         let prefix = registry.sub_registry_with_prefix("twinlake");
+        prefix.register(
+            "durable_seconds",
+            "From a message read to its acknowledgement released (WAL record fsynced, rows queryable)",
+            metrics.durable_seconds.clone(),
+        );
         prefix.register(
             "mqtt_messages_received",
             "MQTT messages received",

@@ -592,7 +592,12 @@ async fn acknowledge(
         // Dropping the messages frees their in-flight places; the endpoint's connections get
         // their acks here, the subscriber's go to its ack sender.
         let mut tokens = Vec::new();
+        let now = Timestamp::now();
         for received in commit.messages {
+            let waited = now
+                .unix_nanos()
+                .saturating_sub(received.received_at.unix_nanos());
+            metrics.durable_seconds.observe(waited.max(0) as f64 / 1e9);
             match received.ack {
                 Ack::Endpoint(done) => {
                     // A connection that went away meanwhile has nobody left to tell.

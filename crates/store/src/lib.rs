@@ -22,6 +22,7 @@ mod persist;
 mod test_rows;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::path::PathBuf;
 

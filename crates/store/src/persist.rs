@@ -23,6 +23,7 @@ use crate::file::{
 };
 use crate::lake::{self, CommitFailure, Lake};
 use crate::live::{FrozenRows, LiveTables};
+use crate::workers;
 
 /// When a table's rows are persisted, and how files are written.
 #[derive(Debug, Clone)]
@@ -387,11 +388,22 @@ impl Persister {
     }
 }
 
-/// Runs CPU-heavy work (sorting, encoding) off the async runtime.
+/// Runs CPU-heavy work (sorting, encoding, decoding) off the async runtime, on the lake's
+/// low-priority work threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: workers::Job = Box::new(move || {
+        // The waiter may have gone (its task was cancelled); the work is simply dropped.
+        let _ = done.send(work());
+    });
+    if let Err(job) = workers::submit(job) {
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a persist worker panicked: {e}")))?;
+    }
+    result
         .await
-        .map_err(|e| StoreError::Corrupt(format!("a persist worker panicked: {e}")))?
+        .map_err(|_| StoreError::Corrupt("a persist worker panicked".to_owned()))?
 }
