@@ -40,6 +40,6 @@ pub enum ListenerError {
     Tls { path: PathBuf, reason: String },
     #[error("MQTT TLS: {0}")]
     TlsConfig(String),
-    #[error("MQTT password file {path}: {reason}")]
-    PasswordFile { path: PathBuf, reason: String },
+    #[error("MQTT {0}")]
+    PasswordFile(#[from] twinlake_auth::PasswordFileError),
 }

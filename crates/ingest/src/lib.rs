@@ -28,7 +28,7 @@ mod subscriber;
 pub use endpoint::{EndpointError, MqttEndpoint};
 pub use error::{IngestError, ListenerError};
 pub use limits::GrowthLimits;
-pub use listener::{ListenerConfig, TlsListener, hash_password};
+pub use listener::{ListenerConfig, TlsListener};
 pub use metrics::IngestMetrics;
 pub use pipeline::{DEFAULT_MAX_PACKET_BYTES, IngestConfig, Source, run_ingest};
 pub use qos2::Qos2State;

@@ -15,6 +15,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use twinlake_query::{QueryEngine, QueryError, ResultStream};
 
+use twinlake_auth::PasswordFile;
+
+use crate::access::require_user;
 use crate::format::{ResultEncoder, ResultFormat};
 
 /// What the HTTP handlers share.
@@ -22,6 +25,8 @@ use crate::format::{ResultEncoder, ResultFormat};
 pub struct HttpState {
     pub engine: Arc<QueryEngine>,
     pub metrics: Arc<Registry>,
+    /// The users who may query; None lets anyone in (allowed on loopback, or explicitly).
+    pub users: Option<Arc<PasswordFile>>,
 }
 
 /// The fields of a query request, as URL parameters (GET) or a JSON body (POST).
@@ -33,10 +38,12 @@ struct QueryRequest {
 }
 
 pub fn router(state: HttpState) -> Router {
+    let users = state.users.clone();
     Router::new()
         .route("/api/v1/query", get(query_get).post(query_post))
-        .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(users, require_user))
+        .route("/health", get(health))
         .with_state(state)
 }
 

@@ -15,7 +15,7 @@ pub(crate) fn passwd(file: &Path, user: &str, relay: bool) -> Result<(), String>
     if password.is_empty() {
         return Err("an empty password (give it on standard input)".to_owned());
     }
-    let hash = twinlake_ingest::hash_password(password)?;
+    let hash = twinlake_auth::hash_password(password)?;
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -82,6 +82,13 @@ pub(crate) struct ServeOptions {
     /// Address of the HTTP API [default: 127.0.0.1:8080].
     #[arg(long, env = "TWINLAKE_HTTP_LISTEN")]
     pub(crate) http_listen: Option<SocketAddr>,
+    /// Users who may query (HTTP basic authentication): `name:argon2-hash` lines, as `twinlake
+    /// passwd` writes them; read again when it changes. Without it anyone may query.
+    #[arg(long, env = "TWINLAKE_QUERY_PASSWORD_FILE")]
+    pub(crate) query_password_file: Option<PathBuf>,
+    /// Answer queries without authentication on an address beyond loopback [default: false].
+    #[arg(long, env = "TWINLAKE_HTTP_ALLOW_ANONYMOUS")]
+    pub(crate) http_allow_anonymous: Option<bool>,
     /// thin-edge's topic root (`mqtt.topic_root`) [default: te].
     #[arg(long, env = "TWINLAKE_TOPIC_ROOT")]
     pub(crate) topic_root: Option<String>,
@@ -250,6 +257,8 @@ impl ServeOptions {
             mqtt_password,
             mqtt_client_id,
             http_listen,
+            query_password_file,
+            http_allow_anonymous,
             topic_root,
             fleet_prefix,
             default_gateway,
@@ -293,6 +302,27 @@ impl ServeOptions {
 }
 
 const MIB: usize = 1024 * 1024;
+
+/// The users who may query; refuses to answer anyone beyond loopback unless that is allowed
+/// explicitly.
+fn query_users(
+    options: &ServeOptions,
+    http_listen: SocketAddr,
+) -> Result<Option<Arc<twinlake_auth::PasswordFile>>, String> {
+    let Some(path) = &options.query_password_file else {
+        if !http_listen.ip().is_loopback() && options.http_allow_anonymous != Some(true) {
+            return Err(format!(
+                "the HTTP API would answer anyone on {http_listen}, which is not a loopback \
+                 address: give --query-password-file, or allow it explicitly with \
+                 --http-allow-anonymous true"
+            ));
+        }
+        return Ok(None);
+    };
+    let users = twinlake_auth::PasswordFile::open(path.clone(), "query")
+        .map_err(|e| format!("query {e}"))?;
+    Ok(Some(Arc::new(users)))
+}
 
 /// deltalake 1.x ignores a DynamoDB locking provider (it only logs an error), so a setting that
 /// asks for one would promise a safety nobody gives: stop rather than start without it.
@@ -669,6 +699,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let http_listen = options
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let users = query_users(&options, http_listen)?;
     let listener = tokio::net::TcpListener::bind(http_listen)
         .await
         .map_err(|e| format!("HTTP listener on {http_listen}: {e}"))?;
@@ -691,6 +722,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let http_state = HttpState {
         engine,
         metrics: Arc::new(registry),
+        users,
     };
     let http_task = tokio::spawn(serve_http(listener, http_state, async move {
         let _ = http_stopped.wait_for(|stop| *stop).await;

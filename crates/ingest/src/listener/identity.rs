@@ -2,18 +2,12 @@
 //! against the password file), else, where anonymous clients are allowed, its client id. And
 //! the relay role, given in the password file, which may publish for every gateway.
 //!
-//! The password file has one user per line, `name:argon2-hash` or `name:argon2-hash:relay`
-//! (`twinlake passwd` writes them); `#` starts a comment. It is read again when it changes.
+//! The password file is the `auth` crate's (`name:argon2-hash[:relay]`), read again when it
+//! changes.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::SystemTime;
+use std::path::PathBuf;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use sha2::{Digest, Sha256};
+use twinlake_auth::PasswordFile;
 use twinlake_model::Gateway;
 
 use super::packet::{Connect, Refusal};
@@ -28,47 +22,18 @@ pub(crate) struct Identity {
     pub(crate) relay: bool,
 }
 
-#[derive(Debug)]
-struct User {
-    hash: String,
-    relay: bool,
-}
-
-#[derive(Debug, Default)]
-struct Users {
-    by_name: HashMap<String, User>,
-    modified: Option<SystemTime>,
-    /// SHA-256 of (stored hash, password) of passwords argon2 has verified: a fleet that
-    /// reconnects at once costs one argon2 run per gateway only the first time.
-    verified: HashMap<String, [u8; 32]>,
-}
-
 /// Decides who a connection is.
 #[derive(Debug)]
 pub(crate) struct Authenticator {
-    password_file: Option<PathBuf>,
-    users: RwLock<Users>,
-}
-
-/// A password hash for a password file line.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| e.to_string())
+    password_file: Option<PasswordFile>,
 }
 
 impl Authenticator {
     pub(crate) fn new(password_file: Option<PathBuf>) -> Result<Self, ListenerError> {
-        let users = match &password_file {
-            Some(path) => read_users(path)?,
-            None => Users::default(),
-        };
-        Ok(Self {
-            password_file,
-            users: RwLock::new(users),
-        })
+        let password_file = password_file
+            .map(|path| PasswordFile::open(path, "MQTT"))
+            .transpose()?;
+        Ok(Self { password_file })
     }
 
     pub(crate) fn has_password_file(&self) -> bool {
@@ -77,23 +42,8 @@ impl Authenticator {
 
     /// Reads the password file again when it changed on disk (`force`: whatever its time).
     pub(crate) fn reload(&self, force: bool) {
-        let Some(path) = &self.password_file else {
-            return;
-        };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let unchanged = self.users.read().map_or(true, |u| u.modified == modified);
-        if unchanged && !force {
-            return;
-        }
-        match read_users(path) {
-            Ok(users) => {
-                tracing::info!(path = %path.display(), users = users.by_name.len(), "MQTT password file read");
-                if let Ok(mut current) = self.users.write() {
-                    *current = users;
-                }
-            }
-            // The users read before stay in force: a half-written file must not lock all out.
-            Err(error) => tracing::error!(%error, "MQTT password file not read again"),
+        if let Some(file) = &self.password_file {
+            file.reload(force);
         }
     }
 
@@ -121,11 +71,7 @@ impl Authenticator {
                 relay: false,
             });
         };
-        let stored = self.users.read().ok().and_then(|users| {
-            let user = users.by_name.get(username)?;
-            Some((user.hash.clone(), user.relay))
-        });
-        let Some((hash, relay)) = stored else {
+        let Some(file) = self.password_file.as_ref().filter(|f| f.knows(username)) else {
             // Like Mosquitto with anonymous clients allowed: the name is taken as given.
             if !anonymous || self.has_password_file() {
                 return Err(Refusal::Credentials);
@@ -136,90 +82,14 @@ impl Authenticator {
             });
         };
         let password = connect.password.clone().unwrap_or_default();
-        if !self.verify(username, hash, password).await {
+        let Some(user) = file.verify(username, &password).await else {
             return Err(Refusal::Credentials);
-        }
+        };
         Ok(Identity {
             gateway: gateway(username)?,
-            relay,
+            relay: user.relay,
         })
     }
-
-    async fn verify(&self, username: &str, hash: String, password: String) -> bool {
-        let fingerprint: [u8; 32] = Sha256::new()
-            .chain_update(hash.as_bytes())
-            .chain_update([0])
-            .chain_update(password.as_bytes())
-            .finalize()
-            .into();
-        let known = self
-            .users
-            .read()
-            .is_ok_and(|users| users.verified.get(username) == Some(&fingerprint));
-        if known {
-            return true;
-        }
-        // argon2 takes tens of milliseconds of CPU on purpose: not on the async threads.
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if verified && let Ok(mut users) = self.users.write() {
-            users.verified.insert(username.to_owned(), fingerprint);
-        }
-        verified
-    }
-}
-
-fn read_users(path: &Path) -> Result<Users, ListenerError> {
-    let invalid = |reason: String| ListenerError::PasswordFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-    let mut by_name = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split(':');
-        let (Some(name), Some(hash)) = (fields.next(), fields.next()) else {
-            return Err(invalid(format!("line {}: expected name:hash", number + 1)));
-        };
-        let relay = match fields.next() {
-            None => false,
-            Some("relay") => true,
-            Some(role) => {
-                return Err(invalid(format!(
-                    "line {}: unknown role {role:?} (the only role is relay)",
-                    number + 1
-                )));
-            }
-        };
-        if PasswordHash::new(hash).is_err() {
-            return Err(invalid(format!(
-                "line {}: the hash of {name} is not an argon2 hash (make one with twinlake passwd)",
-                number + 1
-            )));
-        }
-        let user = User {
-            hash: hash.to_owned(),
-            relay,
-        };
-        by_name.insert(name.to_owned(), user);
-    }
-    Ok(Users {
-        by_name,
-        modified,
-        verified: HashMap::new(),
-    })
 }
 
 /// The CN of a client certificate (DER), the gateway it names.
@@ -262,8 +132,8 @@ mod tests {
         let path = dir.path().join("passwords");
         let lines = format!(
             "# gateways\ntruck042:{}\nupstream:{}:relay\n",
-            hash_password("s3cret").unwrap(),
-            hash_password("relay-pw").unwrap()
+            twinlake_auth::hash_password("s3cret").unwrap(),
+            twinlake_auth::hash_password("relay-pw").unwrap()
         );
         std::fs::write(&path, lines).unwrap();
         let auth = Authenticator::new(Some(path.clone())).unwrap();

@@ -26,7 +26,6 @@ use twinlake_model::FleetTopics;
 
 use self::connection::{Peer, Sessions, Shared};
 use self::identity::Authenticator;
-pub use self::identity::hash_password;
 use crate::error::{IngestError, ListenerError};
 use crate::inflight::{Budgets, Received};
 use crate::metrics::IngestMetrics;

@@ -279,7 +279,7 @@ fn mosquitto_clients_see_refusals_by_the_book_and_leave_their_will() {
 }
 
 /// The password file of the endpoint, as `twinlake passwd` writes it.
-fn add_user(file: &Path, user: &str, password: &str, relay: bool) {
+pub(crate) fn add_user(file: &Path, user: &str, password: &str, relay: bool) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_twinlake"));
     command.arg("passwd").arg(file).arg(user);
     if relay {

@@ -4,6 +4,7 @@
 // In a test harness a panic is the failure report, helpers included.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod durability;
 mod endpoint;
 mod faults;

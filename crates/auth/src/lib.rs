@@ -1,0 +1,231 @@
+//! Who may connect: users and their argon2 password hashes, read from a password file and
+//! checked without costing an argon2 run at every connection.
+//!
+//! This crate owns the password file format, one user per line, `name:argon2-hash` or
+//! `name:argon2-hash:relay` (`twinlake passwd` writes them; `#` starts a comment), reading it
+//! again when it changes, and verifying passwords. The MQTT endpoint and the query surfaces
+//! each use a file of their own: gateways publish, analysts query.
+//!
+//! It must not know what a user may do once in (topics, tables): its callers decide.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use sha2::{Digest, Sha256};
+
+/// A password file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("password file {path}: {reason}")]
+pub struct PasswordFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What the password file says of a user whose password was right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User {
+    /// The `relay` role: on the MQTT endpoint, may publish for every gateway.
+    pub relay: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    hash: String,
+    relay: bool,
+}
+
+#[derive(Debug, Default)]
+struct Users {
+    by_name: HashMap<String, Entry>,
+    modified: Option<SystemTime>,
+    /// SHA-256 of (stored hash, password) of passwords argon2 has verified: a fleet that
+    /// reconnects at once costs one argon2 run per user only the first time.
+    verified: HashMap<String, [u8; 32]>,
+}
+
+/// The users of one password file, read again when the file changes.
+#[derive(Debug)]
+pub struct PasswordFile {
+    path: PathBuf,
+    /// What the file is for, in log lines ("MQTT", "query").
+    purpose: &'static str,
+    users: RwLock<Users>,
+}
+
+/// A password hash for a password file line.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl PasswordFile {
+    /// Reads the file; a file that cannot be read or has a bad line stops the caller's start.
+    pub fn open(path: PathBuf, purpose: &'static str) -> Result<Self, PasswordFileError> {
+        let users = read_users(&path)?;
+        Ok(Self {
+            path,
+            purpose,
+            users: RwLock::new(users),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file again when it changed on disk (`force`: whatever its time). The users
+    /// read before stay in force when the new file is bad: a half-written file must not lock
+    /// everyone out.
+    pub fn reload(&self, force: bool) {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let unchanged = self.users.read().map_or(true, |u| u.modified == modified);
+        if unchanged && !force {
+            return;
+        }
+        let purpose = self.purpose;
+        match read_users(&self.path) {
+            Ok(users) => {
+                tracing::info!(path = %self.path.display(), users = users.by_name.len(), "{purpose} password file read");
+                if let Ok(mut current) = self.users.write() {
+                    *current = users;
+                }
+            }
+            Err(error) => tracing::error!(%error, "{purpose} password file not read again"),
+        }
+    }
+
+    /// Whether the file names `username`.
+    pub fn knows(&self, username: &str) -> bool {
+        self.users
+            .read()
+            .is_ok_and(|users| users.by_name.contains_key(username))
+    }
+
+    /// The user, when `password` is theirs.
+    pub async fn verify(&self, username: &str, password: &str) -> Option<User> {
+        let (hash, relay) = self.users.read().ok().and_then(|users| {
+            let entry = users.by_name.get(username)?;
+            Some((entry.hash.clone(), entry.relay))
+        })?;
+        let fingerprint: [u8; 32] = Sha256::new()
+            .chain_update(hash.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into();
+        let known = self
+            .users
+            .read()
+            .is_ok_and(|users| users.verified.get(username) == Some(&fingerprint));
+        if known {
+            return Some(User { relay });
+        }
+        // argon2 takes tens of milliseconds of CPU on purpose: not on the async threads.
+        let password = password.to_owned();
+        let verified = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if !verified {
+            return None;
+        }
+        if let Ok(mut users) = self.users.write() {
+            users.verified.insert(username.to_owned(), fingerprint);
+        }
+        Some(User { relay })
+    }
+}
+
+fn read_users(path: &Path) -> Result<Users, PasswordFileError> {
+    let invalid = |reason: String| PasswordFileError {
+        path: path.to_owned(),
+        reason,
+    };
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let mut by_name = HashMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split(':');
+        let (Some(name), Some(hash)) = (fields.next(), fields.next()) else {
+            return Err(invalid(format!("line {}: expected name:hash", number + 1)));
+        };
+        let relay = match fields.next() {
+            None => false,
+            Some("relay") => true,
+            Some(role) => {
+                return Err(invalid(format!(
+                    "line {}: unknown role {role:?} (the only role is relay)",
+                    number + 1
+                )));
+            }
+        };
+        if PasswordHash::new(hash).is_err() {
+            return Err(invalid(format!(
+                "line {}: the hash of {name} is not an argon2 hash (make one with twinlake passwd)",
+                number + 1
+            )));
+        }
+        let entry = Entry {
+            hash: hash.to_owned(),
+            relay,
+        };
+        by_name.insert(name.to_owned(), entry);
+    }
+    Ok(Users {
+        by_name,
+        modified,
+        verified: HashMap::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PasswordFile, hash_password};
+
+    #[tokio::test]
+    async fn passwords_are_checked_and_bad_lines_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("users");
+        let hash = hash_password("s3cret").expect("a hash");
+        std::fs::write(
+            &path,
+            format!("# analysts\nana:{hash}\nbridge:{hash}:relay\n"),
+        )
+        .expect("written");
+        let file = PasswordFile::open(path.clone(), "query").expect("a good file");
+        assert_eq!(
+            file.verify("ana", "s3cret").await.map(|u| u.relay),
+            Some(false)
+        );
+        assert_eq!(
+            file.verify("bridge", "s3cret").await.map(|u| u.relay),
+            Some(true)
+        );
+        // Twice: the second answer comes from the verified cache and must agree.
+        assert!(file.verify("ana", "wrong").await.is_none());
+        assert!(file.verify("ana", "wrong").await.is_none());
+        assert!(file.verify("nobody", "s3cret").await.is_none());
+        std::fs::write(&path, "ana:not-a-hash\n").expect("written");
+        let error = PasswordFile::open(path, "query").expect_err("a bad hash");
+        assert!(error.reason.contains("not an argon2 hash"), "{error}");
+    }
+}
