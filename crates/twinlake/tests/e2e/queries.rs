@@ -94,9 +94,13 @@ fn every_query_gives_its_reviewed_result() {
     );
     let published = simulate(&twinlake.mqtt_url);
     wait_for_ingest(&twinlake, published);
-    let persisted = twinlake
-        .metric("twinlake_persisted_files_total")
-        .unwrap_or(0.0);
+    // Persists run at a lower priority than ingest: on a busy machine the first may still be
+    // under way when every message is in.
+    let persisted = twinlake.wait_for_metric(
+        "twinlake_persisted_files_total",
+        Duration::from_secs(60),
+        |n| n > 0.0,
+    );
     assert!(
         persisted > 0.0,
         "part of the data must come from Parquet files"
