@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
@@ -77,10 +77,6 @@ impl PasswordFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the file again when it changed on disk (`force`: whatever its time). The users
     /// read before stay in force when the new file is bad: a half-written file must not lock
     /// everyone out.
@@ -101,6 +97,20 @@ impl PasswordFile {
                 }
             }
             Err(error) => tracing::error!(%error, "{purpose} password file not read again"),
+        }
+    }
+
+    /// Reads the file again whenever it changes (looked at every 2 s) and on SIGHUP, for as
+    /// long as the task runs.
+    pub async fn keep_current(self: Arc<Self>) {
+        let hangup = tokio::signal::unix::SignalKind::hangup();
+        let mut hangup = tokio::signal::unix::signal(hangup).ok();
+        loop {
+            let force = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+            };
+            self.reload(force);
         }
     }
 

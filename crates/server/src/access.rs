@@ -20,7 +20,6 @@ pub(crate) async fn require_user(
     let Some(users) = users else {
         return next.run(request).await;
     };
-    users.reload(false);
     let Some((user, password)) = basic_credentials(request.headers()) else {
         return unauthorized(
             "authentication required: HTTP basic authentication with a user of the query password file",

@@ -700,6 +700,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let users = query_users(&options, http_listen)?;
+    if let Some(users) = &users {
+        tokio::spawn(Arc::clone(users).keep_current());
+    }
     let listener = tokio::net::TcpListener::bind(http_listen)
         .await
         .map_err(|e| format!("HTTP listener on {http_listen}: {e}"))?;

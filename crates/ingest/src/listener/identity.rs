@@ -6,6 +6,7 @@
 //! changes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use twinlake_auth::PasswordFile;
 use twinlake_model::Gateway;
@@ -25,13 +26,13 @@ pub(crate) struct Identity {
 /// Decides who a connection is.
 #[derive(Debug)]
 pub(crate) struct Authenticator {
-    password_file: Option<PasswordFile>,
+    password_file: Option<Arc<PasswordFile>>,
 }
 
 impl Authenticator {
     pub(crate) fn new(password_file: Option<PathBuf>) -> Result<Self, ListenerError> {
         let password_file = password_file
-            .map(|path| PasswordFile::open(path, "MQTT"))
+            .map(|path| PasswordFile::open(path, "MQTT").map(Arc::new))
             .transpose()?;
         Ok(Self { password_file })
     }
@@ -40,11 +41,8 @@ impl Authenticator {
         self.password_file.is_some()
     }
 
-    /// Reads the password file again when it changed on disk (`force`: whatever its time).
-    pub(crate) fn reload(&self, force: bool) {
-        if let Some(file) = &self.password_file {
-            file.reload(force);
-        }
+    pub(crate) fn password_file(&self) -> Option<Arc<PasswordFile>> {
+        self.password_file.clone()
     }
 
     /// Who `connect` is, given the CN of its verified client certificate, if any, and whether
@@ -162,11 +160,12 @@ mod tests {
         .unwrap();
         assert_eq!(certified.gateway.as_str(), "truck9");
         // A changed file is read again; a broken one leaves the users as they were.
+        let file = auth.password_file().unwrap();
         std::fs::write(&path, "truck042:not-a-hash\n").unwrap();
-        auth.reload(true);
+        file.reload(true);
         assert!(login("truck042", "s3cret").await.is_ok());
         std::fs::write(&path, "").unwrap();
-        auth.reload(true);
+        file.reload(true);
         let gone = login("truck042", "s3cret");
         assert_eq!(gone.await.unwrap_err(), Refusal::Credentials);
     }

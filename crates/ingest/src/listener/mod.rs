@@ -156,7 +156,9 @@ impl Listener {
             };
             accepting.push(tokio::spawn(accept.run()));
         }
-        accepting.push(tokio::spawn(reload_passwords(Arc::clone(&shared))));
+        if let Some(file) = shared.auth.password_file() {
+            accepting.push(tokio::spawn(file.keep_current()));
+        }
         shared.metrics.subscribed.set(1);
         Ok(Self {
             shared: Arc::clone(&shared),
@@ -267,18 +269,6 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 fn bound_send_buffer(stream: &tokio::net::TcpStream) {
     if let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
         tracing::debug!(%error, "could not bound an MQTT connection's send buffer");
-    }
-}
-
-/// Reads the password file again when it changes, and on SIGHUP.
-async fn reload_passwords(shared: Arc<Shared>) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let force = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
-        };
-        shared.auth.reload(force);
     }
 }
 

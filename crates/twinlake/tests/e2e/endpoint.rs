@@ -505,10 +505,8 @@ fn clients_that_stop_halfway_hold_up_no_one() {
     assert_eq!(twinlake.metric("twinlake_mqtt_connections"), Some(2.0));
 
     let url = twinlake.mqtt_url.clone();
-    let acked = std::thread::spawn(move || {
-        crate::durability::publish_numbered(url, "steady", 2_000, 0.0, 1)
-    });
-    assert_eq!(acked.join().unwrap(), 2_000);
+    let acked = crate::durability::publish_numbered(url, "steady", 2_000, 0.0, 1);
+    assert_eq!(acked, 2_000);
     let steady = "SELECT count(*) FROM measurements WHERE entity = 'main:device:steady'";
     assert_eq!(twinlake.count(steady), 2_000);
 
@@ -550,20 +548,15 @@ fn a_client_that_reads_nothing_stalls_only_itself() {
     slow.stream
         .set_write_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0;
-        while sent < AT_MOST {
-            let mut publish =
-                v4::Publish::new("te/device/main///m/", QoS::AtLeastOnce, "{\"v\":1}");
-            publish.pkid = (sent % u64::from(u16::MAX)) as u16 + 1;
-            if slow.try_send(v4::Packet::Publish(publish)).is_err() {
-                break;
-            }
-            sent += 1;
+    let mut sent = 0;
+    while sent < AT_MOST {
+        let mut publish = v4::Publish::new("te/device/main///m/", QoS::AtLeastOnce, "{\"v\":1}");
+        publish.pkid = (sent % u64::from(u16::MAX)) as u16 + 1;
+        if slow.try_send(v4::Packet::Publish(publish)).is_err() {
+            break;
         }
-        (sent, slow)
-    });
-    let (sent, slow) = writer.join().unwrap();
+        sent += 1;
+    }
     assert!(
         sent < AT_MOST,
         "the endpoint read all {sent} publishes of a client that read none of its acknowledgements"
@@ -571,10 +564,8 @@ fn a_client_that_reads_nothing_stalls_only_itself() {
 
     let url = twinlake.mqtt_url.clone();
     let began = std::time::Instant::now();
-    let acked = std::thread::spawn(move || {
-        crate::durability::publish_numbered(url, "steady", 1_000, 0.0, 1)
-    });
-    assert_eq!(acked.join().unwrap(), 1_000);
+    let acked = crate::durability::publish_numbered(url, "steady", 1_000, 0.0, 1);
+    assert_eq!(acked, 1_000);
     let steady = began.elapsed();
     let open =
         twinlake.wait_for_metric("twinlake_mqtt_connections", Duration::from_secs(60), |n| {
@@ -607,9 +598,8 @@ fn ten_thousand_idle_gateways_cost_little_and_stall_nothing() {
     let per_connection = (after.saturating_sub(before)) as f64 * 1024.0 / GATEWAYS as f64;
     let url = twinlake.mqtt_url.clone();
     let began = std::time::Instant::now();
-    let acked =
-        std::thread::spawn(move || crate::durability::publish_numbered(url, "busy", 1_000, 0.0, 1));
-    assert_eq!(acked.join().unwrap(), 1_000);
+    let acked = crate::durability::publish_numbered(url, "busy", 1_000, 0.0, 1);
+    assert_eq!(acked, 1_000);
     eprintln!(
         "{GATEWAYS} idle connections: RSS {before} KiB before, {after} KiB after: {per_connection:.0} bytes each; 1,000 publishes of another gateway acknowledged in {:.2} s",
         began.elapsed().as_secs_f64()

@@ -181,17 +181,8 @@ pub(crate) fn make_expired_client_certificate(dir: &Path, name: &str) {
     );
     let config_file = format!("{name}-ca.cnf");
     std::fs::write(dir.join(&config_file), config).unwrap();
-    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    let subject = format!("/CN={name}");
-    openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-    ]);
-    openssl(&[
+    let (csr, pem) = make_key_and_request(dir, name, name);
+    run(Command::new("openssl").current_dir(dir).args([
         "ca",
         "-batch",
         "-config",
@@ -208,21 +199,23 @@ pub(crate) fn make_expired_client_certificate(dir: &Path, name: &str) {
         "20200101000000Z",
         "-enddate",
         "20200102000000Z",
-    ]);
+    ]));
+}
+
+/// `<file>.key` and its signing request `<file>.csr` for common name `common_name`; returns the
+/// request's name and the name its certificate gets (`<file>.pem`).
+fn make_key_and_request(dir: &Path, file: &str, common_name: &str) -> (String, String) {
+    let (key, csr) = (format!("{file}.key"), format!("{file}.csr"));
+    let subject = format!("/CN={common_name}");
+    run(Command::new("openssl").current_dir(dir).args([
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+    ]));
+    (csr, format!("{file}.pem"))
 }
 
 /// `<file>.key` and `<file>.pem` for common name `common_name`, signed by the CA in `dir`.
 fn make_signed(dir: &Path, file: &str, common_name: &str, extra: &[&str]) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    let (key, csr, pem) = (
-        format!("{file}.key"),
-        format!("{file}.csr"),
-        format!("{file}.pem"),
-    );
-    let subject = format!("/CN={common_name}");
-    openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-    ]);
+    let (csr, pem) = make_key_and_request(dir, file, common_name);
     let sign = [
         "x509",
         "-req",
@@ -238,7 +231,9 @@ fn make_signed(dir: &Path, file: &str, common_name: &str, extra: &[&str]) {
         "-out",
         &pem,
     ];
-    openssl(&[&sign[..], extra].concat());
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args([&sign[..], extra].concat()));
 }
 
 /// Mosquitto started as root drops to its own user before it reads certificates and passwords.
