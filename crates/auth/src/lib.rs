@@ -1,10 +1,12 @@
-//! Who may connect: users and their argon2 password hashes, read from a password file and
-//! checked without costing an argon2 run at every connection.
+//! Who may connect: users and their password hashes, read from a password file and checked
+//! without costing a hash run at every connection.
 //!
-//! This crate owns the password file format, one user per line, `name:argon2-hash` or
-//! `name:argon2-hash:relay` (`twinlake passwd` writes them; `#` starts a comment), reading it
-//! again when it changes, and verifying passwords. The MQTT endpoint and the query surfaces
-//! each use a file of their own: gateways publish, analysts query.
+//! This crate owns the password file format, one user per line, `name:hash` or
+//! `name:hash:relay` (`twinlake passwd` writes them; `#` starts a comment), where the hash is
+//! argon2 or a SCRAM-SHA-256 verifier in PostgreSQL's format (which the PostgreSQL port needs
+//! for SCRAM sign-ins, and which checks a password as well); reading it again when it changes,
+//! and verifying passwords and SCRAM proofs. The MQTT endpoint and the query surfaces each use
+//! a file of their own: gateways publish, analysts query.
 //!
 //! It must not know what a user may do once in (topics, tables): its callers decide.
 
@@ -17,6 +19,10 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use sha2::{Digest, Sha256};
+
+mod scram;
+
+pub use scram::{SCRAM_ITERATIONS, ScramKeys};
 
 /// A password file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +41,10 @@ pub struct User {
 
 #[derive(Debug)]
 struct Entry {
+    /// The hash as the file has it.
     hash: String,
+    /// Set when the hash is a SCRAM verifier, else it is argon2.
+    scram: Option<ScramKeys>,
     relay: bool,
 }
 
@@ -121,11 +130,17 @@ impl PasswordFile {
             .is_ok_and(|users| users.by_name.contains_key(username))
     }
 
+    /// The SCRAM keys of `username`, when the file has a SCRAM verifier for them.
+    pub fn scram_keys(&self, username: &str) -> Option<ScramKeys> {
+        let users = self.users.read().ok()?;
+        users.by_name.get(username)?.scram.clone()
+    }
+
     /// The user, when `password` is theirs.
     pub async fn verify(&self, username: &str, password: &str) -> Option<User> {
-        let (hash, relay) = self.users.read().ok().and_then(|users| {
+        let (hash, scram, relay) = self.users.read().ok().and_then(|users| {
             let entry = users.by_name.get(username)?;
-            Some((entry.hash.clone(), entry.relay))
+            Some((entry.hash.clone(), entry.scram.clone(), entry.relay))
         })?;
         let fingerprint: [u8; 32] = Sha256::new()
             .chain_update(hash.as_bytes())
@@ -140,14 +155,15 @@ impl PasswordFile {
         if known {
             return Some(User { relay });
         }
-        // argon2 takes tens of milliseconds of CPU on purpose: not on the async threads.
+        // argon2 and PBKDF2 take milliseconds of CPU on purpose: not on the async threads.
         let password = password.to_owned();
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
+        let verified = tokio::task::spawn_blocking(move || match scram {
+            Some(keys) => keys.matches_password(&password),
+            None => PasswordHash::new(&hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
-            })
+            }),
         })
         .await
         .unwrap_or(false);
@@ -174,10 +190,21 @@ fn read_users(path: &Path) -> Result<Users, PasswordFileError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut fields = line.split(':');
-        let (Some(name), Some(hash)) = (fields.next(), fields.next()) else {
+        let Some((name, rest)) = line.split_once(':') else {
             return Err(invalid(format!("line {}: expected name:hash", number + 1)));
         };
+        // A SCRAM verifier has two colons of its own.
+        let hash_fields = if rest.starts_with("SCRAM-SHA-256$") {
+            3
+        } else {
+            1
+        };
+        let mut fields = rest.splitn(hash_fields + 1, ':');
+        let hash = fields
+            .by_ref()
+            .take(hash_fields)
+            .collect::<Vec<_>>()
+            .join(":");
         let relay = match fields.next() {
             None => false,
             Some("relay") => true,
@@ -188,16 +215,15 @@ fn read_users(path: &Path) -> Result<Users, PasswordFileError> {
                 )));
             }
         };
-        if PasswordHash::new(hash).is_err() {
+        let scram = ScramKeys::parse(&hash);
+        if scram.is_none() && PasswordHash::new(&hash).is_err() {
             return Err(invalid(format!(
-                "line {}: the hash of {name} is not an argon2 hash (make one with twinlake passwd)",
+                "line {}: the hash of {name} is neither argon2 nor a SCRAM-SHA-256 verifier \
+                 (make one with twinlake passwd)",
                 number + 1
             )));
         }
-        let entry = Entry {
-            hash: hash.to_owned(),
-            relay,
-        };
+        let entry = Entry { hash, scram, relay };
         by_name.insert(name.to_owned(), entry);
     }
     Ok(Users {
@@ -209,7 +235,7 @@ fn read_users(path: &Path) -> Result<Users, PasswordFileError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{PasswordFile, hash_password};
+    use super::{PasswordFile, ScramKeys, hash_password};
 
     #[tokio::test]
     async fn passwords_are_checked_and_bad_lines_refused() {
@@ -218,7 +244,11 @@ mod tests {
         let hash = hash_password("s3cret").expect("a hash");
         std::fs::write(
             &path,
-            format!("# analysts\nana:{hash}\nbridge:{hash}:relay\n"),
+            format!(
+                "# analysts\nana:{hash}\nbridge:{hash}:relay\nsally:{}\nsid:{}:relay\n",
+                ScramKeys::new("pencil").expect("keys").verifier(),
+                ScramKeys::new("pencil").expect("keys").verifier()
+            ),
         )
         .expect("written");
         let file = PasswordFile::open(path.clone(), "query").expect("a good file");
@@ -234,8 +264,19 @@ mod tests {
         assert!(file.verify("ana", "wrong").await.is_none());
         assert!(file.verify("ana", "wrong").await.is_none());
         assert!(file.verify("nobody", "s3cret").await.is_none());
+        assert_eq!(
+            file.verify("sally", "pencil").await.map(|u| u.relay),
+            Some(false)
+        );
+        assert_eq!(
+            file.verify("sid", "pencil").await.map(|u| u.relay),
+            Some(true)
+        );
+        assert!(file.verify("sally", "s3cret").await.is_none());
+        assert!(file.scram_keys("sally").is_some());
+        assert!(file.scram_keys("ana").is_none());
         std::fs::write(&path, "ana:not-a-hash\n").expect("written");
         let error = PasswordFile::open(path, "query").expect_err("a bad hash");
-        assert!(error.reason.contains("not an argon2 hash"), "{error}");
+        assert!(error.reason.contains("neither argon2 nor"), "{error}");
     }
 }

@@ -7,9 +7,9 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -49,6 +49,15 @@ fn register_hierarchy(
         context.register_udf(ScalarUDF::new_from_impl(udf));
     }
     Ok(())
+}
+
+/// What a client asks: SQL text, or a statement already planned in the session it runs in
+/// (PostgreSQL's extended protocol plans at Parse and runs at Execute). A plan is checked for
+/// the read-only policy like SQL is.
+#[derive(Debug)]
+pub enum Query {
+    Sql(String),
+    Plan(LogicalPlan),
 }
 
 /// What a single query may use.
@@ -177,6 +186,49 @@ pub struct QueryEngine {
     turns: Arc<Semaphore>,
     live: Arc<LiveTables>,
     hierarchy: Arc<HierarchyCache>,
+    tables: SessionTables,
+}
+
+/// What every session of the engine is made of.
+struct SessionTables {
+    runtime: Arc<RuntimeEnv>,
+    live: Arc<LiveTables>,
+    hierarchy: Arc<HierarchyCache>,
+}
+
+impl SessionTables {
+    /// A session with every Twinlake table, table function and view.
+    async fn session(&self, information_schema: bool) -> Result<SessionContext, QueryError> {
+        // DataFusion's default of no filter pushdown into the Parquet decoder: measured with
+        // `twinlake bench lake`, pushdown made a one-depot query after compaction slower
+        // (12.2 ms against 9.4 ms), as row-group and page-index pruning already skip the rest.
+        let config = SessionConfig::new().with_information_schema(information_schema);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&self.runtime))
+            .with_default_features();
+        let mut context = SessionContext::new_with_state(CooperativeJoins::add_to(state).build());
+        // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
+        datafusion_functions_json::register_all(&mut context)?;
+        for table in Table::ALL {
+            let provider = LakeTableProvider::new(
+                table,
+                Arc::clone(&self.live),
+                Some(Arc::clone(&self.hierarchy)),
+            );
+            context.register_table(table.name(), Arc::new(provider))?;
+        }
+        register_hierarchy(&context, &self.hierarchy)?;
+        let latest = LatestTable::new(Arc::clone(&self.live));
+        context.register_table("latest", Arc::new(latest))?;
+        for (name, select) in VIEWS {
+            context
+                .sql(&format!("CREATE VIEW {name} AS {select}"))
+                .await
+                .map_err(|e| QueryError::Failed(format!("view {name}: {e}")))?;
+        }
+        Ok(context)
+    }
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -199,48 +251,41 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()?;
-        // DataFusion's default of no filter pushdown into the Parquet decoder: measured with
-        // `twinlake bench lake`, pushdown made a one-depot query after compaction slower
-        // (12.2 ms against 9.4 ms), as row-group and page-index pruning already skip the rest.
-        let config = SessionConfig::new().with_information_schema(true);
         let lake_url = url::Url::parse(LAKE_STORE_URL)
             .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
         runtime.register_object_store(&lake_url, lake_store);
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features();
-        let mut context = SessionContext::new_with_state(CooperativeJoins::add_to(state).build());
-        // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
-        datafusion_functions_json::register_all(&mut context)?;
         let changes = Arc::new(LakeTableProvider::new(
             Table::EntityChanges,
             Arc::clone(&live),
             None,
         ));
         let hierarchy = Arc::new(HierarchyCache::new(Arc::clone(&live), changes));
-        for table in Table::ALL {
-            let provider =
-                LakeTableProvider::new(table, Arc::clone(&live), Some(Arc::clone(&hierarchy)));
-            context.register_table(table.name(), Arc::new(provider))?;
-        }
-        register_hierarchy(&context, &hierarchy)?;
-        context.register_table("latest", Arc::new(LatestTable::new(Arc::clone(&live))))?;
-        for (name, select) in VIEWS {
-            context
-                .sql(&format!("CREATE VIEW {name} AS {select}"))
-                .await
-                .map_err(|e| QueryError::Failed(format!("view {name}: {e}")))?;
-        }
+        let tables = SessionTables {
+            runtime,
+            live: Arc::clone(&live),
+            hierarchy: Arc::clone(&hierarchy),
+        };
         Ok(Self {
-            context,
+            context: tables.session(true).await?,
             runtime: QueryRuntime::new()
                 .map_err(|e| QueryError::Failed(format!("starting the query threads: {e}")))?,
             turns: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             limits,
             live,
             hierarchy,
+            tables,
         })
+    }
+
+    /// A session of its own over the same tables, memory pool and limits, for a protocol that
+    /// adds its own catalog and functions (PostgreSQL's pg_catalog): what it registers stays
+    /// out of every other session. `information_schema`: DataFusion's, or none when the
+    /// protocol brings its own.
+    pub async fn new_session(
+        &self,
+        information_schema: bool,
+    ) -> Result<SessionContext, QueryError> {
+        self.tables.session(information_schema).await
     }
 
     /// The hierarchy as `entity_changes` holds it now: what ingest starts from to know which
@@ -289,17 +334,31 @@ impl QueryEngine {
     /// can go to a client as it is computed. The query's turn among concurrent queries, its
     /// timeout and its row and byte limits hold until the last batch (or the stream is dropped).
     pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        self.stream_in(&self.context, Query::Sql(sql.to_owned()), None)
+            .await
+    }
+
+    /// [`Self::stream`] in a session of [`Self::new_session`], for SQL or a plan made in it,
+    /// with a client's own timeout when it is shorter than the server's.
+    pub async fn stream_in(
+        &self,
+        session: &SessionContext,
+        query: Query,
+        timeout: Option<Duration>,
+    ) -> Result<ResultStream, QueryError> {
+        let mut limits = self.limits.clone();
+        limits.timeout = timeout.map_or(limits.timeout, |t| t.min(limits.timeout));
+        let deadline = tokio::time::Instant::now() + limits.timeout;
         let (batches_out, batches) = mpsc::channel(2);
         let (started_out, started) = oneshot::channel();
-        let (planner, sql) = (self.planner(), sql.to_owned());
+        let planner = self.planner(session);
         let begun = tokio::time::timeout_at(deadline, async {
             let turn = Arc::clone(&self.turns)
                 .acquire_owned()
                 .await
                 .map_err(|_| QueryError::Failed("the query engine is shutting down".to_owned()))?;
             let query = self.runtime.spawn(async move {
-                let Some(mut stream) = planner.start(&sql, started_out).await else {
+                let Some(mut stream) = planner.start(query, started_out).await else {
                     return;
                 };
                 while let Some(batch) = stream.next().await {
@@ -318,22 +377,22 @@ impl QueryEngine {
             Ok::<_, QueryError>((turn, schema, query))
         })
         .await;
-        let (turn, schema, query) = begun.map_err(|_| timed_out(self.limits.timeout))??;
+        let (turn, schema, query) = begun.map_err(|_| timed_out(limits.timeout))??;
         Ok(ResultStream {
             schema,
             batches,
             _query: query,
             deadline,
-            limits: self.limits.clone(),
+            limits,
             rows: 0,
             bytes: 0,
             _turn: turn,
         })
     }
 
-    fn planner(&self) -> Planner {
+    fn planner(&self, session: &SessionContext) -> Planner {
         Planner {
-            context: self.context.clone(),
+            context: session.clone(),
             hierarchy: Arc::clone(&self.hierarchy),
         }
     }
@@ -341,10 +400,10 @@ impl QueryEngine {
     /// Runs a query of Twinlake's own (not a client's), without the result limits, on the
     /// query threads.
     async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let (planner, sql) = (self.planner(), sql.to_owned());
+        let (planner, query) = (self.planner(&self.context), Query::Sql(sql.to_owned()));
         self.runtime
             .spawn(async move {
-                let frame = planner.plan(&sql).await?;
+                let frame = planner.plan(query).await?;
                 let schema = Arc::new(frame.schema().as_arrow().clone());
                 let batches = frame.collect().await?;
                 Ok(QueryOutput { schema, batches })
@@ -362,7 +421,7 @@ struct Planner {
 }
 
 impl Planner {
-    async fn plan(&self, sql: &str) -> Result<DataFrame, QueryError> {
+    async fn plan(&self, query: Query) -> Result<DataFrame, QueryError> {
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -373,17 +432,24 @@ impl Planner {
         if let Err(error) = self.hierarchy.load(&self.context.state()).await {
             tracing::warn!(%error, "the hierarchy could not be refreshed; hierarchy functions use the last one read");
         }
-        Ok(self.context.sql_with_options(sql, read_only).await?)
+        match query {
+            Query::Sql(sql) => Ok(self.context.sql_with_options(&sql, read_only).await?),
+            Query::Plan(plan) => {
+                // Executing a DDL plan would apply it: check before.
+                read_only.verify_plan(&plan)?;
+                Ok(self.context.execute_logical_plan(plan).await?)
+            }
+        }
     }
 
     /// Plans and starts a query, telling `started` its schema or why it failed.
     async fn start(
         &self,
-        sql: &str,
+        query: Query,
         started: oneshot::Sender<Result<SchemaRef, QueryError>>,
     ) -> Option<SendableRecordBatchStream> {
         let begun = async {
-            let frame = self.plan(sql).await?;
+            let frame = self.plan(query).await?;
             let schema = Arc::new(frame.schema().as_arrow().clone());
             Ok::<_, QueryError>((schema, frame.execute_stream().await?))
         };

@@ -18,4 +18,4 @@ mod latest;
 mod runtime;
 mod views;
 
-pub use engine::{QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream};
+pub use engine::{Query, QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream};

@@ -2,14 +2,16 @@
 //!
 //! This crate owns the HTTP API: `GET|POST /api/v1/query` answering SQL in JSON, NDJSON, CSV,
 //! Arrow IPC or Parquet, `GET /health`, and `GET /metrics` in the Prometheus text format, behind HTTP basic
-//! authentication when a query password file is given. The PostgreSQL wire protocol for Grafana
-//! comes with its own issue.
+//! authentication when a query password file is given; and the PostgreSQL wire port (Grafana,
+//! psql, BI tools), read-only, behind SCRAM sign-in when there are users.
 //!
 //! It must not hold storage logic: it asks the `query` crate and encodes the answer.
 
 mod access;
 mod format;
 mod http;
+mod postgres;
 
 pub use format::ResultFormat;
 pub use http::{HttpState, router, serve_http};
+pub use postgres::{PostgresError, PostgresPort, PostgresSettings};

@@ -15,7 +15,7 @@ use twinlake_ingest::{
 };
 use twinlake_model::{FleetTopics, Gateway, TopicRoot};
 use twinlake_query::{QueryEngine, QueryLimits};
-use twinlake_server::{HttpState, serve_http};
+use twinlake_server::{HttpState, PostgresPort, PostgresSettings, serve_http};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
 };
@@ -82,13 +82,30 @@ pub(crate) struct ServeOptions {
     /// Address of the HTTP API [default: 127.0.0.1:8080].
     #[arg(long, env = "TWINLAKE_HTTP_LISTEN")]
     pub(crate) http_listen: Option<SocketAddr>,
-    /// Users who may query (HTTP basic authentication): `name:argon2-hash` lines, as `twinlake
-    /// passwd` writes them; read again when it changes. Without it anyone may query.
+    /// Users who may query, over HTTP (basic authentication) and the PostgreSQL port (SCRAM,
+    /// or a cleartext password over TLS): `name:hash` lines, as `twinlake passwd [--scram]`
+    /// writes them; read again when it changes. Without it anyone may query.
     #[arg(long, env = "TWINLAKE_QUERY_PASSWORD_FILE")]
     pub(crate) query_password_file: Option<PathBuf>,
     /// Answer queries without authentication on an address beyond loopback [default: false].
     #[arg(long, env = "TWINLAKE_HTTP_ALLOW_ANONYMOUS")]
     pub(crate) http_allow_anonymous: Option<bool>,
+    /// Address of the PostgreSQL wire port (Grafana, psql, BI tools); `off` for none
+    /// [default: 127.0.0.1:5433].
+    #[arg(long, env = "TWINLAKE_PG_LISTEN")]
+    pub(crate) pg_listen: Option<String>,
+    /// The PostgreSQL port's TLS certificate chain (PEM); with it, every connection must use TLS.
+    #[arg(long, env = "TWINLAKE_PG_TLS_CERT")]
+    pub(crate) pg_tls_cert: Option<PathBuf>,
+    /// The PostgreSQL port's TLS private key (PEM).
+    #[arg(long, env = "TWINLAKE_PG_TLS_KEY")]
+    pub(crate) pg_tls_key: Option<PathBuf>,
+    /// Answer the PostgreSQL port without authentication beyond loopback [default: false].
+    #[arg(long, env = "TWINLAKE_PG_ALLOW_ANONYMOUS")]
+    pub(crate) pg_allow_anonymous: Option<bool>,
+    /// PostgreSQL connections at once; more are refused [default: 64].
+    #[arg(long, env = "TWINLAKE_PG_MAX_CONNECTIONS")]
+    pub(crate) pg_max_connections: Option<usize>,
     /// thin-edge's topic root (`mqtt.topic_root`) [default: te].
     #[arg(long, env = "TWINLAKE_TOPIC_ROOT")]
     pub(crate) topic_root: Option<String>,
@@ -259,6 +276,11 @@ impl ServeOptions {
             http_listen,
             query_password_file,
             http_allow_anonymous,
+            pg_listen,
+            pg_tls_cert,
+            pg_tls_key,
+            pg_allow_anonymous,
+            pg_max_connections,
             topic_root,
             fleet_prefix,
             default_gateway,
@@ -304,24 +326,81 @@ impl ServeOptions {
 const MIB: usize = 1024 * 1024;
 
 /// The users who may query; refuses to answer anyone beyond loopback unless that is allowed
-/// explicitly.
+/// explicitly, on each query surface.
 fn query_users(
     options: &ServeOptions,
     http_listen: SocketAddr,
+    pg_listen: Option<SocketAddr>,
 ) -> Result<Option<Arc<twinlake_auth::PasswordFile>>, String> {
     let Some(path) = &options.query_password_file else {
-        if !http_listen.ip().is_loopback() && options.http_allow_anonymous != Some(true) {
-            return Err(format!(
-                "the HTTP API would answer anyone on {http_listen}, which is not a loopback \
-                 address: give --query-password-file, or allow it explicitly with \
-                 --http-allow-anonymous true"
-            ));
+        let surfaces = [
+            (
+                "HTTP API",
+                Some(http_listen),
+                options.http_allow_anonymous,
+                "--http-allow-anonymous",
+            ),
+            (
+                "PostgreSQL port",
+                pg_listen,
+                options.pg_allow_anonymous,
+                "--pg-allow-anonymous",
+            ),
+        ];
+        for (surface, listen, allowed, flag) in surfaces {
+            let Some(listen) = listen else { continue };
+            if !listen.ip().is_loopback() && allowed != Some(true) {
+                return Err(format!(
+                    "the {surface} would answer anyone on {listen}, which is not a loopback \
+                     address: give --query-password-file, or allow it explicitly with {flag} true"
+                ));
+            }
         }
         return Ok(None);
     };
     let users = twinlake_auth::PasswordFile::open(path.clone(), "query")
         .map_err(|e| format!("query {e}"))?;
     Ok(Some(Arc::new(users)))
+}
+
+/// The PostgreSQL port's address; None when it is off.
+fn postgres_listen(options: &ServeOptions) -> Result<Option<SocketAddr>, String> {
+    match options.pg_listen.as_deref() {
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 5433)))),
+        Some("off" | "") => Ok(None),
+        Some(listen) => listen
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--pg-listen {listen:?}: {e}")),
+    }
+}
+
+/// The PostgreSQL port, bound: a certificate that cannot be loaded stops the start.
+async fn start_postgres(
+    options: &ServeOptions,
+    listen: SocketAddr,
+    engine: &Arc<QueryEngine>,
+    users: Option<Arc<twinlake_auth::PasswordFile>>,
+) -> Result<(PostgresPort, tokio::net::TcpListener), String> {
+    let tls = match (&options.pg_tls_cert, &options.pg_tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err("--pg-tls-cert and --pg-tls-key go together".to_owned()),
+    };
+    let encrypted = tls.is_some();
+    let settings = PostgresSettings {
+        users,
+        tls,
+        max_connections: options.pg_max_connections.unwrap_or(64),
+    };
+    let port = PostgresPort::new(Arc::clone(engine), settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("PostgreSQL listener on {listen}: {e}"))?;
+    tracing::info!(%listen, tls = encrypted, "PostgreSQL port listening");
+    Ok((port, listener))
 }
 
 /// deltalake 1.x ignores a DynamoDB locking provider (it only logs an error), so a setting that
@@ -699,7 +778,8 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let http_listen = options
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let users = query_users(&options, http_listen)?;
+    let pg_listen = postgres_listen(&options)?;
+    let users = query_users(&options, http_listen, pg_listen)?;
     if let Some(users) = &users {
         tokio::spawn(Arc::clone(users).keep_current());
     }
@@ -707,6 +787,10 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         .await
         .map_err(|e| format!("HTTP listener on {http_listen}: {e}"))?;
     tracing::info!(%http_listen, "HTTP API listening: /api/v1/query, /health, /metrics");
+    let postgres = match pg_listen {
+        Some(listen) => Some(start_postgres(&options, listen, &engine, users.clone()).await?),
+        None => None,
+    };
 
     let (stop, stopped) = watch::channel(false);
     let wal = Arc::new(wal);
@@ -721,6 +805,12 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         metrics,
         stopped.clone(),
     ));
+    let postgres_task = postgres.map(|(port, listener)| {
+        let mut pg_stopped = stopped.clone();
+        tokio::spawn(port.serve(listener, async move {
+            let _ = pg_stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let mut http_stopped = stopped.clone();
     let http_state = HttpState {
         engine,
@@ -744,6 +834,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     };
     if let Ok(Err(error)) = http_task.await {
         tracing::warn!(%error, "HTTP server ended with an error");
+    }
+    if let Some(task) = postgres_task {
+        let _ = task.await;
     }
     // Rows not persisted stay in the WAL and are replayed at the next start.
     let _ = persist_task.await;
