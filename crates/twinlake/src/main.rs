@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Twinlake: MQTT ingest (its own endpoint by default), the WAL, and SQL over HTTP.
+    /// Run Twinlake: MQTT ingest (its own endpoint by default), the WAL, and SQL over HTTP and
+    /// the PostgreSQL wire protocol.
     Serve(serve::ServeOptions),
     /// Compact the lake now: merge small files, apply retention, vacuum (run while serve is stopped).
     Compact(serve::ServeOptions),
@@ -39,16 +40,21 @@ enum Command {
     /// Benchmarks that start their own broker and server (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Add or change a user of the MQTT endpoint's password file (the password is read from
-    /// standard input, one line).
+    /// Add or change a user of a password file, the MQTT endpoint's or the query surfaces' (the
+    /// password is read from standard input, one line).
     Passwd {
         /// The password file (created when missing).
         file: std::path::PathBuf,
-        /// The user: a gateway id, whose topics it may then publish.
+        /// The user: on the MQTT endpoint a gateway id, whose topics it may then publish.
         user: String,
         /// May publish for every gateway (an upstream broker forwarding a fleet).
         #[arg(long)]
         relay: bool,
+        /// Store a SCRAM-SHA-256 verifier (PostgreSQL's format) instead of an argon2 hash: what
+        /// a user of the query password file needs to sign in on the PostgreSQL port without
+        /// TLS; it checks passwords over HTTP as well.
+        #[arg(long)]
+        scram: bool,
     },
     /// Show the rows one thin-edge MQTT message becomes, or why Twinlake rejects it.
     ///
@@ -87,9 +93,12 @@ fn main() -> ExitCode {
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => run_async(bench::bench(command)).map(|()| ExitCode::SUCCESS),
-        Command::Passwd { file, user, relay } => {
-            passwd::passwd(&file, &user, relay).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Passwd {
+            file,
+            user,
+            relay,
+            scram,
+        } => passwd::passwd(&file, &user, relay, scram).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

@@ -1,9 +1,10 @@
-//! `twinlake passwd`: a user of the MQTT endpoint's password file, added or changed.
+//! `twinlake passwd`: a user of a password file (the MQTT endpoint's or the query surfaces'),
+//! added or changed.
 
 use std::io::BufRead;
 use std::path::Path;
 
-pub(crate) fn passwd(file: &Path, user: &str, relay: bool) -> Result<(), String> {
+pub(crate) fn passwd(file: &Path, user: &str, relay: bool, scram: bool) -> Result<(), String> {
     twinlake_model::Gateway::parse(user)
         .map_err(|e| format!("{user:?} cannot be a user: it names a gateway, and {e}"))?;
     let mut password = String::new();
@@ -15,7 +16,11 @@ pub(crate) fn passwd(file: &Path, user: &str, relay: bool) -> Result<(), String>
     if password.is_empty() {
         return Err("an empty password (give it on standard input)".to_owned());
     }
-    let hash = twinlake_auth::hash_password(password)?;
+    let hash = if scram {
+        twinlake_auth::ScramKeys::new(password)?.verifier()
+    } else {
+        twinlake_auth::hash_password(password)?
+    };
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

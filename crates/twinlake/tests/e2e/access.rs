@@ -19,6 +19,7 @@ impl Serve {
             .arg(data)
             .args(["--http-listen", http_listen])
             .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--pg-listen", &format!("127.0.0.1:{}", free_port())])
             .args(extra)
             .env("RUST_LOG", "warn,buoyant_kernel=off")
             .stdout(Stdio::null())

@@ -925,6 +925,7 @@ fn a_refused_subscription_is_shown_and_asked_again() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--pg-listen", "off"])
         .args(["--mqtt-url", &url])
         .stdout(std::process::Stdio::null());
     let mut child = command.spawn().unwrap();

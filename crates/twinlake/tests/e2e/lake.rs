@@ -197,6 +197,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
         .arg(dir.path())
         .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--pg-listen", "off"])
         .args(proxy.s3_flags("lake"))
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `twinlake` binary, real MQTT (Twinlake's own endpoint and
-//! Mosquitto), a real MQTT client publishing, and SQL over HTTP to check what was stored.
+//! Mosquitto), a real MQTT client publishing, and SQL over HTTP and the PostgreSQL port (psql,
+//! Grafana's Go drivers, psycopg) to check what was stored.
 
 // In a test harness a panic is the failure report, helpers included.
 #![allow(clippy::unwrap_used)]
@@ -10,6 +11,7 @@ mod endpoint;
 mod faults;
 mod fleet;
 mod lake;
+mod postgres;
 mod queries;
 mod spec;
 mod support;

@@ -33,11 +33,16 @@ fn queries_dir() -> PathBuf {
 
 /// Runs `twinlake simulate` against `mqtt_url` and returns how many messages it published.
 pub(crate) fn simulate(mqtt_url: &str) -> u64 {
+    simulate_with(mqtt_url, &SIMULATION)
+}
+
+/// [`simulate`] with other simulation flags.
+pub(crate) fn simulate_with(mqtt_url: &str, flags: &[&str]) -> u64 {
     let output = Command::new(env!("CARGO_BIN_EXE_twinlake"))
         .arg("simulate")
         .arg("--mqtt-url")
         .arg(mqtt_url)
-        .args(SIMULATION)
+        .args(flags)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .output()

@@ -284,6 +284,8 @@ pub(crate) enum Broker {
 pub(crate) struct Twinlake {
     pub(crate) http: String,
     pub(crate) mqtt_url: String,
+    /// The PostgreSQL port (each start gets a free one, unless the flags name it).
+    pub(crate) pg_port: u16,
     data_dir: PathBuf,
     broker: Broker,
     extra: Vec<String>,
@@ -299,6 +301,7 @@ impl Twinlake {
         let mut twinlake = Self {
             http: String::new(),
             mqtt_url,
+            pg_port: 0,
             data_dir: data_dir.to_owned(),
             broker,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -327,6 +330,12 @@ impl Twinlake {
                 .arg(format!("127.0.0.1:{port}")),
             Broker::External(url) => command.arg("--mqtt-url").arg(url),
         };
+        if !self.extra.iter().any(|flag| flag == "--pg-listen") {
+            self.pg_port = free_port();
+            command
+                .arg("--pg-listen")
+                .arg(format!("127.0.0.1:{}", self.pg_port));
+        }
         self.child = Some(command.spawn().expect("start twinlake serve"));
         self.http = format!("http://127.0.0.1:{http_port}");
         wait_for_port(http_port, "twinlake");
@@ -366,6 +375,7 @@ impl Twinlake {
         Self {
             http: http.to_owned(),
             mqtt_url: String::new(),
+            pg_port: 0,
             data_dir: PathBuf::new(),
             broker: Broker::External(String::new()),
             extra: Vec::new(),

@@ -1,0 +1,307 @@
+//! The PostgreSQL port with the clients users connect with: Grafana's two drivers (lib/pq and
+//! pgx's pgconn, built from Debian's Go packages by `grafana_client.go`) sending what Grafana
+//! sends, psql, psycopg2 (simple protocol) and psycopg 3 (extended, with parameters); sign-in
+//! with SCRAM and over TLS; what a read-only server refuses; a cancel that stops the scan.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::queries::{simulate_with, wait_for_ingest};
+use crate::support::{Broker, Twinlake, free_port};
+
+/// 4 trucks, one hour of one-minute rounds from 2026-11-01T00:00:00Z.
+fn simulate_fleet(twinlake: &Twinlake) {
+    let published = simulate_with(
+        &twinlake.mqtt_url,
+        &[
+            "--seed",
+            "7",
+            "--start",
+            "2026-11-01T00:00:00Z",
+            "--step",
+            "60s",
+            "--rounds",
+            "60",
+            "--rate",
+            "0",
+            "--gateways",
+            "4",
+        ],
+    );
+    wait_for_ingest(twinlake, published);
+}
+
+/// The Grafana stand-in, built once per test run.
+fn grafana_client() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/grafana_client.go");
+        let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grafana_client");
+        let output = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"))
+            .output()
+            .expect("go is installed (golang-go, golang-github-lib-pq-dev, golang-github-jackc-pgx-v4-dev)");
+        assert!(
+            output.status.success(),
+            "building grafana_client: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        binary
+    })
+}
+
+/// Grafana's connection string for the data source, as it builds it.
+fn grafana_dsn(port: u16, user: &str, password: &str) -> String {
+    format!(
+        "user='{user}' password='{password}' host='127.0.0.1' dbname='twinlake' port={port} sslmode='disable'"
+    )
+}
+
+/// The report of `grafana_client` with `driver` for `queries`.
+fn grafana(driver: &str, dsn: &str, queries: &[&str]) -> Value {
+    let mut child = Command::new(grafana_client())
+        .args([driver, dsn])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run grafana_client");
+    {
+        use std::io::Write;
+        let input = serde_json::to_vec(queries).unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "grafana_client {driver}: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+/// `$__timeFilter(time)` for the simulated hour, as Grafana expands it.
+const TIME_FILTER: &str = "time BETWEEN '2026-11-01T00:00:00Z' AND '2026-11-01T01:00:00Z'";
+
+/// Grafana's table builder query (postgresMetaQuery.ts), verbatim.
+const GRAFANA_TABLES: &str = r#"SELECT
+    CASE WHEN
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      THEN quote_ident(table_name)
+      ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+    END AS "table"
+    FROM information_schema.tables
+    WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                             'pg_catalog',
+                             '_timescaledb_cache',
+                             '_timescaledb_catalog',
+                             '_timescaledb_internal',
+                             '_timescaledb_config',
+                             'timescaledb_information',
+                             'timescaledb_experimental')
+    ORDER BY CASE WHEN
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          ) THEN 0 ELSE 1 END, 1"#;
+
+/// Grafana's column builder query for the table `measurements`, verbatim.
+const GRAFANA_COLUMNS: &str = r#"SELECT quote_ident(column_name) AS "column", data_type AS "type"
+    FROM information_schema.columns
+    WHERE
+      CASE WHEN array_length(parse_ident('measurements'),1) = 2
+        THEN quote_ident(table_schema) = (parse_ident('measurements'))[1]
+          AND quote_ident(table_name) = (parse_ident('measurements'))[2]
+        ELSE quote_ident(table_name) = 'measurements'
+          AND
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      END"#;
+
+fn column_names(result: &Value) -> Vec<&str> {
+    result["columns"]
+        .as_array()
+        .map(|columns| columns.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn column_types(result: &Value) -> Vec<&str> {
+    result["columns"]
+        .as_array()
+        .map(|columns| columns.iter().filter_map(|c| c["type"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn cells(result: &Value, column: usize) -> Vec<String> {
+    result["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| row[column].as_str().unwrap_or("NULL").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn grafanas_drivers_get_what_grafana_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--persist-max-rows", "2000"],
+    );
+    simulate_fleet(&twinlake);
+    let series_panel = format!(
+        "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", entity AS metric, \
+         avg(value) AS value FROM measurements WHERE {TIME_FILTER} AND series = 'gps.speed' \
+         GROUP BY 1,2 ORDER BY 1"
+    );
+    let binned_panel = format!(
+        "SELECT date_bin(interval '5 minutes', time) AS \"time\", avg(value) AS value \
+         FROM measurements WHERE {TIME_FILTER} AND series = 'gps.speed' GROUP BY 1 ORDER BY 1"
+    );
+    let annotations = format!(
+        "SELECT time AS \"time\", text AS text, severity || ',' || gateway AS tags \
+         FROM alarms WHERE {TIME_FILTER} ORDER BY 1"
+    );
+    let variable = "SELECT DISTINCT gateway AS __text, gateway AS __value FROM gateways ORDER BY 1";
+    let queries = [
+        "SELECT current_setting('server_version_num')::int/100 as version",
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+        GRAFANA_TABLES,
+        GRAFANA_COLUMNS,
+        &series_panel,
+        &binned_panel,
+        &annotations,
+        variable,
+        "SELECT 1 AS a; SELECT 2 AS a /*application='grafana',source='bi'*/;",
+        "CREATE TABLE grafana_was_here (a int)",
+        "DELETE FROM measurements",
+        "SET datafusion.execution.batch_size = 1",
+    ];
+    for driver in ["pq", "pgconn"] {
+        let report = grafana(
+            driver,
+            &grafana_dsn(twinlake.pg_port, "grafana", ""),
+            &queries,
+        );
+        assert_eq!(report["ping"], "ok", "{driver}: {report}");
+        let results = report["results"].as_array().unwrap();
+        for (result, query) in results.iter().zip(&queries).take(9) {
+            assert!(result["error"].is_null(), "{driver}: {query}\n{result}");
+        }
+        assert_eq!(cells(&results[0], 0), ["1600"], "{driver}");
+        assert_eq!(cells(&results[1], 0), Vec::<String>::new(), "{driver}");
+        let tables = cells(&results[2], 0);
+        for table in [
+            "measurements",
+            "alarms",
+            "events",
+            "twin",
+            "gateways",
+            "entities",
+        ] {
+            assert!(
+                tables.iter().any(|t| t == table),
+                "{driver}: {table} not in {tables:?}"
+            );
+        }
+        let columns: Vec<(String, String)> = cells(&results[3], 0)
+            .into_iter()
+            .zip(cells(&results[3], 1))
+            .collect();
+        for expected in [
+            ("time", "timestamp with time zone"),
+            ("value", "double precision"),
+            ("entity", "text"),
+        ] {
+            assert!(
+                columns
+                    .iter()
+                    .any(|(c, t)| (c.as_str(), t.as_str()) == expected),
+                "{driver}: {expected:?} not in {columns:?}"
+            );
+        }
+        // A series panel: a numeric `time` ascending, a `metric` label, a float `value`.
+        let panel = &results[4];
+        assert_eq!(column_names(panel), ["time", "metric", "value"], "{driver}");
+        let times: Vec<f64> = cells(panel, 0).iter().map(|t| t.parse().unwrap()).collect();
+        assert!(times.len() >= 4 * 12, "{driver}: {} points", times.len());
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{driver}: time not ascending"
+        );
+        assert_eq!(times[0], 1_793_491_200.0, "{driver}: first 5-minute group");
+        let binned = &results[5];
+        // lib/pq hands a parsed time (Go formats it in RFC 3339); pgconn the text as sent,
+        // in the form pgx parses.
+        let first_time = cells(binned, 0)[0].clone();
+        let expected = if driver == "pq" {
+            "2026-11-01T00:00:00Z"
+        } else {
+            "2026-11-01 00:00:00.000000+00"
+        };
+        assert_eq!(first_time, expected, "{driver}: timestamptz");
+        let annotation = &results[6];
+        assert_eq!(
+            column_names(annotation),
+            ["time", "text", "tags"],
+            "{driver}"
+        );
+        let variable = &results[7];
+        assert_eq!(cells(variable, 0).len(), 4, "{driver}: {variable}");
+        assert_eq!(
+            results[8]["sets"], 2,
+            "{driver}: two statements, two results"
+        );
+        assert_eq!(cells(&results[8], 0).last().map(String::as_str), Some("2"));
+        let codes: Vec<&str> = results[9..]
+            .iter()
+            .map(|r| r["code"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(codes, ["25006", "25006", "42501"], "{driver}: {results:?}");
+        if driver == "pgconn" {
+            // The type OIDs Grafana decodes by: float8, text, float8; timestamptz.
+            assert_eq!(column_types(panel), ["701", "25", "701"]);
+            assert_eq!(column_types(binned)[0], "1184");
+            assert!(
+                panel["tag"].as_str().unwrap().starts_with("SELECT "),
+                "{panel}"
+            );
+        } else {
+            assert_eq!(column_types(panel), ["FLOAT8", "TEXT", "FLOAT8"]);
+            assert_eq!(column_types(binned)[0], "TIMESTAMPTZ");
+        }
+    }
+    // Nothing the clients tried changed anything.
+    assert!(twinlake.count("SELECT count(*) FROM measurements") > 0);
+}
