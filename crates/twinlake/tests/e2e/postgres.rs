@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::queries::{simulate_with, wait_for_ingest};
 use crate::support::{Broker, Twinlake, free_port};
@@ -304,4 +304,148 @@ fn grafanas_drivers_get_what_grafana_expects() {
     }
     // Nothing the clients tried changed anything.
     assert!(twinlake.count("SELECT count(*) FROM measurements") > 0);
+}
+
+/// psql with `args`, as `user` with `password`: (exit code, stdout and stderr).
+fn psql(port: u16, user: &str, password: &str, sslmode: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new("psql")
+        .arg("-X")
+        .args(["-v", "ON_ERROR_STOP=1"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname=twinlake sslmode={sslmode} connect_timeout=10"
+        ))
+        .args(args)
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("psql is installed (postgresql-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn psql_and_psycopg_read_and_cannot_write_and_a_cancel_stops_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--persist-max-rows", "2000"],
+    );
+    simulate_fleet(&twinlake);
+    let port = twinlake.pg_port;
+
+    let (code, out) = psql(port, "analyst", "", "disable", &["-c", "\\dt"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("measurements") && out.contains("alarms"),
+        "{out}"
+    );
+    let (code, out) = psql(port, "analyst", "", "disable", &["-c", "\\d measurements"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("timestamp with time zone") && out.contains("double precision"),
+        "{out}"
+    );
+    let (code, out) = psql(
+        port,
+        "analyst",
+        "",
+        "disable",
+        &[
+            "-At",
+            "-c",
+            "SELECT count(DISTINCT gateway) FROM measurements",
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "4"), "{out}");
+    let copied = dir.path().join("copied.csv");
+    let copy = format!(
+        "\\copy (SELECT * FROM measurements) to '{}'",
+        copied.display()
+    );
+    let (code, out) = psql(port, "analyst", "", "disable", &["-c", &copy]);
+    assert_ne!(code, 0, "\\copy must be refused: {out}");
+    assert!(out.contains("COPY is not supported"), "{out}");
+    let (code, out) = psql(
+        port,
+        "analyst",
+        "",
+        "disable",
+        &[
+            "-c",
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/postgres_clients.py");
+    let dsn = format!("host=127.0.0.1 port={port} user=analyst dbname=twinlake sslmode=disable");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(&dsn)
+        .arg(twinlake.pid().to_string())
+        .output()
+        .expect("python3 with psycopg2 and psycopg");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    eprintln!("{report}");
+    let expected = twinlake.query(
+        "SELECT gateway, count(*) AS n FROM measurements WHERE series = 'gps.speed' \
+         GROUP BY gateway ORDER BY gateway",
+    );
+    let expected: Vec<Value> = expected
+        .iter()
+        .map(|row| json!([row["gateway"], row["n"]]))
+        .collect();
+    assert_eq!(report["psycopg2_rows"].as_array().unwrap(), &expected);
+    assert_eq!(report["psycopg2_update"], "25006");
+    let parameterised: Vec<Value> = report["psycopg3_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| json!([row[0], row[1]]))
+        .collect();
+    assert_eq!(parameterised, expected, "psycopg 3 with parameters");
+    assert!(
+        report["psycopg3_binary"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-01T00:"),
+        "{report}"
+    );
+    assert_eq!(report["psycopg3_drop"], "25006");
+    let tables = report["schema_tables"].as_array().unwrap();
+    assert!(
+        tables.contains(&json!("measurements")) && tables.contains(&json!("twin")),
+        "{tables:?}"
+    );
+    assert_eq!(
+        report["schema_columns"][0],
+        json!(["time", "timestamp with time zone", "timestamptz", 1])
+    );
+
+    // The join runs for minutes; cancelled after 2 s, it must stop using the server's CPU.
+    let running = report["cpu_while_running"].as_f64().unwrap();
+    assert!(running > 1.0, "the query was not running: {report}");
+    assert_eq!(report["cancelled"]["code"], "57014", "{report}");
+    let after_cancel = report["cpu_after_cancel"].as_f64().unwrap();
+    assert!(
+        after_cancel < 0.5,
+        "CPU after the cancel: {after_cancel} s in 2 s: {report}"
+    );
+    assert_eq!(report["timeout"]["code"], "57014", "{report}");
+    assert!(
+        report["timeout"]["seconds"].as_f64().unwrap() < 10.0,
+        "{report}"
+    );
+    let after_timeout = report["cpu_after_timeout"].as_f64().unwrap();
+    assert!(
+        after_timeout < 0.5,
+        "CPU after the timeout: {after_timeout} s in 2 s: {report}"
+    );
 }
