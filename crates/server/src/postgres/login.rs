@@ -17,7 +17,7 @@ use pgwire::api::{
     ClientInfo, ConnectionManager, METADATA_USER, PgWireConnectionState, PidSecretKeyGenerator,
     RandomPidSecretKeyGenerator,
 };
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::sync::Mutex;
@@ -72,8 +72,13 @@ impl Login {
     }
 }
 
+/// PostgreSQL's own words, whichever way the sign-in failed.
 fn refused(user: &str) -> PgWireError {
-    PgWireError::InvalidPassword(user.to_owned())
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        "28P01".to_owned(),
+        format!("password authentication failed for user \"{user}\""),
+    )))
 }
 
 fn protocol_error(message: &str) -> PgWireError {

@@ -9,17 +9,21 @@ use crate::endpoint::add_user;
 use crate::support::{free_port, wait_for_port};
 
 /// A `serve` process, killed when dropped.
-struct Serve(Child);
+pub(crate) struct Serve(Child);
 
 impl Serve {
-    fn start(data: &Path, http_listen: &str, extra: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
+    /// Its PostgreSQL port is a free one unless `extra` names it.
+    pub(crate) fn start(data: &Path, http_listen: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+        if !extra.contains(&"--pg-listen") {
+            command.args(["--pg-listen", &format!("127.0.0.1:{}", free_port())]);
+        }
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data)
             .args(["--http-listen", http_listen])
             .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--pg-listen", &format!("127.0.0.1:{}", free_port())])
             .args(extra)
             .env("RUST_LOG", "warn,buoyant_kernel=off")
             .stdout(Stdio::null())

@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
+use crate::access::Serve;
+use crate::endpoint::add_user;
 use crate::queries::{simulate_with, wait_for_ingest};
-use crate::support::{Broker, Twinlake, free_port};
+use crate::support::{Broker, Twinlake, free_port, make_certificates, wait_for_port};
 
 /// 4 trucks, one hour of one-minute rounds from 2026-11-01T00:00:00Z.
 fn simulate_fleet(twinlake: &Twinlake) {
@@ -67,6 +69,11 @@ fn grafana_dsn(port: u16, user: &str, password: &str) -> String {
 
 /// The report of `grafana_client` with `driver` for `queries`.
 fn grafana(driver: &str, dsn: &str, queries: &[&str]) -> Value {
+    grafana_outcome(driver, dsn, queries).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// [`grafana`], or why the client could not connect.
+fn grafana_outcome(driver: &str, dsn: &str, queries: &[&str]) -> Result<Value, String> {
     let mut child = Command::new(grafana_client())
         .args([driver, dsn])
         .stdin(Stdio::piped())
@@ -81,8 +88,10 @@ fn grafana(driver: &str, dsn: &str, queries: &[&str]) -> Value {
     }
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "grafana_client {driver}: {stderr}");
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+    if !output.status.success() {
+        return Err(format!("grafana_client {driver}: {stderr}"));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("{e}: {stderr}"))
 }
 
 /// `$__timeFilter(time)` for the simulated hour, as Grafana expands it.
@@ -448,4 +457,154 @@ fn psql_and_psycopg_read_and_cannot_write_and_a_cancel_stops_the_scan() {
         after_timeout < 0.5,
         "CPU after the timeout: {after_timeout} s in 2 s: {report}"
     );
+}
+
+/// `serve` with `flags`, which must refuse to start: what it said.
+fn refused_start(data: &Path, flags: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start twinlake serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with {flags:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "serve started with {flags:?}");
+    stderr
+}
+
+#[test]
+fn signing_in_takes_a_user_of_the_query_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("query-users");
+    add_scram_user(&users, "ana", "pencil");
+    add_user(&users, "bob", "hunter2", false);
+    let certificates = dir.path().join("certificates");
+    std::fs::create_dir(&certificates).unwrap();
+    make_certificates(&certificates);
+    let users_flag = users.display().to_string();
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let http = format!("127.0.0.1:{}", free_port());
+    let serve = Serve::start(
+        &dir.path().join("plain"),
+        &http,
+        &["--query-password-file", &users_flag, "--pg-listen", &listen],
+    );
+    wait_for_port(port, "twinlake's PostgreSQL port");
+    let select = ["-At", "-c", "SELECT 41 + 1"];
+    let (code, out) = psql(port, "ana", "pencil", "disable", &select);
+    assert_eq!((code, out.trim()), (0, "42"), "SCRAM: {out}");
+    let (code, out) = psql(port, "ana", "wrong", "disable", &select);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("password authentication failed"), "{out}");
+    let (code, out) = psql(port, "nobody", "pencil", "disable", &select);
+    assert!(
+        code != 0 && out.contains("password authentication failed"),
+        "{out}"
+    );
+    // An argon2 hash cannot answer SCRAM, and a cleartext password needs TLS.
+    let (code, out) = psql(port, "bob", "hunter2", "disable", &select);
+    assert!(
+        code != 0 && out.contains("password authentication failed"),
+        "{out}"
+    );
+    // Grafana's drivers sign in with SCRAM too; without a password they do not get in.
+    for driver in ["pq", "pgconn"] {
+        let report = grafana(
+            driver,
+            &grafana_dsn(port, "ana", "pencil"),
+            &["SELECT 1 AS one"],
+        );
+        assert_eq!(report["ping"], "ok", "{driver}: {report}");
+        let refused = grafana_outcome(driver, &grafana_dsn(port, "ana", ""), &["SELECT 1 AS one"]);
+        assert!(
+            refused.is_err() || refused.as_ref().is_ok_and(|r| r["ping"] != "ok"),
+            "{driver}: {refused:?}"
+        );
+    }
+    drop(serve);
+
+    let cert = certificates.join("broker.pem").display().to_string();
+    let key = certificates.join("broker.key").display().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = Serve::start(
+        &dir.path().join("tls"),
+        &http,
+        &[
+            "--query-password-file",
+            &users_flag,
+            "--pg-listen",
+            &listen,
+            "--pg-tls-cert",
+            &cert,
+            "--pg-tls-key",
+            &key,
+        ],
+    );
+    wait_for_port(port, "twinlake's PostgreSQL port");
+    let (code, out) = psql(port, "bob", "hunter2", "require", &select);
+    assert_eq!((code, out.trim()), (0, "42"), "cleartext over TLS: {out}");
+    let (code, out) = psql(port, "ana", "pencil", "require", &select);
+    assert_eq!((code, out.trim()), (0, "42"), "SCRAM over TLS: {out}");
+    let (code, out) = psql(port, "ana", "pencil", "disable", &select);
+    assert!(
+        code != 0 && out.contains("encrypted connections only"),
+        "{out}"
+    );
+    drop(serve);
+
+    // TLS that cannot be loaded stops the start, rather than serving in plaintext.
+    let missing = dir.path().join("missing.key").display().to_string();
+    let said = refused_start(
+        &dir.path().join("bad-tls"),
+        &[
+            "--pg-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--pg-tls-cert",
+            &cert,
+            "--pg-tls-key",
+            &missing,
+        ],
+    );
+    assert!(said.contains("PostgreSQL port TLS"), "{said}");
+    // Beyond loopback, nobody without a password file, unless allowed explicitly.
+    let said = refused_start(
+        &dir.path().join("open"),
+        &["--pg-listen", &format!("0.0.0.0:{}", free_port())],
+    );
+    assert!(said.contains("--pg-allow-anonymous true"), "{said}");
+}
+
+fn add_scram_user(file: &Path, user: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
+        .args(["passwd", "--scram"])
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "{password}").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
 }
