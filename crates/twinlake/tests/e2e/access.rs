@@ -15,11 +15,11 @@ impl Serve {
     /// Its PostgreSQL port is a free one unless `extra` names it.
     pub(crate) fn start(data: &Path, http_listen: &str, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+        command.arg("serve");
         if !extra.contains(&"--pg-listen") {
             command.args(["--pg-listen", &format!("127.0.0.1:{}", free_port())]);
         }
         let child = command
-            .arg("serve")
             .arg("--data-dir")
             .arg(data)
             .args(["--http-listen", http_listen])

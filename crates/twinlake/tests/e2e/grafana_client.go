@@ -26,12 +26,12 @@ type column struct {
 }
 
 type result struct {
-	Columns []column     `json:"columns,omitempty"`
-	Rows    [][]*string  `json:"rows"`
-	Tag     string       `json:"tag,omitempty"`
-	Error   string       `json:"error,omitempty"`
-	Code    string       `json:"code,omitempty"`
-	Sets    int          `json:"sets"`
+	Columns []column    `json:"columns,omitempty"`
+	Rows    [][]*string `json:"rows"`
+	Tag     string      `json:"tag,omitempty"`
+	Error   string      `json:"error,omitempty"`
+	Code    string      `json:"code,omitempty"`
+	Sets    int         `json:"sets"`
 }
 
 type report struct {
@@ -150,22 +150,19 @@ func withPgconn(dsn string, queries []string) (report, error) {
 
 func pgconnQuery(ctx context.Context, conn *pgconn.PgConn, query string) result {
 	var r result
-	sets, err := conn.Exec(ctx, query).ReadAll()
-	if err != nil {
-		return failed(err)
-	}
-	for _, set := range sets {
-		if set.Err != nil {
-			return failed(set.Err)
-		}
+	// Read result by result, as pgx does: pgconn's ReadAll drops the columns of an empty one.
+	multi := conn.Exec(ctx, query)
+	for multi.NextResult() {
+		reader := multi.ResultReader()
 		r.Sets++
 		// pgx keeps the results whose tag starts with SELECT: the last of them is shown.
 		r.Columns = nil
-		for _, field := range set.FieldDescriptions {
+		for _, field := range reader.FieldDescriptions() {
 			r.Columns = append(r.Columns, column{string(field.Name), fmt.Sprint(field.DataTypeOID)})
 		}
 		r.Rows = nil
-		for _, values := range set.Rows {
+		for reader.NextRow() {
+			values := reader.Values()
 			row := make([]*string, len(values))
 			for i, v := range values {
 				if v != nil {
@@ -175,7 +172,15 @@ func pgconnQuery(ctx context.Context, conn *pgconn.PgConn, query string) result 
 			}
 			r.Rows = append(r.Rows, row)
 		}
-		r.Tag = set.CommandTag.String()
+		tag, err := reader.Close()
+		if err != nil {
+			multi.Close()
+			return failed(err)
+		}
+		r.Tag = tag.String()
+	}
+	if err := multi.Close(); err != nil {
+		return failed(err)
 	}
 	return r
 }

@@ -608,3 +608,147 @@ fn add_scram_user(file: &Path, user: &str, password: &str) {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// The simulated hour as Grafana sends its range.
+const FROM: &str = "2026-11-01T00:00:00Z";
+const TO: &str = "2026-11-01T01:00:00Z";
+
+/// `sql` with Grafana's PostgreSQL macros and the template variables expanded as Grafana
+/// expands them before sending (grafana.md §2.6), for the range [`FROM`]..[`TO`] and a
+/// `$__interval` of one minute.
+fn expand(sql: &str, variables: &[(String, String)]) -> String {
+    let mut sql = sql.replace("$__interval", "1m");
+    for (name, value) in variables {
+        sql = sql.replace(&format!("${name}"), value);
+    }
+    while let Some(start) = sql.find("$__") {
+        let open = start + sql[start..].find('(').expect("a macro's (");
+        let close = open + sql[open..].find(')').expect("a macro's )");
+        let name = &sql[start + 3..open];
+        let args: Vec<&str> = sql[open + 1..close].split(',').map(str::trim).collect();
+        let group = |column: &str, interval: &str| {
+            let interval = interval.trim_matches('\'');
+            let (number, unit) = interval.split_at(interval.len() - 1);
+            let seconds: u64 = number.parse::<u64>().expect("an interval")
+                * match unit {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    other => panic!("interval unit {other}"),
+                };
+            format!("floor(extract(epoch from {column})/{seconds})*{seconds}")
+        };
+        let expanded = match name {
+            "timeFilter" => format!("{} BETWEEN '{FROM}' AND '{TO}'", args[0]),
+            "timeFrom" => format!("'{FROM}'"),
+            "timeTo" => format!("'{TO}'"),
+            "timeGroup" => group(args[0], args[1]),
+            "timeGroupAlias" => format!("{} AS \"time\"", group(args[0], args[1])),
+            other => panic!("macro $__{other} is not expanded by this test"),
+        };
+        sql.replace_range(start..=close, &expanded);
+    }
+    sql
+}
+
+/// Every query of every provisioned dashboard (panels, variables, annotations) runs over the
+/// PostgreSQL port, with Grafana's macros expanded, and gives Grafana a shape it can draw.
+#[test]
+fn every_dashboard_query_runs_and_has_the_shape_grafana_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--persist-max-rows", "2000"],
+    );
+    simulate_fleet(&twinlake);
+    let dsn = grafana_dsn(twinlake.pg_port, "grafana", "");
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dashboards)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "dashboards: {files:?}");
+    let mut checked = 0;
+    for file in &files {
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        // Variables in order, each from the first value of its own query, as Grafana picks.
+        let mut variables: Vec<(String, String)> = Vec::new();
+        for variable in board["templating"]["list"].as_array().unwrap() {
+            let sql = expand(variable["query"].as_str().unwrap(), &variables);
+            let report = grafana("pgconn", &dsn, &[&sql]);
+            let result = &report["results"][0];
+            assert!(
+                result["error"].is_null(),
+                "{name}: variable {}: {sql}\n{result}",
+                variable["name"]
+            );
+            let column = if column_names(result).contains(&"__value") {
+                1
+            } else {
+                0
+            };
+            let first = cells(result, column).into_iter().next();
+            let first = first
+                .unwrap_or_else(|| panic!("{name}: variable {} has no values", variable["name"]));
+            variables.push((variable["name"].as_str().unwrap().to_owned(), first));
+        }
+        variables.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        for annotation in board["annotations"]["list"].as_array().unwrap() {
+            let Some(sql) = annotation["target"]["rawSql"].as_str() else {
+                continue;
+            };
+            let sql = expand(sql, &variables);
+            let result = &grafana("pgconn", &dsn, &[&sql])["results"][0];
+            assert!(
+                result["error"].is_null(),
+                "{name}: {}: {sql}\n{result}",
+                annotation["name"]
+            );
+            assert_eq!(
+                column_names(result).first(),
+                Some(&"time"),
+                "{name}: {result}"
+            );
+            assert!(column_names(result).contains(&"text"), "{name}: {result}");
+            checked += 1;
+        }
+        for panel in board["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            for target in panel["targets"].as_array().unwrap() {
+                let sql = expand(target["rawSql"].as_str().unwrap(), &variables);
+                let result = &grafana("pgconn", &dsn, &[&sql])["results"][0];
+                assert!(
+                    result["error"].is_null(),
+                    "{name}: {title}: {sql}\n{result}"
+                );
+                if target["format"] == "time_series" {
+                    // Grafana's long format: a `time` column, ascending.
+                    assert_eq!(
+                        column_names(result).first(),
+                        Some(&"time"),
+                        "{name}: {title}"
+                    );
+                    let times: Vec<f64> = cells(result, 0)
+                        .iter()
+                        .map(|t| t.parse().unwrap())
+                        .collect();
+                    assert!(
+                        !times.is_empty() || title.contains("rejected"),
+                        "{name}: {title}: no points"
+                    );
+                    assert!(
+                        times.windows(2).all(|w| w[0] <= w[1]),
+                        "{name}: {title}: time not ascending"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked} dashboard queries");
+}
