@@ -19,6 +19,7 @@ use twinlake_auth::PasswordFile;
 
 use crate::access::require_user;
 use crate::format::{ResultEncoder, ResultFormat};
+use crate::tls::{TlsAcceptor, TlsListener};
 
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
@@ -47,15 +48,28 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes; requests in progress finish first.
+/// Serves the API on `listener`, over TLS when `tls` is given, until `shutdown` completes;
+/// requests in progress finish first.
 pub async fn serve_http(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn query_get(

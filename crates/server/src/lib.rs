@@ -11,7 +11,9 @@ mod access;
 mod format;
 mod http;
 mod postgres;
+mod tls;
 
 pub use format::ResultFormat;
 pub use http::{HttpState, router, serve_http};
 pub use postgres::{PostgresError, PostgresPort, PostgresSettings};
+pub use tls::{TlsAcceptor, TlsError, tls_acceptor};

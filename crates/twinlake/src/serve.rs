@@ -15,7 +15,7 @@ use twinlake_ingest::{
 };
 use twinlake_model::{FleetTopics, Gateway, TopicRoot};
 use twinlake_query::{QueryEngine, QueryLimits};
-use twinlake_server::{HttpState, PostgresPort, PostgresSettings, serve_http};
+use twinlake_server::{HttpState, PostgresPort, PostgresSettings, serve_http, tls_acceptor};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
 };
@@ -90,6 +90,12 @@ pub(crate) struct ServeOptions {
     /// Answer queries without authentication on an address beyond loopback [default: false].
     #[arg(long, env = "TWINLAKE_HTTP_ALLOW_ANONYMOUS")]
     pub(crate) http_allow_anonymous: Option<bool>,
+    /// The HTTP API's TLS certificate chain (PEM): with it the API speaks HTTPS only.
+    #[arg(long, env = "TWINLAKE_HTTP_TLS_CERT")]
+    pub(crate) http_tls_cert: Option<PathBuf>,
+    /// The HTTP API's TLS private key (PEM).
+    #[arg(long, env = "TWINLAKE_HTTP_TLS_KEY")]
+    pub(crate) http_tls_key: Option<PathBuf>,
     /// Address of the PostgreSQL wire port (Grafana, psql, BI tools); `off` for none
     /// [default: 127.0.0.1:5433].
     #[arg(long, env = "TWINLAKE_PG_LISTEN")]
@@ -276,6 +282,8 @@ impl ServeOptions {
             http_listen,
             query_password_file,
             http_allow_anonymous,
+            http_tls_cert,
+            http_tls_key,
             pg_listen,
             pg_tls_cert,
             pg_tls_key,
@@ -363,6 +371,19 @@ fn query_users(
     Ok(Some(Arc::new(users)))
 }
 
+/// A certificate and its key, given together or not at all.
+fn tls_files(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    flags: &str,
+) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(format!("{flags}-cert and {flags}-key go together")),
+    }
+}
+
 /// The PostgreSQL port's address; None when it is off.
 fn postgres_listen(options: &ServeOptions) -> Result<Option<SocketAddr>, String> {
     match options.pg_listen.as_deref() {
@@ -381,19 +402,16 @@ async fn start_postgres(
     listen: SocketAddr,
     engine: &Arc<QueryEngine>,
     users: Option<Arc<twinlake_auth::PasswordFile>>,
+    registry: &mut Registry,
 ) -> Result<(PostgresPort, tokio::net::TcpListener), String> {
-    let tls = match (&options.pg_tls_cert, &options.pg_tls_key) {
-        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-        (None, None) => None,
-        _ => return Err("--pg-tls-cert and --pg-tls-key go together".to_owned()),
-    };
+    let tls = tls_files(&options.pg_tls_cert, &options.pg_tls_key, "--pg-tls")?;
     let encrypted = tls.is_some();
     let settings = PostgresSettings {
         users,
         tls,
         max_connections: options.pg_max_connections.unwrap_or(64),
     };
-    let port = PostgresPort::new(Arc::clone(engine), settings)
+    let port = PostgresPort::new(Arc::clone(engine), settings, registry)
         .await
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -783,12 +801,19 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     if let Some(users) = &users {
         tokio::spawn(Arc::clone(users).keep_current());
     }
+    let http_tls = tls_files(&options.http_tls_cert, &options.http_tls_key, "--http-tls")?
+        .map(|(cert, key)| tls_acceptor(&cert, &key).map_err(|e| format!("HTTP API {e}")))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(http_listen)
         .await
         .map_err(|e| format!("HTTP listener on {http_listen}: {e}"))?;
-    tracing::info!(%http_listen, "HTTP API listening: /api/v1/query, /health, /metrics");
+    let https = http_tls.is_some();
+    tracing::info!(%http_listen, https, "HTTP API listening: /api/v1/query, /health, /metrics");
     let postgres = match pg_listen {
-        Some(listen) => Some(start_postgres(&options, listen, &engine, users.clone()).await?),
+        Some(listen) => {
+            let port = start_postgres(&options, listen, &engine, users.clone(), &mut registry);
+            Some(port.await?)
+        }
         None => None,
     };
 
@@ -817,7 +842,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         metrics: Arc::new(registry),
         users,
     };
-    let http_task = tokio::spawn(serve_http(listener, http_state, async move {
+    let http_task = tokio::spawn(serve_http(listener, http_tls, http_state, async move {
         let _ = http_stopped.wait_for(|stop| *stop).await;
     }));
 

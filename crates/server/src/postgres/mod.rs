@@ -21,16 +21,18 @@ use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::auth::DefaultServerParameterProvider;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, RandomPidSecretKeyGenerator};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 use twinlake_auth::PasswordFile;
 use twinlake_query::QueryEngine;
 
 use crate::postgres::handlers::{Connection, Port};
 use crate::postgres::login::Gatekeeper;
 use crate::postgres::statements::{EngineQueries, ReadOnlyGate};
+use crate::tls::{TlsAcceptor, TlsError, tls_acceptor};
 
 /// How the port is set up.
 #[derive(Debug)]
@@ -46,10 +48,35 @@ pub struct PostgresSettings {
 /// Why the port cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
-    #[error("PostgreSQL port TLS ({path}): {reason}")]
-    Tls { path: PathBuf, reason: String },
+    #[error("PostgreSQL port {0}")]
+    Tls(TlsError),
     #[error("PostgreSQL port session: {0}")]
     Session(String),
+}
+
+/// What the port tells Prometheus.
+#[derive(Debug, Clone, Default)]
+struct PostgresMetrics {
+    connections: Gauge,
+    refused: Counter,
+}
+
+impl PostgresMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let prefix = registry.sub_registry_with_prefix("twinlake");
+        prefix.register(
+            "pg_connections",
+            "PostgreSQL connections open",
+            metrics.connections.clone(),
+        );
+        prefix.register(
+            "pg_connections_refused",
+            "PostgreSQL connections refused at the connection limit",
+            metrics.refused.clone(),
+        );
+        metrics
+    }
 }
 
 /// The port, ready to accept connections.
@@ -57,6 +84,7 @@ pub struct PostgresPort {
     port: Arc<Port>,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
+    metrics: PostgresMetrics,
 }
 
 impl std::fmt::Debug for PostgresPort {
@@ -72,9 +100,10 @@ impl PostgresPort {
     pub async fn new(
         engine: Arc<QueryEngine>,
         settings: PostgresSettings,
+        registry: &mut Registry,
     ) -> Result<Self, PostgresError> {
         let tls = match &settings.tls {
-            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls_acceptor(cert, key).map_err(PostgresError::Tls)?),
             None => None,
         };
         let session = catalog::postgres_session(&engine)
@@ -118,6 +147,7 @@ impl PostgresPort {
             port: Arc::new(port),
             tls,
             max_connections: settings.max_connections.max(1),
+            metrics: PostgresMetrics::register(registry),
         })
     }
 
@@ -138,42 +168,45 @@ impl PostgresPort {
                 },
             };
             let Ok(turn) = Arc::clone(&limit).try_acquire_owned() else {
+                self.metrics.refused.inc();
                 tracing::warn!(%address, limit = self.max_connections, "PostgreSQL port: connection refused, at its connection limit (setting: pg max connections)");
+                tokio::spawn(too_many_connections(socket));
                 continue;
             };
             let _ = socket.set_nodelay(true);
             let handlers = Connection::new(&self.port);
-            let tls = self.tls.clone();
+            let (tls, open) = (self.tls.clone(), self.metrics.connections.clone());
+            open.inc();
             tokio::spawn(async move {
                 if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!(%address, %error, "PostgreSQL connection ended");
                 }
+                open.dec();
                 drop(turn);
             });
         }
     }
 }
 
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, PostgresError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let failed = |path: &PathBuf, reason: String| PostgresError::Tls {
-        path: path.clone(),
-        reason,
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| failed(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(failed(cert, "no certificate in it".to_owned()));
+/// Tells a client over the limit why, as PostgreSQL does (SQLSTATE 53300), and hangs up.
+async fn too_many_connections(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut fields = Vec::new();
+    for (code, text) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(text.as_bytes());
+        fields.push(0);
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| failed(key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed(cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| failed(key, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    fields.push(0);
+    let length = u32::try_from(fields.len() + 4).unwrap_or(u32::MAX);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&length.to_be_bytes());
+    message.extend_from_slice(&fields);
+    let write = socket.write_all(&message);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
 }

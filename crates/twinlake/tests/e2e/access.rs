@@ -1,12 +1,12 @@
 //! Who may query: with a query password file every request but `/health` needs a user of it
 //! (HTTP basic authentication, asked with curl as a user would); beyond loopback without one,
-//! `serve` does not start unless that is allowed explicitly.
+//! `serve` does not start unless that is allowed explicitly; with a certificate, HTTPS only.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::endpoint::add_user;
-use crate::support::{free_port, wait_for_port};
+use crate::support::{free_port, make_certificates, wait_for_port};
 
 /// A `serve` process, killed when dropped.
 pub(crate) struct Serve(Child);
@@ -127,4 +127,41 @@ fn the_http_api_beyond_loopback_needs_users_or_an_explicit_yes() {
     wait_for_port(port, "twinlake");
     let health = format!("http://127.0.0.1:{port}/api/v1/query?sql=SELECT%201%20AS%20one");
     assert_eq!(curl(&health, &[]).0, 200);
+}
+
+#[test]
+fn the_http_api_speaks_https_with_a_certificate_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let cert = dir.path().join("broker.pem").display().to_string();
+    let key = dir.path().join("broker.key").display().to_string();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let port = free_port();
+    let _serve = Serve::start(
+        &dir.path().join("data"),
+        &format!("127.0.0.1:{port}"),
+        &["--http-tls-cert", &cert, "--http-tls-key", &key],
+    );
+    wait_for_port(port, "twinlake");
+    let path = format!("127.0.0.1:{port}/api/v1/query?sql=SELECT%2041%2B1%20AS%20answer");
+    let (status, body) = curl(&format!("https://{path}"), &["--cacert", &ca]);
+    assert_eq!((status, body.trim()), (200, r#"[{"answer":42}]"#));
+    // No plaintext beside it, and a client that does not trust the certificate gets nothing.
+    assert_eq!(curl(&format!("http://{path}"), &[]).0, 0);
+    assert_eq!(curl(&format!("https://{path}"), &[]).0, 0);
+
+    let missing = dir.path().join("missing.key").display().to_string();
+    let mut refused = Serve::start(
+        &dir.path().join("data2"),
+        &format!("127.0.0.1:{}", free_port()),
+        &["--http-tls-cert", &cert, "--http-tls-key", &missing],
+    );
+    let status = refused.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(refused.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success(),
+        "serve started with a key that is not there"
+    );
+    assert!(stderr.contains("HTTP API TLS"), "{stderr}");
 }

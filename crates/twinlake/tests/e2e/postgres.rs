@@ -752,3 +752,51 @@ fn every_dashboard_query_runs_and_has_the_shape_grafana_needs() {
     }
     assert!(checked >= 15, "{checked} dashboard queries");
 }
+
+/// Connections past `--pg-max-connections` get PostgreSQL's "too many clients" and are counted.
+#[test]
+fn connections_past_the_limit_are_told_so_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--pg-max-connections", "1"],
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=analyst dbname=twinlake sslmode=disable",
+        twinlake.pg_port
+    );
+    let holder = "import psycopg2, sys, time\n\
+                  c = psycopg2.connect(sys.argv[1])\n\
+                  print('connected', flush=True)\n\
+                  time.sleep(30)\n";
+    let mut holding = Command::new("python3")
+        .args(["-c", holder, &dsn])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holding.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "connected");
+    let (code, out) = psql(
+        twinlake.pg_port,
+        "analyst",
+        "",
+        "disable",
+        &["-c", "SELECT 1"],
+    );
+    let open = twinlake.metric("twinlake_pg_connections");
+    let _ = holding.kill();
+    let _ = holding.wait();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("too many clients"), "{out}");
+    assert_eq!(
+        twinlake.metric("twinlake_pg_connections_refused_total"),
+        Some(1.0)
+    );
+    assert_eq!(open, Some(1.0));
+}
