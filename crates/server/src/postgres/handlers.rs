@@ -13,16 +13,18 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::Sink;
+use futures::channel::oneshot;
+use futures::{Sink, StreamExt, stream};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, SendableRowStream};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
 use twinlake_query::QueryEngine;
 
 use crate::postgres::login::{Gatekeeper, Login};
@@ -114,7 +116,12 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let query = with_search_path(query);
-        SimpleQueryHandler::do_query(self.service.as_ref(), client, &query).await
+        let responses = SimpleQueryHandler::do_query(self.service.as_ref(), client, &query).await?;
+        let handle = connection_handle(client);
+        Ok(responses
+            .into_iter()
+            .map(|response| cancellable(response, handle.clone()))
+            .collect())
     }
 }
 
@@ -166,14 +173,64 @@ impl ExtendedQueryHandler for Queries {
             .clone()
             .replace_params_with_values(&parameters)
             .map_err(|e| query_error(e.into()))?;
-        answer(
+        let response = answer(
             &self.engine,
             &self.session,
             plan,
             &portal.result_column_format,
             client,
-        )
+        )?;
+        Ok(cancellable(response, connection_handle(client)))
     }
+}
+
+fn connection_handle(client: &impl ClientInfo) -> Option<Arc<ConnectionHandle>> {
+    let handle = client.session_extensions().get::<Arc<ConnectionHandle>>()?;
+    Some(Arc::clone(handle.as_ref()))
+}
+
+/// pgwire listens for a cancel request only until a handler has made its response; the rows
+/// are read after. So each answer listens for itself while its rows are read, and a cancel
+/// ends them: the query's results are dropped, which stops its scan.
+fn cancellable(response: Response, handle: Option<Arc<ConnectionHandle>>) -> Response {
+    let (query, handle) = match (response, handle) {
+        (Response::Query(query), Some(handle)) => (query, handle),
+        (other, _) => return other,
+    };
+    let rows = stream::unfold(Listening::Fresh(query.data_rows, handle), next_row);
+    let mut cancellable = QueryResponse::new(query.row_schema, rows);
+    cancellable.command_tag = query.command_tag;
+    Response::Query(cancellable)
+}
+
+enum Listening {
+    Fresh(SendableRowStream, Arc<ConnectionHandle>),
+    /// The cancel signal is None once it can no longer fire (another query took it over).
+    Reading(SendableRowStream, Option<oneshot::Receiver<()>>),
+    Done,
+}
+
+async fn next_row(state: Listening) -> Option<(PgWireResult<DataRow>, Listening)> {
+    let (mut rows, mut cancelled) = match state {
+        Listening::Done => return None,
+        Listening::Reading(rows, cancelled) => (rows, cancelled),
+        Listening::Fresh(rows, handle) => (rows, Some(handle.start_query().await)),
+    };
+    let next = match cancelled.as_mut() {
+        Some(signal) => tokio::select! {
+            biased;
+            fired = signal => match fired {
+                Ok(()) => return Some((Err(PgWireError::QueryCanceled), Listening::Done)),
+                Err(_) => {
+                    cancelled = None;
+                    rows.next().await
+                }
+            },
+            next = rows.next() => next,
+        },
+        None => rows.next().await,
+    };
+    Some((next?, Listening::Reading(rows, cancelled)))
 }
 
 /// datafusion-postgres's parser, after [`with_search_path`].

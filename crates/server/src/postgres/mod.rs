@@ -7,6 +7,7 @@
 //! TLS that fails the start when it cannot be loaded; a connection limit.
 
 mod catalog;
+mod cursors;
 mod handlers;
 mod login;
 mod statements;
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use twinlake_auth::PasswordFile;
 use twinlake_query::QueryEngine;
 
+use crate::postgres::cursors::Cursors;
 use crate::postgres::handlers::{Connection, Port};
 use crate::postgres::login::Gatekeeper;
 use crate::postgres::statements::{EngineQueries, ReadOnlyGate};
@@ -114,6 +116,9 @@ impl PostgresPort {
             Arc::new(ReadOnlyGate),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
+            Arc::new(Cursors {
+                engine: Arc::clone(&engine),
+            }),
             Arc::new(EngineQueries {
                 engine: Arc::clone(&engine),
             }),

@@ -1,6 +1,6 @@
 //! What a PostgreSQL client may run, and how its queries run: the read-only gate (queries,
-//! EXPLAIN, PostgreSQL's own SET and SHOW, transactions; everything else refused with the
-//! SQLSTATE PostgreSQL would give), and queries answered by the query engine under its
+//! EXPLAIN, PostgreSQL's own SET and SHOW, transactions, cursors; everything else refused with
+//! the SQLSTATE PostgreSQL would give), and queries answered by the query engine under its
 //! limits, their rows streamed and stopped by a cancel request.
 
 use std::sync::Arc;
@@ -17,11 +17,10 @@ use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
-use futures::channel::oneshot;
 use futures::{Stream, StreamExt, stream};
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::{ClientInfo, ConnectionHandle, Type};
+use pgwire::api::{ClientInfo, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
@@ -86,6 +85,9 @@ fn verdict(statement: &Statement) -> Verdict {
     match statement {
         Statement::Query(_)
         | Statement::Explain { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. } => Verdict::Allowed,
@@ -107,13 +109,6 @@ fn verdict(statement: &Statement) -> Verdict {
              HTTP API's CSV and Parquet formats"
                 .to_owned(),
         )),
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
-            Verdict::Refused(sql_error(
-                "0A000",
-                "cursors are not supported by Twinlake: results stream as they are computed"
-                    .to_owned(),
-            ))
-        }
         other => refused(other),
     }
 }
@@ -200,7 +195,7 @@ fn show(name: &str, value: &str) -> PgWireResult<Response> {
 }
 
 /// A plan with no rows and `columns` text columns, for statements answered without a query.
-fn placeholder_plan(columns: &[&str]) -> PgWireResult<LogicalPlan> {
+pub(crate) fn placeholder_plan(columns: &[&str]) -> PgWireResult<LogicalPlan> {
     let fields: Vec<Field> = columns
         .iter()
         .map(|name| Field::new(*name, DataType::Utf8, true))
@@ -327,10 +322,6 @@ pub(crate) fn answer(
         session: session.clone(),
         plan,
         timeout,
-        cancel: client
-            .session_extensions()
-            .get::<Arc<ConnectionHandle>>()
-            .map(|handle| Arc::clone(handle.as_ref())),
     };
     let fields = Arc::new(fields);
     let rows = rows(start, Arc::clone(&fields));
@@ -343,19 +334,15 @@ struct Start {
     session: SessionContext,
     plan: LogicalPlan,
     timeout: Option<Duration>,
-    cancel: Option<Arc<ConnectionHandle>>,
 }
 
 enum Rows {
     Unstarted(Box<Start>),
-    Streaming {
-        results: ResultStream,
-        /// Fires on the client's cancel request; None once it cannot fire any more.
-        cancelled: Option<oneshot::Receiver<()>>,
-    },
+    Streaming(ResultStream),
     Done,
 }
 
+/// Dropping the stream drops the query's results, which stops its scan.
 fn rows(
     start: Start,
     fields: Arc<Vec<FieldInfo>>,
@@ -375,44 +362,20 @@ fn rows(
 }
 
 async fn next_batch(state: Rows) -> Option<(PgWireResult<RecordBatch>, Rows)> {
-    let (mut results, mut cancelled) = match state {
+    let mut results = match state {
         Rows::Done => return None,
-        Rows::Streaming { results, cancelled } => (results, cancelled),
+        Rows::Streaming(results) => results,
         Rows::Unstarted(start) => {
-            // pgwire listens for a cancel only until the response is made; the rows come
-            // after, so the query listens for itself from here on.
-            let cancelled = match &start.cancel {
-                Some(handle) => Some(handle.start_query().await),
-                None => None,
-            };
             let query = Query::Plan(start.plan);
-            match start
-                .engine
-                .stream_in(&start.session, query, start.timeout)
-                .await
-            {
-                Ok(results) => (results, cancelled),
+            let started = start.engine.stream_in(&start.session, query, start.timeout);
+            match started.await {
+                Ok(results) => results,
                 Err(error) => return Some((Err(query_error(error)), Rows::Done)),
             }
         }
     };
-    let next = match cancelled.as_mut() {
-        Some(signal) => tokio::select! {
-            biased;
-            fired = signal => match fired {
-                // Dropping the results stops the query's scan.
-                Ok(()) => return Some((Err(PgWireError::QueryCanceled), Rows::Done)),
-                Err(_) => {
-                    cancelled = None;
-                    results.next().await
-                }
-            },
-            next = results.next() => next,
-        },
-        None => results.next().await,
-    };
-    match next? {
-        Ok(batch) => Some((Ok(batch), Rows::Streaming { results, cancelled })),
+    match results.next().await? {
+        Ok(batch) => Some((Ok(batch), Rows::Streaming(results))),
         Err(error) => Some((Err(query_error(error)), Rows::Done)),
     }
 }
@@ -441,6 +404,8 @@ mod tests {
         assert_eq!(code_of("SET extra_float_digits = 3"), None);
         assert_eq!(code_of("SET client_min_messages = warning"), None);
         assert_eq!(code_of("SHOW server_version_num"), None);
+        assert_eq!(code_of("DECLARE c CURSOR FOR SELECT 1"), None);
+        assert_eq!(code_of("FETCH 10 FROM c"), None);
         assert_eq!(code_of("CREATE TABLE t (a int)").as_deref(), Some("25006"));
         assert_eq!(
             code_of("INSERT INTO alarms VALUES (1)").as_deref(),

@@ -1,7 +1,8 @@
 //! The PostgreSQL port with the clients users connect with: Grafana's two drivers (lib/pq and
 //! pgx's pgconn, built from Debian's Go packages by `grafana_client.go`) sending what Grafana
-//! sends, psql, psycopg2 (simple protocol) and psycopg 3 (extended, with parameters); sign-in
-//! with SCRAM and over TLS; what a read-only server refuses; a cancel that stops the scan.
+//! sends, psql, psycopg2 (simple protocol, named cursors) and psycopg 3 (extended, with
+//! parameters); sign-in with SCRAM and over TLS; what a read-only server refuses; a cancel that
+//! stops the scan.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -413,6 +414,12 @@ fn psql_and_psycopg_read_and_cannot_write_and_a_cancel_stops_the_scan() {
         .collect();
     assert_eq!(report["psycopg2_rows"].as_array().unwrap(), &expected);
     assert_eq!(report["psycopg2_update"], "25006");
+    let speeds: i64 = expected.iter().map(|row| row[1].as_i64().unwrap()).sum();
+    assert_eq!(
+        report["cursor_rows"], speeds,
+        "a named cursor reads every row"
+    );
+    assert_eq!(report["cursor_ordered"], true);
     let parameterised: Vec<Value> = report["psycopg3_rows"]
         .as_array()
         .unwrap()

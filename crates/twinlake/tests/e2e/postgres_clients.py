@@ -45,6 +45,17 @@ with psycopg2.connect(dsn) as conn:
             report["psycopg2_update"] = error.pgcode
 conn.close()
 
+# A named cursor (DECLARE … CURSOR FOR, then FETCH FORWARD 1000 until the end).
+with psycopg2.connect(dsn) as conn:
+    with conn.cursor(name="speeds") as cur:
+        cur.itersize = 1000
+        cur.execute("SELECT gateway, time, value FROM measurements WHERE series = 'gps.speed' "
+                    "ORDER BY gateway, time")
+        fetched = list(cur)
+    report["cursor_rows"] = len(fetched)
+    report["cursor_ordered"] = fetched == sorted(fetched, key=lambda r: (r[0], r[1]))
+conn.close()
+
 # psycopg 3: the extended protocol, parameters bound by the server.
 with psycopg.connect(dsn, autocommit=True) as conn:
     rows = conn.execute(
