@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use crate::access::Serve;
 use crate::endpoint::add_user;
 use crate::queries::{simulate_with, wait_for_ingest};
-use crate::support::{Broker, Twinlake, free_port, make_certificates, wait_for_port};
+use crate::support::{
+    Broker, Twinlake, free_port, make_certificates, message, publish, wait_for_port,
+};
 
 /// 4 trucks, one hour of one-minute rounds from 2026-11-01T00:00:00Z.
 fn simulate_fleet(twinlake: &Twinlake) {
@@ -312,8 +314,10 @@ fn grafanas_drivers_get_what_grafana_expects() {
             assert_eq!(column_types(binned)[0], "TIMESTAMPTZ");
         }
     }
-    // Nothing the clients tried changed anything.
+    // Nothing the clients tried changed anything, and the port's catalogs stay on the port.
     assert!(twinlake.count("SELECT count(*) FROM measurements") > 0);
+    let (status, body) = twinlake.query_as("SELECT count(*) FROM pg_catalog.pg_class", "csv");
+    assert_eq!(status, 400, "pg_catalog over HTTP: {body}");
 }
 
 /// psql with `args`, as `user` with `password`: (exit code, stdout and stderr).
@@ -435,6 +439,11 @@ fn psql_and_psycopg_read_and_cannot_write_and_a_cancel_stops_the_scan() {
         "{report}"
     );
     assert_eq!(report["psycopg3_drop"], "25006");
+    assert_eq!(
+        report["extended_pings"],
+        json!([0, 0, 0]),
+        "PGRES_EMPTY_QUERY"
+    );
     let tables = report["schema_tables"].as_array().unwrap();
     assert!(
         tables.contains(&json!("measurements")) && tables.contains(&json!("twin")),
@@ -806,4 +815,117 @@ fn connections_past_the_limit_are_told_so_and_counted() {
         Some(1.0)
     );
     assert_eq!(open, Some(1.0));
+}
+
+/// A query that keeps both cores busy until its timeout, over the PostgreSQL port, while a
+/// gateway publishes: every message is acknowledged and stored, and the query ends with
+/// PostgreSQL's query_canceled (57014).
+#[test]
+fn ingest_goes_on_while_a_query_runs_into_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &[]);
+    let port = twinlake.pg_port;
+    let heavy = std::thread::spawn(move || {
+        let join = "SELECT count(*) FROM generate_series(1, 3000000) a \
+                    JOIN generate_series(1, 3000000) b ON a.value % 1000 = b.value % 1000";
+        let started = std::time::Instant::now();
+        let timeout = ["-c", "SET statement_timeout = '8s'", "-c", join];
+        let (code, out) = psql(port, "analyst", "", "disable", &timeout);
+        (code, out, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let messages: Vec<_> = (0..3000)
+        .map(|n| {
+            let payload = format!("{{\"load\":{n}}}");
+            message("te/device/main///m/under_load", &payload, false, 1)
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    publish(&twinlake.mqtt_url, messages);
+    let acknowledged = began.elapsed();
+    let (code, out, ran) = heavy.join().unwrap();
+    assert!(
+        ran > acknowledged + std::time::Duration::from_secs(1),
+        "the query did not run beside the publishing: {ran:?} against {acknowledged:?}"
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("ran longer than its limit"), "{out}");
+    assert_eq!(
+        twinlake.count("SELECT count(*) FROM measurements WHERE series = 'load'"),
+        3000
+    );
+    eprintln!(
+        "3000 QoS 1 messages acknowledged in {acknowledged:?} while a query ran {ran:?} into its timeout"
+    );
+}
+
+/// tokio-postgres, as Rust programs connect: the simple protocol (text) and the extended one
+/// with `$1` parameters and binary results, on Grafana's newest schema API queries too.
+#[test]
+fn tokio_postgres_queries_with_and_without_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--persist-max-rows", "2000"],
+    );
+    simulate_fleet(&twinlake);
+    let config = format!(
+        "host=127.0.0.1 port={} user=analyst dbname=twinlake",
+        twinlake.pg_port
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let simple = client
+            .simple_query("SELECT count(DISTINCT gateway) AS gateways FROM measurements")
+            .await
+            .unwrap();
+        let gateways = simple.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(gateways.as_deref(), Some("4"));
+
+        let rows = client
+            .query(
+                "SELECT gateway, count(*) AS n, max(time) AS newest FROM measurements \
+                 WHERE series = $1 AND value >= $2 GROUP BY gateway ORDER BY gateway",
+                &[&"gps.speed", &0.0f64],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 4);
+        let first: &str = rows[0].get("gateway");
+        let count: i64 = rows[0].get("n");
+        let newest: std::time::SystemTime = rows[0].get("newest");
+        assert_eq!((first, count), ("truck0001", 60));
+        let newest = newest
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(newest, 1_793_491_200 + 59 * 60, "the last one-minute round");
+
+        let columns = client
+            .query(
+                "SELECT column_name, data_type, udt_name FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&"public", &"alarms"],
+            )
+            .await
+            .unwrap();
+        let time: (String, String) = (columns[0].get(0), columns[0].get(1));
+        assert_eq!(
+            time,
+            ("time".to_owned(), "timestamp with time zone".to_owned())
+        );
+        let refused = client.execute("DELETE FROM alarms", &[]).await.unwrap_err();
+        assert_eq!(refused.code().map(|c| c.code()), Some("25006"), "{refused}");
+    });
 }

@@ -58,6 +58,8 @@ conn.close()
 
 # psycopg 3: the extended protocol, parameters bound by the server.
 with psycopg.connect(dsn, autocommit=True) as conn:
+    # Grafana's pings over the extended protocol: an empty query (status 0), then on as before.
+    report["extended_pings"] = [int(conn.execute(q).pgresult.status) for q in ("-- ping", ";", "/* x */")]
     rows = conn.execute(
         "SELECT gateway, count(*) AS n, avg(value) AS mean FROM measurements "
         "WHERE series = %s AND time >= %s GROUP BY gateway ORDER BY gateway",
