@@ -39,6 +39,18 @@ fn simulate_fleet(twinlake: &Twinlake) {
     wait_for_ingest(twinlake, published);
 }
 
+/// A server with [`simulate_fleet`] in it, part of it persisted; the directory holds its data.
+fn simulated_fleet() -> (tempfile::TempDir, Twinlake) {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--persist-max-rows", "2000"],
+    );
+    simulate_fleet(&twinlake);
+    (dir, twinlake)
+}
+
 /// The Grafana stand-in, built once per test run.
 fn grafana_client() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -185,13 +197,7 @@ fn cells(result: &Value, column: usize) -> Vec<String> {
 
 #[test]
 fn grafanas_drivers_get_what_grafana_expects() {
-    let dir = tempfile::tempdir().unwrap();
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::Embedded(free_port()),
-        &["--persist-max-rows", "2000"],
-    );
-    simulate_fleet(&twinlake);
+    let (_dir, twinlake) = simulated_fleet();
     let series_panel = format!(
         "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", entity AS metric, \
          avg(value) AS value FROM measurements WHERE {TIME_FILTER} AND series = 'gps.speed' \
@@ -342,13 +348,7 @@ fn psql(port: u16, user: &str, password: &str, sslmode: &str, args: &[&str]) -> 
 
 #[test]
 fn psql_and_psycopg_read_and_cannot_write_and_a_cancel_stops_the_scan() {
-    let dir = tempfile::tempdir().unwrap();
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::Embedded(free_port()),
-        &["--persist-max-rows", "2000"],
-    );
-    simulate_fleet(&twinlake);
+    let (dir, twinlake) = simulated_fleet();
     let port = twinlake.pg_port;
 
     let (code, out) = psql(port, "analyst", "", "disable", &["-c", "\\dt"]);
@@ -671,13 +671,7 @@ fn expand(sql: &str, variables: &[(String, String)]) -> String {
 /// PostgreSQL port, with Grafana's macros expanded, and gives Grafana a shape it can draw.
 #[test]
 fn every_dashboard_query_runs_and_has_the_shape_grafana_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::Embedded(free_port()),
-        &["--persist-max-rows", "2000"],
-    );
-    simulate_fleet(&twinlake);
+    let (_dir, twinlake) = simulated_fleet();
     let dsn = grafana_dsn(twinlake.pg_port, "grafana", "");
     let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dashboards)
@@ -863,13 +857,7 @@ fn ingest_goes_on_while_a_query_runs_into_its_timeout() {
 /// with `$1` parameters and binary results, on Grafana's newest schema API queries too.
 #[test]
 fn tokio_postgres_queries_with_and_without_parameters() {
-    let dir = tempfile::tempdir().unwrap();
-    let twinlake = Twinlake::start(
-        dir.path(),
-        Broker::Embedded(free_port()),
-        &["--persist-max-rows", "2000"],
-    );
-    simulate_fleet(&twinlake);
+    let (_dir, twinlake) = simulated_fleet();
     let config = format!(
         "host=127.0.0.1 port={} user=analyst dbname=twinlake",
         twinlake.pg_port
