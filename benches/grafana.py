@@ -161,7 +161,7 @@ def main():
                    "CREATE TABLE rejected (received_at TIMESTAMPTZ, reason_code VARCHAR)")
         theirs = [DUCKDB[title].format(lo=naive(start), hi=naive(end)) for title, _ in queries]
 
-        report = {"range": [iso(start), iso(end)], "panels": {}, "refreshes": []}
+        report = {"range": [iso(start), iso(end)], "panels": {}}
         refreshes = {"twinlake_pg_ms": [], "duckdb_ms": []}
         for repeat in range(args.repeats + 1):
             total_ours, total_theirs = 0.0, 0.0

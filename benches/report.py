@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--command", required=True)
     args = parser.parse_args()
 
-    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers", "stores"]
+    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers", "stores", "grafana"]
     results = {
         "scale": args.scale,
         "command": args.command,
@@ -63,6 +63,7 @@ def main():
         "queries": load(args.work, "queries.json"),
         "peers": load(args.work, "peers.json"),
         "stores": load(args.work, "stores.json"),
+        "grafana": load(args.work, "grafana.json"),
     }
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -140,6 +141,19 @@ def main():
             )
         else:
             lines.append(f"| `{name}.sql` | {figures['median_ms']:.0f} ms | – | – | – |")
+    grafana = results["grafana"]
+    refresh = grafana["refresh_median_ms"]
+    lines.append(
+        f"| Fleet overview dashboard, one refresh over PostgreSQL wire ({len(grafana['panels'])} panels, "
+        f"24 h) | {refresh['twinlake_pg_ms']:.0f} ms | DuckDB, the same questions | "
+        f"{refresh['duckdb_ms']:.0f} ms | {grafana['ratio']:.2f} |"
+    )
+    for title, panel in grafana["panels"].items():
+        same = f"same {panel['rows']} rows" if panel["same_result"] else "**results differ**"
+        lines.append(
+            f"| panel: {title} | {panel['twinlake_pg_ms']:.1f} ms | DuckDB ({same}) | "
+            f"{panel['duckdb_ms']:.1f} ms | {ratio(panel['twinlake_pg_ms'], panel['duckdb_ms']):.2f} |"
+        )
     lines.append("\n| phase | peak RSS | CPU s (user + system) | wall s |\n|---|---|---|---|")
     for phase, t in results["phases"].items():
         lines.append(

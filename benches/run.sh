@@ -43,8 +43,8 @@ command -v influxd >/dev/null || missing+=("InfluxDB 1.6: sudo apt-get install -
 command -v victoria-metrics >/dev/null ||
   missing+=("VictoriaMetrics: sudo apt-get install -y victoria-metrics")
 command -v python3 >/dev/null || missing+=("python3: sudo apt-get install -y python3 python3-pip")
-for module in duckdb deltalake pyarrow; do
-  python3 -c "import $module" 2>/dev/null || missing+=("python $module: pip install $module")
+for module in duckdb deltalake pyarrow psycopg2; do
+  python3 -c "import $module" 2>/dev/null || missing+=("python $module: pip install ${module/psycopg2/psycopg2-binary}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "benches/run.sh needs:" >&2
@@ -84,6 +84,8 @@ phase queries "$bin" bench queries --devices "$trucks" --rounds "$rounds" \
 phase peers python3 benches/peers.py --lake "$work/lake-data/lake" \
   --results "$work/results" --repeats "$repeats" --json "$work/peers.json"
 phase stores python3 benches/stores.py --lake "$work/lake-data/lake" --json "$work/stores.json"
+phase grafana python3 benches/grafana.py --bin "$bin" --data "$work/lake-data" \
+  --repeats "$repeats" --json "$work/grafana.json"
 
 date="$(date -u +%Y-%m-%d)"
 out="benches/results/$date-$scale.json"
