@@ -61,13 +61,24 @@ pub(crate) fn query_error(error: QueryError) -> PgWireError {
             "42P01"
         }
         QueryError::Invalid(message) if message.contains("No field named") => "42703",
-        QueryError::Invalid(message) if message.contains("not supported") => "25006",
+        QueryError::Invalid(message) if read_only_refusal(message) => "25006",
         QueryError::Invalid(_) => "42601",
         QueryError::LimitExceeded(message) if message.contains("ran longer") => "57014",
         QueryError::LimitExceeded(_) => "54000",
         QueryError::Failed(_) => "XX000",
     };
     sql_error(code, error.to_string())
+}
+
+/// The query engine's own read-only check (behind the gate) refused the plan.
+fn read_only_refusal(message: &str) -> bool {
+    [
+        "DDL not supported",
+        "DML not supported",
+        "Statement not supported",
+    ]
+    .iter()
+    .any(|refusal| message.contains(refusal))
 }
 
 /// What the gate decides for a statement.
