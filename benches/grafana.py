@@ -24,7 +24,7 @@ import time
 import duckdb
 import psycopg2
 
-from peers import HERE, TABLES, difference, files
+from peers import HERE, difference, duckdb_over, files
 
 ROOT = os.path.dirname(HERE)
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "dashboards", "fleet-overview.json")
@@ -152,10 +152,7 @@ def main():
         naive = lambda t: t.strftime("%Y-%m-%d %H:%M:%S")
         queries = [(title, expand(sql, iso(start), iso(end))) for title, sql in panels]
 
-        db = duckdb.connect()
-        sources = {t: files(os.path.join(args.data, "lake"), t) for t in TABLES}
-        with open(os.path.join(HERE, "duckdb", "setup.sql")) as f:
-            db.execute(f.read().format(**{t: repr(f) for t, f in sources.items()}))
+        db, _ = duckdb_over(os.path.join(args.data, "lake"))
         rejected = files(os.path.join(args.data, "lake"), "rejected")
         db.execute(f"CREATE VIEW rejected AS SELECT * FROM read_parquet({rejected!r})" if rejected else
                    "CREATE TABLE rejected (received_at TIMESTAMPTZ, reason_code VARCHAR)")

@@ -33,6 +33,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TABLES = ("measurements", "entity_changes", "twin_changes", "alarms", "events", "health")
 
 
+def duckdb_over(lake):
+    """DuckDB with Twinlake's tables and views (benches/duckdb/setup.sql) over the lake's current
+    files; and those files, by table."""
+    sources = {t: files(lake, t) for t in TABLES}
+    db = duckdb.connect()
+    with open(os.path.join(HERE, "duckdb", "setup.sql")) as f:
+        db.execute(f.read().format(**{t: repr(f) for t, f in sources.items()}))
+    return db, sources
+
+
 def duckdb_queries():
     """The same questions as queries/*.sql, in DuckDB's SQL (benches/duckdb/<name>.sql)."""
     folder = os.path.join(HERE, "duckdb")
@@ -81,10 +91,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    sources = {t: files(args.lake, t) for t in TABLES}
-    db = duckdb.connect()
-    with open(os.path.join(HERE, "duckdb", "setup.sql")) as f:
-        db.execute(f.read().format(**{t: repr(f) for t, f in sources.items()}))
+    db, sources = duckdb_over(args.lake)
     report = {"duckdb_version": duckdb.__version__, "queries": {}}
     for name, sql in duckdb_queries().items():
         times = []

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
@@ -296,14 +296,17 @@ fn with_search_path(sql: &str) -> Cow<'_, str> {
     if !sql.contains("current_setting('search_path')") {
         return Cow::Borrowed(sql);
     }
-    let (Some(input), Some(pattern)) = (tokens(sql), tokens(GRAFANA_SEARCH_PATH)) else {
+    static PATTERN: LazyLock<Vec<Token>> =
+        LazyLock::new(|| tokens(GRAFANA_SEARCH_PATH).unwrap_or_default());
+    let pattern: &[Token] = &PATTERN;
+    let Some(input) = tokens(sql).filter(|_| !pattern.is_empty()) else {
         return Cow::Borrowed(sql);
     };
     let mut output: Vec<String> = Vec::with_capacity(input.len());
     let mut at = 0;
     let mut replaced = false;
     while at < input.len() {
-        if input[at..].starts_with(&pattern) {
+        if input[at..].starts_with(pattern) {
             output.push("'public'".to_owned());
             at += pattern.len();
             replaced = true;
