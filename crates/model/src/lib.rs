@@ -38,7 +38,7 @@ mod topic;
 
 pub use batch::TableBuilders;
 pub use hierarchy::{
-    Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion, valid_at,
+    Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion, intersect, valid_at,
 };
 pub use message::{Measurement, Message, MessageBody, NotStored, Parsed, parse_message};
 pub use payload::entity::{

@@ -7,6 +7,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
@@ -23,6 +24,7 @@ use crate::hierarchy::{
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
 use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
+use crate::twin_at::{TwinAtUdf, TwinValues};
 use crate::views::VIEWS;
 
 /// The hierarchy's tables, table functions and scalar functions.
@@ -44,7 +46,11 @@ fn register_hierarchy(
         let implementation = HierarchyTableFunction::new(function, Arc::clone(hierarchy));
         context.register_udtf(function.name(), Arc::new(implementation));
     }
-    for function in [HierarchyScalar::EntityPath, HierarchyScalar::InSubtree] {
+    for function in [
+        HierarchyScalar::EntityPath,
+        HierarchyScalar::EntityParent,
+        HierarchyScalar::InSubtree,
+    ] {
         let udf = HierarchyUdf::new(function, Arc::clone(hierarchy));
         context.register_udf(ScalarUDF::new_from_impl(udf));
     }
@@ -194,28 +200,55 @@ struct SessionTables {
     runtime: Arc<RuntimeEnv>,
     live: Arc<LiveTables>,
     hierarchy: Arc<HierarchyCache>,
+    lake_store: Arc<dyn object_store::ObjectStore>,
+}
+
+/// What an export's session reads with: its own memory (spilling to disk beyond it) and the
+/// twin fragments `twin_at` answers for.
+#[derive(Debug, Clone)]
+pub struct ExportSessionSettings {
+    /// Memory for the export's sorts; beyond it they spill to `spill_dir`.
+    pub memory_bytes: usize,
+    pub spill_dir: std::path::PathBuf,
+    /// The twin fragments `twin_at(entity, fragment, time)` knows.
+    pub twin_fragments: Vec<String>,
 }
 
 impl SessionTables {
     /// A session with every Twinlake table, table function and view.
     async fn session(&self, information_schema: bool) -> Result<SessionContext, QueryError> {
+        self.session_in(Arc::clone(&self.runtime), information_schema, false)
+            .await
+    }
+
+    /// A session over `runtime`; `pinned`: each table read as of one snapshot, taken now,
+    /// by every query of the session.
+    async fn session_in(
+        &self,
+        runtime: Arc<RuntimeEnv>,
+        information_schema: bool,
+        pinned: bool,
+    ) -> Result<SessionContext, QueryError> {
         // DataFusion's default of no filter pushdown into the Parquet decoder: measured with
         // `twinlake bench lake`, pushdown made a one-depot query after compaction slower
         // (12.2 ms against 9.4 ms), as row-group and page-index pruning already skip the rest.
         let config = SessionConfig::new().with_information_schema(information_schema);
         let state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(Arc::clone(&self.runtime))
+            .with_runtime_env(runtime)
             .with_default_features();
         let mut context = SessionContext::new_with_state(CooperativeJoins::add_to(state).build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
         datafusion_functions_json::register_all(&mut context)?;
         for table in Table::ALL {
-            let provider = LakeTableProvider::new(
+            let mut provider = LakeTableProvider::new(
                 table,
                 Arc::clone(&self.live),
                 Some(Arc::clone(&self.hierarchy)),
             );
+            if pinned {
+                provider = provider.pinned();
+            }
             context.register_table(table.name(), Arc::new(provider))?;
         }
         register_hierarchy(&context, &self.hierarchy)?;
@@ -251,9 +284,7 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()?;
-        let lake_url = url::Url::parse(LAKE_STORE_URL)
-            .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
-        runtime.register_object_store(&lake_url, lake_store);
+        register_lake_store(&runtime, Arc::clone(&lake_store))?;
         let changes = Arc::new(LakeTableProvider::new(
             Table::EntityChanges,
             Arc::clone(&live),
@@ -264,6 +295,7 @@ impl QueryEngine {
             runtime,
             live: Arc::clone(&live),
             hierarchy: Arc::clone(&hierarchy),
+            lake_store,
         };
         Ok(Self {
             context: tables.session(true).await?,
@@ -286,6 +318,80 @@ impl QueryEngine {
         information_schema: bool,
     ) -> Result<SessionContext, QueryError> {
         self.tables.session(information_schema).await
+    }
+
+    /// A session for one export: every table pinned to its snapshot of now (however long the
+    /// export runs, a persist or compaction meanwhile neither hides rows from it nor shows
+    /// them twice), memory of its own that spills to disk, and `twin_at` over the history of
+    /// the fragments asked for, read now.
+    pub async fn export_session(
+        &self,
+        settings: &ExportSessionSettings,
+    ) -> Result<SessionContext, QueryError> {
+        let spill = DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![
+            settings.spill_dir.clone(),
+        ]));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(settings.memory_bytes, 1.0)
+            .with_disk_manager_builder(spill)
+            .build_arc()?;
+        register_lake_store(&runtime, Arc::clone(&self.tables.lake_store))?;
+        let session = self.tables.session_in(runtime, false, true).await?;
+        let twin = if settings.twin_fragments.is_empty() {
+            TwinValues::default()
+        } else {
+            let fragments: Vec<String> = settings
+                .twin_fragments
+                .iter()
+                .map(|f| format!("'{}'", f.replace('\'', "''")))
+                .collect();
+            let history = self
+                .run_in(
+                    &session,
+                    &format!(
+                        "SELECT entity, fragment, value, valid_from, valid_to FROM twin_history \
+                         WHERE fragment IN ({})",
+                        fragments.join(", ")
+                    ),
+                )
+                .await?;
+            TwinValues::from_history(&history.batches)?
+        };
+        let twin_at = TwinAtUdf::new(Arc::new(twin), Arc::clone(&self.hierarchy));
+        session.register_udf(ScalarUDF::new_from_impl(twin_at));
+        Ok(session)
+    }
+
+    /// Plans `sql` in `session` under the read-only policy without running it: a query
+    /// refused or wrong fails here, before anything depends on it.
+    pub async fn check(
+        &self,
+        session: &SessionContext,
+        sql: &str,
+    ) -> Result<SchemaRef, QueryError> {
+        let frame = self
+            .planner(session)
+            .plan(Query::Sql(sql.to_owned()))
+            .await?;
+        Ok(Arc::new(frame.schema().as_arrow().clone()))
+    }
+
+    /// Streams a query of an export's session: like [`Self::stream_in`], but an export's
+    /// result is as large as what it selects, so only `timeout` bounds it.
+    pub async fn stream_export(
+        &self,
+        session: &SessionContext,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<ResultStream, QueryError> {
+        let limits = QueryLimits {
+            timeout,
+            max_result_rows: usize::MAX,
+            max_result_bytes: usize::MAX,
+            ..self.limits.clone()
+        };
+        self.stream_with(session, Query::Sql(sql.to_owned()), limits)
+            .await
     }
 
     /// The hierarchy as `entity_changes` holds it now: what ingest starts from to know which
@@ -348,6 +454,15 @@ impl QueryEngine {
     ) -> Result<ResultStream, QueryError> {
         let mut limits = self.limits.clone();
         limits.timeout = timeout.map_or(limits.timeout, |t| t.min(limits.timeout));
+        self.stream_with(session, query, limits).await
+    }
+
+    async fn stream_with(
+        &self,
+        session: &SessionContext,
+        query: Query,
+        limits: QueryLimits,
+    ) -> Result<ResultStream, QueryError> {
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let (batches_out, batches) = mpsc::channel(2);
         let (started_out, started) = oneshot::channel();
@@ -400,7 +515,11 @@ impl QueryEngine {
     /// Runs a query of Twinlake's own (not a client's), without the result limits, on the
     /// query threads.
     async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let (planner, query) = (self.planner(&self.context), Query::Sql(sql.to_owned()));
+        self.run_in(&self.context, sql).await
+    }
+
+    async fn run_in(&self, session: &SessionContext, sql: &str) -> Result<QueryOutput, QueryError> {
+        let (planner, query) = (self.planner(session), Query::Sql(sql.to_owned()));
         self.runtime
             .spawn(async move {
                 let frame = planner.plan(query).await?;
@@ -411,6 +530,17 @@ impl QueryEngine {
             .await
             .map_err(|e| QueryError::Failed(format!("a query task failed: {e}")))?
     }
+}
+
+/// Lets DataFusion read the lake's files through `store`.
+fn register_lake_store(
+    runtime: &RuntimeEnv,
+    store: Arc<dyn object_store::ObjectStore>,
+) -> Result<(), QueryError> {
+    let lake_url = url::Url::parse(LAKE_STORE_URL)
+        .map_err(|e| QueryError::Failed(format!("lake URL: {e}")))?;
+    runtime.register_object_store(&lake_url, store);
+    Ok(())
 }
 
 /// What plans a query, owned, so that it can move to the query runtime.

@@ -1,6 +1,7 @@
 //! The twin hierarchy in SQL: `entities`, `entity_history`, `entity_ancestors`,
 //! `entity_ancestors_history`, the table functions `entities_at`, `entity_ancestors_at`,
-//! `descendants` and `ancestors`, and the scalar functions `entity_path` and `in_subtree`.
+//! `descendants` and `ancestors`, and the scalar functions `entity_path`, `entity_parent` (now or
+//! as of a time) and `in_subtree`.
 //!
 //! All of them read one [`Hierarchy`], folded from `entity_changes` and rebuilt only when that
 //! table changes, so a full-history join pays for the fold once.
@@ -26,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use twinlake_model::{
     Ancestry, ChangeKind, ColumnType, EntityChangeRow, EntityFacts, EntityHistory, EntityKind,
-    EntityVersion, Table, UTC, valid_at,
+    EntityVersion, Table, UTC, intersect, valid_at,
 };
 use twinlake_store::LiveTables;
 
@@ -35,6 +36,8 @@ use twinlake_store::LiveTables;
 pub(crate) struct Hierarchy {
     history: EntityHistory,
     ancestry: Vec<Ancestry>,
+    /// Entity → the indexes of its versions in `history`, oldest first.
+    versions_of: HashMap<String, Vec<usize>>,
     /// Per root: every entity that was ever below it, with the stretches it was.
     subtrees: Mutex<HashMap<String, Arc<Subtree>>>,
 }
@@ -44,7 +47,7 @@ pub(crate) struct Hierarchy {
 const MEMOISED_SUBTREES: usize = 1024;
 
 /// `[from, to)` in ns; `to` is `None` while it lasts.
-type Span = (i64, Option<i64>);
+pub(crate) type Span = (i64, Option<i64>);
 
 /// The entities below one root through time.
 #[derive(Debug, Default)]
@@ -71,15 +74,77 @@ impl Subtree {
 impl Hierarchy {
     pub(crate) fn new(history: EntityHistory) -> Self {
         let ancestry = history.ancestry();
+        let mut versions_of: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, version) in history.versions().iter().enumerate() {
+            versions_of
+                .entry(version.entity.clone())
+                .or_default()
+                .push(index);
+        }
         Self {
             history,
             ancestry,
+            versions_of,
             subtrees: Mutex::default(),
         }
     }
 
     pub(crate) fn history(&self) -> &EntityHistory {
         &self.history
+    }
+
+    /// The version of `entity` at `time`.
+    fn version_at(&self, entity: &str, time: i64) -> Option<&EntityVersion> {
+        let versions = self.history.versions();
+        self.versions_of
+            .get(entity)?
+            .iter()
+            .map(|&index| &versions[index])
+            .find(|version| valid_at(version.valid_from, version.valid_to, Some(time)))
+    }
+
+    /// `entity` and its ancestors at `time`, nearest first, with the stretch around `time`
+    /// over which every one of those versions holds (so over which the chain holds). None when
+    /// the entity had no version then.
+    pub(crate) fn chain_at(&self, entity: &str, time: i64) -> Option<(Vec<&EntityVersion>, Span)> {
+        let mut chain = Vec::new();
+        let mut span: Span = (i64::MIN, None);
+        let mut next = Some(entity);
+        while let Some(id) = next {
+            let version = self.version_at(id, time)?;
+            span = intersect(span, (version.valid_from, version.valid_to))?;
+            chain.push(version);
+            // A cycle cannot be registered, but a bound keeps a corrupt table from looping.
+            if chain.len() > self.versions_of.len() {
+                return None;
+            }
+            next = version.facts.parent.as_deref();
+        }
+        Some((chain, span))
+    }
+
+    /// The path (`entity_path`) or the parent of `entity` at `time` (now when None), with the
+    /// stretch of time the answer holds for.
+    fn relative_at(&self, entity: &str, time: Option<i64>, what: Relative) -> Option<AsOf> {
+        let Some(time) = time else {
+            let value = match what {
+                Relative::Path => self.history.path(entity),
+                Relative::Parent => self.history.current_parent(entity),
+            };
+            return Some(AsOf {
+                value,
+                span: (i64::MIN, None),
+            });
+        };
+        let (chain, span) = self.chain_at(entity, time)?;
+        let value = match what {
+            Relative::Path => {
+                let labels: Vec<String> = chain.iter().rev().map(|v| v.label()).collect();
+                Some(labels.join("/"))
+            }
+            Relative::Parent => chain.first().and_then(|v| v.facts.parent.clone()),
+        };
+        Some(AsOf { value, span })
     }
 
     /// The entities ever below `root`, memoised per hierarchy.
@@ -266,7 +331,7 @@ pub(crate) enum Relation {
     AncestorsOf { entity: String, at: Option<i64> },
 }
 
-fn time_type() -> DataType {
+pub(crate) fn time_type() -> DataType {
     ColumnType::Time.data_type()
 }
 
@@ -578,11 +643,60 @@ fn timestamp_argument(function: &str, expr: &Expr) -> Result<i64> {
     }
 }
 
+/// What an as-of lookup answers for one entity, and the stretch of time `[from, to)` around
+/// the asked time over which the same answer holds: rows sorted by entity and time (as scans
+/// give them) look up once per stretch, not once per row.
+#[derive(Debug)]
+pub(crate) struct AsOf {
+    pub(crate) value: Option<String>,
+    pub(crate) span: Span,
+}
+
+/// What `relative_at` answers.
+#[derive(Debug, Clone, Copy)]
+enum Relative {
+    Path,
+    Parent,
+}
+
+/// One text per row from `look_up(entity, time)`, asked again only when the entity changes or
+/// the time leaves the stretch the last answer holds for. An entity without an answer at that
+/// time gives NULL.
+pub(crate) fn look_up_per_stretch(
+    entities: &StringArray,
+    times: Option<&TimestampNanosecondArray>,
+    mut look_up: impl FnMut(&str, Option<i64>) -> Option<AsOf>,
+) -> StringArray {
+    let mut values = StringBuilder::with_capacity(entities.len(), entities.len() * 16);
+    let mut last: Option<(&str, AsOf)> = None;
+    for row in 0..entities.len() {
+        let time = times.map(|t| (!t.is_null(row)).then(|| t.value(row)));
+        if entities.is_null(row) || time == Some(None) {
+            values.append_null();
+            continue;
+        }
+        let (entity, time) = (entities.value(row), time.flatten());
+        let holds = last.as_ref().is_some_and(|(e, answer)| {
+            *e == entity && time.is_none_or(|t| valid_at(answer.span.0, answer.span.1, Some(t)))
+        });
+        if !holds {
+            last = look_up(entity, time).map(|answer| (entity, answer));
+        }
+        match &last {
+            Some((e, answer)) if *e == entity => values.append_option(answer.value.as_deref()),
+            _ => values.append_null(),
+        }
+    }
+    values.finish()
+}
+
 /// The scalar functions over the hierarchy of the running query.
 #[derive(Debug)]
 pub(crate) enum HierarchyScalar {
-    /// `entity_path(entity)`: `main/depot01/truck0001`.
+    /// `entity_path(entity [, time])`: `main/depot01/truck0001`, now or at `time`.
     EntityPath,
+    /// `entity_parent(entity [, time])`: the parent's entity name, now or at `time`.
+    EntityParent,
     /// `in_subtree(entity, root [, time])`: whether `entity` is `root` or below it (at `time`).
     InSubtree,
 }
@@ -614,9 +728,13 @@ pub(crate) const IN_SUBTREE: &str = "in_subtree";
 impl HierarchyUdf {
     pub(crate) fn new(function: HierarchyScalar, cache: Arc<HierarchyCache>) -> Self {
         let signature = match function {
-            HierarchyScalar::EntityPath => {
-                Signature::exact(vec![DataType::Utf8], Volatility::Stable)
-            }
+            HierarchyScalar::EntityPath | HierarchyScalar::EntityParent => Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Utf8]),
+                    TypeSignature::Exact(vec![DataType::Utf8, time_type()]),
+                ],
+                Volatility::Stable,
+            ),
             HierarchyScalar::InSubtree => Signature::one_of(
                 vec![
                     TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]),
@@ -637,6 +755,7 @@ impl ScalarUDFImpl for HierarchyUdf {
     fn name(&self) -> &str {
         match self.function {
             HierarchyScalar::EntityPath => "entity_path",
+            HierarchyScalar::EntityParent => "entity_parent",
             HierarchyScalar::InSubtree => IN_SUBTREE,
         }
     }
@@ -647,7 +766,7 @@ impl ScalarUDFImpl for HierarchyUdf {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.function {
-            HierarchyScalar::EntityPath => DataType::Utf8,
+            HierarchyScalar::EntityPath | HierarchyScalar::EntityParent => DataType::Utf8,
             HierarchyScalar::InSubtree => DataType::Boolean,
         })
     }
@@ -658,12 +777,16 @@ impl ScalarUDFImpl for HierarchyUdf {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let entities = string_array(&arrays[0])?;
         match self.function {
-            HierarchyScalar::EntityPath => {
-                let mut paths = StringBuilder::with_capacity(rows, rows * 32);
-                for entity in entities.iter() {
-                    paths.append_option(entity.and_then(|e| hierarchy.history().path(e)));
-                }
-                Ok(ColumnarValue::Array(Arc::new(paths.finish())))
+            HierarchyScalar::EntityPath | HierarchyScalar::EntityParent => {
+                let what = match self.function {
+                    HierarchyScalar::EntityParent => Relative::Parent,
+                    _ => Relative::Path,
+                };
+                let times = arrays.get(1).map(time_array_of).transpose()?;
+                let values = look_up_per_stretch(&entities, times.as_ref(), |entity, time| {
+                    hierarchy.relative_at(entity, time, what)
+                });
+                Ok(ColumnarValue::Array(Arc::new(values)))
             }
             HierarchyScalar::InSubtree => {
                 let ColumnarValue::Scalar(root) = &args.args[1] else {
@@ -673,15 +796,7 @@ impl ScalarUDFImpl for HierarchyUdf {
                     return exec_err!("in_subtree: the root must be a text literal");
                 };
                 let subtree = hierarchy.subtree(root);
-                let times = arrays
-                    .get(2)
-                    .map(|t| {
-                        t.as_any()
-                            .downcast_ref::<TimestampNanosecondArray>()
-                            .cloned()
-                            .ok_or_else(|| DataFusionError::Execution("in_subtree: time".into()))
-                    })
-                    .transpose()?;
+                let times = arrays.get(2).map(time_array_of).transpose()?;
                 // Rows come sorted by entity from the files: look each run up once.
                 let mut run: Option<(&str, bool, &[Span])> = None;
                 let matches: BooleanArray = (0..rows)
@@ -712,7 +827,15 @@ impl ScalarUDFImpl for HierarchyUdf {
     }
 }
 
-fn string_array(array: &ArrayRef) -> Result<StringArray> {
+pub(crate) fn time_array_of(array: &ArrayRef) -> Result<TimestampNanosecondArray> {
+    array
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Execution("expected a time in nanoseconds".into()))
+}
+
+pub(crate) fn string_array(array: &ArrayRef) -> Result<StringArray> {
     cast(array, &DataType::Utf8)?
         .as_any()
         .downcast_ref::<StringArray>()

@@ -21,7 +21,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use twinlake_model::Table;
-use twinlake_store::{EntityIds, LiveTables, PersistedFile};
+use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
 
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
 
@@ -34,6 +34,8 @@ pub(crate) struct LakeTableProvider {
     live: Arc<LiveTables>,
     /// Resolves `in_subtree(entity, root)` filters to entities for pruning.
     hierarchy: Option<Arc<HierarchyCache>>,
+    /// Read by every scan instead of the table as it is at the scan.
+    pinned: Option<TableSnapshot>,
 }
 
 impl LakeTableProvider {
@@ -46,6 +48,16 @@ impl LakeTableProvider {
             table,
             live,
             hierarchy,
+            pinned: None,
+        }
+    }
+
+    /// The same table as it is now, for every scan to come.
+    pub(crate) fn pinned(self) -> Self {
+        let snapshot = self.live.snapshot(self.table);
+        Self {
+            pinned: Some(snapshot),
+            ..self
         }
     }
 }
@@ -75,7 +87,10 @@ impl TableProvider for LakeTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.live.snapshot(self.table);
+        let snapshot = match &self.pinned {
+            Some(pinned) => pinned.clone(),
+            None => self.live.snapshot(self.table),
+        };
         let partitions = state.config().target_partitions().max(1);
         let hierarchy = self.hierarchy.as_ref().map(|cache| cache.latest());
         let pruning = FilePruning::from_filters(

@@ -16,6 +16,9 @@ mod hierarchy;
 mod lake_table;
 mod latest;
 mod runtime;
+mod twin_at;
 mod views;
 
-pub use engine::{Query, QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream};
+pub use engine::{
+    ExportSessionSettings, Query, QueryEngine, QueryError, QueryLimits, QueryOutput, ResultStream,
+};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use twinlake_query::{QueryEngine, QueryError, ResultStream};
 use twinlake_auth::PasswordFile;
 
 use crate::access::require_user;
+use crate::export::{ExportError, ExportRequest, Exports};
 use crate::format::{ResultEncoder, ResultFormat};
 use crate::tls::{TlsAcceptor, TlsListener};
 
@@ -28,6 +29,7 @@ pub struct HttpState {
     pub metrics: Arc<Registry>,
     /// The users who may query; None lets anyone in (allowed on loopback, or explicitly).
     pub users: Option<Arc<PasswordFile>>,
+    pub exports: Arc<Exports>,
 }
 
 /// The fields of a query request, as URL parameters (GET) or a JSON body (POST).
@@ -42,6 +44,11 @@ pub fn router(state: HttpState) -> Router {
     let users = state.users.clone();
     Router::new()
         .route("/api/v1/query", get(query_get).post(query_post))
+        .route("/api/v1/export", get(export_list).post(export_start))
+        .route(
+            "/api/v1/export/{id}",
+            get(export_status).delete(export_cancel),
+        )
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(users, require_user))
         .route("/health", get(health))
@@ -228,6 +235,62 @@ fn error(status: StatusCode, message: String) -> Response {
         tracing::error!(%status, %message, "query failed");
     }
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn export_start(
+    State(state): State<HttpState>,
+    body: Result<axum::Json<ExportRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(axum::Json(request)) => request,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be JSON like {{\"tables\": [\"measurements\"], \"from\": \"-1d\", \"out\": \"/exports/x\"}}: {rejection}"
+                ),
+            );
+        }
+    };
+    match state.exports.start(request).await {
+        Ok(status) => (StatusCode::ACCEPTED, axum::Json(status)).into_response(),
+        Err(failure) => {
+            let status = match &failure {
+                ExportError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ExportError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ExportError::Destination(_) => StatusCode::BAD_GATEWAY,
+                ExportError::Cancelled | ExportError::Failed(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            error(status, failure.to_string())
+        }
+    }
+}
+
+async fn export_list(State(state): State<HttpState>) -> Response {
+    axum::Json(state.exports.list()).into_response()
+}
+
+async fn export_status(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    match state.exports.status(&id) {
+        Some(status) => axum::Json(status).into_response(),
+        None => no_export(&id),
+    }
+}
+
+async fn export_cancel(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    match state.exports.cancel(&id) {
+        Some(status) => (StatusCode::ACCEPTED, axum::Json(status)).into_response(),
+        None => no_export(&id),
+    }
+}
+
+fn no_export(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no export {id:?} on this server (GET /api/v1/export lists them)"),
+    )
 }
 
 async fn health() -> Response {

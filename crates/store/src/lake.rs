@@ -90,7 +90,7 @@ impl Lake {
     /// 1.x dropped its DynamoDB log store, so there is no locking provider to fall back on.)
     pub async fn open(config: LakeConfig) -> Result<Self, StoreError> {
         deltalake::aws::register_handlers(None);
-        let store = root_store(&config)?;
+        let store = open_object_store(&config)?;
         check_conditional_put(store.as_ref(), &config.url).await?;
         let mut tables = Vec::new();
         for table in Table::ALL {
@@ -457,7 +457,9 @@ fn table_columns(table: Table) -> Vec<StructField> {
     columns
 }
 
-fn root_store(config: &LakeConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+/// The object store at `config`'s URL (a local directory, created if missing, or an S3 prefix):
+/// the lake's, or an export's destination with the lake's S3 settings.
+pub fn open_object_store(config: &LakeConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match config.url.scheme() {
         "file" => {
             let path = config

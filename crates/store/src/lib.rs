@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub use compact::{CompactionSettings, UpkeepReport, default_retention_days};
 pub use entity_ids::EntityIds;
 pub use file::{CommittedFiles, ParquetSettings, PersistedFile};
-pub use lake::{DATE_COLUMN, Lake, LakeConfig};
+pub use lake::{DATE_COLUMN, Lake, LakeConfig, open_object_store};
 pub use latest::{LatestRow, LatestValue, LatestValues};
 pub use live::{FrozenRows, HotTableStats, LiveTables, TableSnapshot};
 pub use persist::{PersistSettings, Persister, StoreMetrics};

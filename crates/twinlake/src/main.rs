@@ -4,6 +4,7 @@ mod bench;
 mod bench_lake;
 mod bench_queries;
 mod check;
+mod export;
 mod passwd;
 mod query;
 mod serve;
@@ -35,6 +36,9 @@ enum Command {
     Compact(serve::ServeOptions),
     /// Run SQL against a running Twinlake and print the result.
     Query(query::QueryArgs),
+    /// Export a slice of the fleet's history as a Parquet dataset, with each row's place in the
+    /// hierarchy and its twin as they were at its time (the server writes it).
+    Export(export::ExportArgs),
     /// Publish a simulated fleet of thin-edge devices: the demo and the load generator.
     Simulate(simulate::SimulateArgs),
     /// Benchmarks that start their own broker and server (see docs/benchmarks.md).
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(options) => run_async(serve::serve(options)).map(|()| ExitCode::SUCCESS),
         Command::Compact(options) => run_async(serve::compact(options)).map(|()| ExitCode::SUCCESS),
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => run_async(export::export(args)).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_async(simulate::simulate(args)).map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => run_async(bench::bench(command)).map(|()| ExitCode::SUCCESS),
         Command::Passwd {

@@ -15,7 +15,10 @@ use twinlake_ingest::{
 };
 use twinlake_model::{FleetTopics, Gateway, TopicRoot};
 use twinlake_query::{QueryEngine, QueryLimits};
-use twinlake_server::{HttpState, PostgresPort, PostgresSettings, serve_http, tls_acceptor};
+use twinlake_server::{
+    ExportMetrics, ExportSettings, Exports, HttpState, PostgresPort, PostgresSettings, serve_http,
+    tls_acceptor,
+};
 use twinlake_store::{
     CompactionSettings, Lake, LakeConfig, LiveTables, PersistSettings, Persister, StoreMetrics,
 };
@@ -187,6 +190,27 @@ pub(crate) struct ServeOptions {
     /// Queries that run at once; more wait for their turn within their timeout [default: 8].
     #[arg(long, env = "TWINLAKE_QUERY_MAX_CONCURRENT")]
     pub(crate) query_max_concurrent: Option<usize>,
+    /// Memory an export may use for its sorts, in MiB; beyond it they spill to
+    /// <data-dir>/export-spill [default: 512].
+    #[arg(long, env = "TWINLAKE_EXPORT_MEMORY_MB")]
+    pub(crate) export_memory_mb: Option<usize>,
+    /// Wall time an export may run, in seconds; then it stops and leaves no manifest
+    /// [default: 3000].
+    #[arg(long, env = "TWINLAKE_EXPORT_TIMEOUT_S")]
+    pub(crate) export_timeout_s: Option<u64>,
+    /// An export's file is closed and the next begun past this many rows [default: 2000000].
+    #[arg(long, env = "TWINLAKE_EXPORT_ROWS_PER_FILE")]
+    pub(crate) export_rows_per_file: Option<u64>,
+    /// `--single-file` is refused for a selection of more rows [default: 10000000].
+    #[arg(long, env = "TWINLAKE_EXPORT_SINGLE_FILE_MAX_ROWS")]
+    pub(crate) export_single_file_max_rows: Option<u64>,
+    /// Exports running at once; more are refused until one ends [default: 2].
+    #[arg(long, env = "TWINLAKE_EXPORT_MAX_RUNNING")]
+    pub(crate) export_max_running: Option<usize>,
+    /// Directories exports to this machine's disk may go below (repeatable) [default: any,
+    /// when the HTTP API is on loopback; none beyond it].
+    #[arg(long, env = "TWINLAKE_EXPORT_ROOT", value_delimiter = ',')]
+    pub(crate) export_root: Option<Vec<PathBuf>>,
     /// Do not store messages on unknown channels in `rejected` (they are still counted).
     #[arg(long, env = "TWINLAKE_IGNORE_UNKNOWN_CHANNELS")]
     pub(crate) ignore_unknown_channels: Option<bool>,
@@ -310,6 +334,12 @@ impl ServeOptions {
             query_max_result_rows,
             query_max_result_bytes,
             query_max_concurrent,
+            export_memory_mb,
+            export_timeout_s,
+            export_rows_per_file,
+            export_single_file_max_rows,
+            export_max_running,
+            export_root,
             ignore_unknown_channels,
             store_url,
             s3_endpoint,
@@ -538,6 +568,40 @@ impl ServeOptions {
         Ok(listener)
     }
 
+    fn export_timeout(&self) -> Duration {
+        Duration::from_secs(self.export_timeout_s.unwrap_or(3000))
+    }
+
+    fn export_settings(&self, lake: LakeConfig, http_listen: SocketAddr) -> ExportSettings {
+        let mut settings = ExportSettings::new(lake, self.data_dir().join("export-spill"));
+        if let Some(mb) = self.export_memory_mb {
+            settings.memory_bytes = mb.max(16) * MIB;
+        }
+        settings.timeout = self.export_timeout();
+        if let Some(rows) = self.export_rows_per_file {
+            settings.rows_per_file = rows.max(1);
+        }
+        if let Some(rows) = self.export_single_file_max_rows {
+            settings.single_file_max_rows = rows;
+        }
+        if let Some(running) = self.export_max_running {
+            settings.max_running = running.max(1);
+        }
+        // Beyond loopback a query user is not someone at this machine: where the server may
+        // write is for the operator to say.
+        settings.local_roots = match &self.export_root {
+            Some(roots) => Some(
+                roots
+                    .iter()
+                    .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+                    .collect(),
+            ),
+            None if http_listen.ip().is_loopback() => None,
+            None => Some(Vec::new()),
+        };
+        settings
+    }
+
     fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.query_timeout_s.unwrap_or(60))
     }
@@ -569,14 +633,15 @@ impl ServeOptions {
         let vacuum_grace = self
             .vacuum_grace_s
             .map_or(defaults.vacuum_grace, Duration::from_secs);
-        // A query reads the files of the snapshot it started with for up to its timeout; a file
-        // compaction removed meanwhile must outlive that. (A persist's uploads are safe anyway:
-        // vacuum waits for the table lock that a persist holds from upload to commit.)
-        let least = self.query_timeout() + Duration::from_secs(60);
+        // A query reads the files of the snapshot it started with for up to its timeout (an
+        // export, for up to its own); a file compaction removed meanwhile must outlive that. (A
+        // persist's uploads are safe anyway: vacuum waits for the table lock that a persist
+        // holds from upload to commit.)
+        let least = self.query_timeout().max(self.export_timeout()) + Duration::from_secs(60);
         if vacuum_grace < least {
             return Err(format!(
-                "--vacuum-grace-s {}: at least the query timeout plus a minute ({} s), or vacuum \
-                 could delete files a running query still reads",
+                "--vacuum-grace-s {}: at least the query and export timeouts plus a minute ({} s), \
+                 or vacuum could delete files a running query or export still reads",
                 vacuum_grace.as_secs(),
                 least.as_secs()
             ));
@@ -694,7 +759,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let lake_config = options.lake_config()?;
     tracing::info!(lake = %lake_config.describe(), "opening the lake");
     let lake = Arc::new(
-        Lake::open(lake_config)
+        Lake::open(lake_config.clone())
             .await
             .map_err(|e| format!("opening the lake: {e}"))?,
     );
@@ -837,10 +902,16 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         }))
     });
     let mut http_stopped = stopped.clone();
+    let exports = Exports::new(
+        Arc::clone(&engine),
+        options.export_settings(lake_config, http_listen),
+        ExportMetrics::register(&mut registry),
+    );
     let http_state = HttpState {
         engine,
         metrics: Arc::new(registry),
         users,
+        exports: Arc::new(exports),
     };
     let http_task = tokio::spawn(serve_http(listener, http_tls, http_state, async move {
         let _ = http_stopped.wait_for(|stop| *stop).await;

@@ -72,6 +72,24 @@ pub struct EntityVersion {
     pub valid_to: Option<i64>,
 }
 
+impl EntityVersion {
+    /// The entity's label in a path: its `name`, else the distinctive part of its topic id.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.facts.name {
+            return name.clone();
+        }
+        let Ok(id) = EntityTopicId::parse(&self.facts.topic_id) else {
+            return self.entity.clone();
+        };
+        match id.default_scheme() {
+            Some(DefaultScheme::MainDevice) => self.facts.gateway.clone(),
+            Some(DefaultScheme::ChildDevice { device }) => device.to_owned(),
+            Some(DefaultScheme::Service { service, .. }) => service.to_owned(),
+            None => self.facts.topic_id.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
 /// Whether the stretch `[valid_from, valid_to)` holds at `at`, or now when `at` is `None`
 /// (it has not ended). The one validity test of versions, ancestry rows and subtree spans.
 pub fn valid_at(valid_from: i64, valid_to: Option<i64>, at: Option<i64>) -> bool {
@@ -259,6 +277,12 @@ impl EntityHistory {
         merge_adjacent(rows)
     }
 
+    /// The parent of the registered `entity` now (None for a root or an unknown entity).
+    pub fn current_parent(&self, entity: &str) -> Option<String> {
+        let version = &self.versions[*self.current.get(entity)?];
+        version.facts.parent.clone()
+    }
+
     /// A label for `entity`: the names from the root down to it (`main/depot01/truck0001`),
     /// each the entity's `name`, else the distinctive part of its topic id.
     pub fn path(&self, entity: &str) -> Option<String> {
@@ -266,7 +290,7 @@ impl EntityHistory {
         let mut next = Some(entity);
         while let Some(id) = next {
             let version = &self.versions[*self.current.get(id)?];
-            labels.push(label(version));
+            labels.push(version.label());
             if labels.len() > self.current.len() {
                 return None;
             }
@@ -440,22 +464,8 @@ impl EntityHistory {
     }
 }
 
-fn label(version: &EntityVersion) -> String {
-    if let Some(name) = &version.facts.name {
-        return name.clone();
-    }
-    let Ok(id) = EntityTopicId::parse(&version.facts.topic_id) else {
-        return version.entity.clone();
-    };
-    match id.default_scheme() {
-        Some(DefaultScheme::MainDevice) => version.facts.gateway.clone(),
-        Some(DefaultScheme::ChildDevice { device }) => device.to_owned(),
-        Some(DefaultScheme::Service { service, .. }) => service.to_owned(),
-        None => version.facts.topic_id.trim_end_matches('/').to_owned(),
-    }
-}
-
-fn intersect(a: (i64, Option<i64>), b: (i64, Option<i64>)) -> Option<(i64, Option<i64>)> {
+/// The overlap of two stretches `[from, to)`, if they overlap.
+pub fn intersect(a: (i64, Option<i64>), b: (i64, Option<i64>)) -> Option<(i64, Option<i64>)> {
     let from = a.0.max(b.0);
     let to = match (a.1, b.1) {
         (Some(x), Some(y)) => Some(x.min(y)),
