@@ -485,10 +485,19 @@ impl ServeOptions {
                 .map_err(|()| format!("--store-url {url}: not a local path"))?;
             return LakeConfig::local(&path).map_err(|e| e.to_string());
         }
-        let mut storage_options = std::collections::HashMap::new();
+        let storage_options = self.s3_options();
+        Ok(LakeConfig {
+            url,
+            storage_options,
+        })
+    }
+
+    /// The S3 settings given, as object_store options: the lake's, and those of exports to S3.
+    fn s3_options(&self) -> std::collections::HashMap<String, String> {
+        let mut options = std::collections::HashMap::new();
         let mut set = |key: &str, value: Option<String>| {
             if let Some(value) = value {
-                storage_options.insert(key.to_owned(), value);
+                options.insert(key.to_owned(), value);
             }
         };
         set("aws_endpoint", self.s3_endpoint.clone());
@@ -500,10 +509,7 @@ impl ServeOptions {
         );
         set("aws_access_key_id", self.s3_access_key_id.clone());
         set("aws_secret_access_key", self.s3_secret_access_key.clone());
-        Ok(LakeConfig {
-            url,
-            storage_options,
-        })
+        options
     }
 
     fn persist_settings(&self) -> PersistSettings {
@@ -573,7 +579,11 @@ impl ServeOptions {
     }
 
     fn export_settings(&self, lake: LakeConfig, http_listen: SocketAddr) -> ExportSettings {
-        let mut settings = ExportSettings::new(lake, self.data_dir().join("export-spill"));
+        let mut settings = ExportSettings::new(
+            lake,
+            self.s3_options(),
+            self.data_dir().join("export-spill"),
+        );
         if let Some(mb) = self.export_memory_mb {
             settings.memory_bytes = mb.max(16) * MIB;
         }

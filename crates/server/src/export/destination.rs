@@ -42,7 +42,7 @@ impl Destination {
         }
         let config = LakeConfig {
             url: url.clone(),
-            storage_options: settings.lake.storage_options.clone(),
+            storage_options: settings.s3_options.clone(),
         };
         Ok(Self {
             url,

@@ -471,32 +471,39 @@ pub(crate) async fn run(
 ) {
     metrics.running.inc();
     tracing::info!(id = job.id(), out = %job.plan.destination.url(), rows = job.plan.rows_total, "export started");
-    let written = write_all(&job, &engine, &settings, &metrics).await;
+    // The inner loop stops between batches and aborts its upload; this stops an export whose
+    // destination hangs (an upload waiting on a dead route) as well.
+    let written = tokio::select! {
+        written = write_all(&job, &engine, &settings, &metrics) => written,
+        stopped = job.stopped(&settings) => Err(stopped),
+    };
     let cancelled = matches!(written, Err(ExportError::Cancelled));
     let state = match (&written, cancelled) {
         (Ok(()), _) => ExportState::Succeeded,
         (Err(_), true) => ExportState::Cancelled,
         (Err(_), false) => ExportState::Failed,
     };
-    if let Err(error) = &written {
-        if !cancelled {
-            tracing::warn!(id = job.id(), %error, "export failed: removing its files");
-        } else {
-            tracing::info!(id = job.id(), "export cancelled: removing its files");
-        }
-        remove_written(&job).await;
-    } else {
-        tracing::info!(
+    match &written {
+        Ok(()) => tracing::info!(
             id = job.id(),
             rows = job.update(|p| p.rows),
             "export succeeded"
-        );
+        ),
+        Err(_) if cancelled => {
+            tracing::info!(id = job.id(), "export cancelled: removing its files")
+        }
+        Err(error) => tracing::warn!(id = job.id(), %error, "export failed: removing its files"),
     }
-    job.update(|p| {
+    let written_files = job.update(|p| {
         p.state = state;
         p.finished_at = Some(now_rfc3339());
         p.error = written.err().filter(|_| !cancelled).map(|e| e.to_string());
         p.current_bytes = 0;
+        if state == ExportState::Succeeded {
+            Vec::new()
+        } else {
+            std::mem::take(&mut p.written)
+        }
     });
     metrics.running.dec();
     metrics.ended(match state {
@@ -504,11 +511,12 @@ pub(crate) async fn run(
         ExportState::Cancelled => "cancelled",
         _ => "failed",
     });
+    remove(&job, written_files).await;
 }
 
-async fn remove_written(job: &Job) {
-    let written = job.update(|p| std::mem::take(&mut p.written));
-    for file in written {
+/// Removes the files of an export that did not finish (its manifest was never written).
+async fn remove(job: &Job, files: Vec<WrittenFile>) {
+    for file in files {
         let path = object_store::path::Path::from(file.path.as_str());
         if let Err(error) = job.plan.destination.delete(&path).await {
             tracing::warn!(%error, "could not remove a file of an unfinished export");

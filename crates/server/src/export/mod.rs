@@ -11,7 +11,7 @@ mod job;
 mod part;
 mod request;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,12 +42,14 @@ pub struct ExportSettings {
     pub max_running: usize,
     /// Directories local exports may go below; None: any the server may write.
     pub local_roots: Option<Vec<PathBuf>>,
-    /// The lake: no export goes into it, and S3 exports use its S3 settings.
+    /// The lake: no export goes into it.
     pub lake: LakeConfig,
+    /// object_store options of exports to S3 (the lake's S3 settings, `aws_endpoint`, …).
+    pub s3_options: HashMap<String, String>,
 }
 
 impl ExportSettings {
-    pub fn new(lake: LakeConfig, spill_dir: PathBuf) -> Self {
+    pub fn new(lake: LakeConfig, s3_options: HashMap<String, String>, spill_dir: PathBuf) -> Self {
         Self {
             memory_bytes: 512 * 1024 * 1024,
             spill_dir,
@@ -57,6 +59,7 @@ impl ExportSettings {
             max_running: 2,
             local_roots: None,
             lake,
+            s3_options,
         }
     }
 }

@@ -8,6 +8,7 @@
 mod access;
 mod durability;
 mod endpoint;
+mod export;
 mod faults;
 mod fleet;
 mod lake;

@@ -489,13 +489,25 @@ impl Drop for Twinlake {
 }
 
 /// Minimal blocking HTTP helpers, so that tests need no async runtime of their own for HTTP.
-mod reqwest {
+pub(crate) mod reqwest {
     pub(crate) fn blocking_get(url: &str) -> Option<String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .ok()?;
         runtime.block_on(async { ::reqwest::get(url).await.ok()?.text().await.ok() })
+    }
+
+    /// DELETE; the status.
+    pub(crate) fn blocking_delete(url: &str) -> u16 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = ::reqwest::Client::new().delete(url).send().await.unwrap();
+            response.status().as_u16()
+        })
     }
 
     pub(crate) fn blocking_post(url: &str, request: &serde_json::Value) -> (u16, String) {
@@ -555,6 +567,12 @@ pub(crate) fn message(topic: &str, payload: &str, retain: bool, qos: u8) -> Mess
 /// Publishes the messages in order with a real MQTT client and waits until the broker has
 /// acknowledged every QoS 1/2 message.
 pub(crate) fn publish(mqtt_url: &str, messages: Vec<Message>) {
+    // The gateway `main`, on Twinlake's endpoint (a broker without passwords ignores it).
+    publish_as(mqtt_url, "main", messages);
+}
+
+/// [`publish`] as `gateway` (its username, which Twinlake's endpoint files `te/…` under).
+pub(crate) fn publish_as(mqtt_url: &str, gateway: &str, messages: Vec<Message>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -562,11 +580,10 @@ pub(crate) fn publish(mqtt_url: &str, messages: Vec<Message>) {
     runtime.block_on(async move {
         let url = url_parts(mqtt_url);
         let mut options = MqttOptions::new(format!("e2e-publisher-{}", free_port()), url.0, url.1);
-        // The gateway `main`, on Twinlake's endpoint (a broker without passwords ignores it).
         options
             .set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024)
             .set_inflight(100)
-            .set_credentials("main", "");
+            .set_credentials(gateway, "");
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let expected = messages.iter().filter(|m| m.qos != QoS::AtMostOnce).count();
         let sender = tokio::spawn(async move {
