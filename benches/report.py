@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--command", required=True)
     args = parser.parse_args()
 
-    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers", "stores", "grafana"]
+    phases = ["ingest-embedded", "ingest-mosquitto", "queries", "peers", "stores", "grafana", "export"]
     results = {
         "scale": args.scale,
         "command": args.command,
@@ -64,6 +64,7 @@ def main():
         "peers": load(args.work, "peers.json"),
         "stores": load(args.work, "stores.json"),
         "grafana": load(args.work, "grafana.json"),
+        "export": load(args.work, "export.json"),
     }
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -154,6 +155,19 @@ def main():
             f"| panel: {title} | {panel['twinlake_pg_ms']:.1f} ms | DuckDB ({same}) | "
             f"{panel['duckdb_ms']:.1f} ms | {ratio(panel['twinlake_pg_ms'], panel['duckdb_ms']):.2f} |"
         )
+    export = results["export"]
+    same = f"same {export['rows']:,} rows" if export["same_rows"] else "**rows differ**"
+    lines.append(
+        f"| export of the measurements with path, parent and depot as of each row, rows/s | "
+        f"{export['twinlake']['rows_per_s']:,.0f} | DuckDB `COPY (… ASOF JOIN …) TO` Parquet ({same}) | "
+        f"{export['duckdb']['rows_per_s']:,.0f} | {export['ratio_rows_per_s']:.2f} |"
+    )
+    lines.append(
+        f"| export, peak RSS (memory setting {export['memory_limit_mb']} MiB each) | "
+        f"{export['twinlake']['peak_rss_kib'] / 1024:.0f} MiB (server) | DuckDB | "
+        f"{export['duckdb']['peak_rss_kib'] / 1024:.0f} MiB | "
+        f"{ratio(export['twinlake']['peak_rss_kib'], export['duckdb']['peak_rss_kib']):.2f} |"
+    )
     lines.append("\n| phase | peak RSS | CPU s (user + system) | wall s |\n|---|---|---|---|")
     for phase, t in results["phases"].items():
         lines.append(
@@ -162,6 +176,8 @@ def main():
     with open(args.markdown, "w") as f:
         f.write("\n".join(lines) + "\n")
     differ = [name for name, peer in duck.items() if peer.get("same_result") is False]
+    if not export["same_rows"]:
+        differ.append("export")
     if differ:
         raise SystemExit(f"Twinlake's and DuckDB's results differ: {', '.join(differ)}")
 

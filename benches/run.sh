@@ -86,6 +86,8 @@ phase peers python3 benches/peers.py --lake "$work/lake-data/lake" \
 phase stores python3 benches/stores.py --lake "$work/lake-data/lake" --json "$work/stores.json"
 phase grafana python3 benches/grafana.py --bin "$bin" --data "$work/lake-data" \
   --repeats "$repeats" --json "$work/grafana.json"
+phase export python3 benches/export.py --bin "$bin" --data "$work/lake-data" \
+  --json "$work/export.json"
 
 date="$(date -u +%Y-%m-%d)"
 out="benches/results/$date-$scale.json"

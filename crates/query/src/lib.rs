@@ -6,8 +6,10 @@
 //! read-only SQL policy (no DDL, no DML, no `SET`), the limits a query runs within (memory,
 //! time, result size, queries at once) on a runtime of its own, results as streams, and the
 //! twin in SQL: the hierarchy through time folded from `entity_changes`
-//! (views, table functions, `entity_path`, `in_subtree`, whose subtree reaches file pruning),
-//! the twin, health and alarm views, and `latest` from the cache ingest keeps.
+//! (views, table functions, `entity_path` and `entity_parent` now or as of a time, `in_subtree`,
+//! whose subtree reaches file pruning), the twin, health and alarm views, `latest` from the
+//! cache ingest keeps, and export sessions: tables pinned to one snapshot, memory of their own
+//! that spills, `twin_at` (a fragment's value as of a time, inherited down the hierarchy).
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
 
