@@ -195,3 +195,43 @@ impl ScalarUDFImpl for TwinAtUdf {
         Ok(ColumnarValue::Array(Arc::new(values)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(from: i64, to: Option<i64>, value: &str) -> FragmentValue {
+        FragmentValue {
+            from,
+            to,
+            value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_nearest_entity_with_a_value_wins_for_as_long_as_nothing_nearer_changes() {
+        let twin = TwinValues::default();
+        // The device had its own depot only from 100 to 200; its truck north, then south at 150.
+        let own = [value(100, Some(200), "own")];
+        let truck = [value(0, Some(150), "north"), value(150, None, "south")];
+        let at = |time| twin.first_of(&[&own, &truck], time, (i64::MIN, None));
+
+        let before = at(50);
+        assert_eq!(before.value.as_deref(), Some("north"));
+        // Until the device's own value begins.
+        assert_eq!(before.span, (0, Some(100)));
+        let own_then = at(120);
+        assert_eq!(own_then.value.as_deref(), Some("own"));
+        assert_eq!(own_then.span, (100, Some(200)));
+        let after = at(250);
+        assert_eq!(after.value.as_deref(), Some("south"));
+        assert_eq!(after.span, (200, None));
+    }
+
+    #[test]
+    fn json_strings_become_their_text() {
+        assert_eq!(plain_text(r#""Depot North""#), "Depot North");
+        assert_eq!(plain_text(r#"{"version":"1.2"}"#), r#"{"version":"1.2"}"#);
+        assert_eq!(plain_text("not json"), "not json");
+    }
+}

@@ -26,7 +26,7 @@ else:
 with fs.open_input_stream(base + "/_manifest.json") as f:
     manifest = json.loads(f.read())
 
-out = {"manifest": manifest, "tables": {}, "checksums": [], "checksums_ok": True}
+out = {"manifest": manifest, "tables": {}, "checksums": [], "checksums_ok": True, "sorted_ok": True}
 for table, listed in manifest["tables"].items():
     files = [base + "/" + f["path"] for f in listed["files"]]
     for listed_file in listed["files"]:
@@ -36,6 +36,12 @@ for table, listed in manifest["tables"].items():
         ok = hashlib.sha256(data).hexdigest() == listed_file["sha256"] and len(data) == listed_file["bytes"]
         out["checksums"].append({"path": listed_file["path"], "ok": ok})
         out["checksums_ok"] = out["checksums_ok"] and ok
+        import io
+        import pyarrow.parquet as pq
+        rows = pq.read_table(io.BytesIO(data))
+        if "entity" in rows.column_names and "time" in rows.column_names:
+            keys = list(zip(rows["entity"].to_pylist(), rows["time"].to_pylist()))
+            out["sorted_ok"] = out["sorted_ok"] and keys == sorted(keys)
     seen = {}
     # pyarrow (what pandas.read_parquet uses), the whole directory as one dataset.
     dataset = ds.dataset(base + "/" + table if not manifest["request"]["single_file"] else files,
