@@ -154,10 +154,10 @@ impl Exports {
     /// Exports of this server; what an export of an earlier run spilled and left behind (the
     /// server died meanwhile) is removed.
     pub fn new(engine: Arc<QueryEngine>, settings: ExportSettings, metrics: ExportMetrics) -> Self {
-        if settings.spill_dir.exists() {
-            if let Err(error) = std::fs::remove_dir_all(&settings.spill_dir) {
-                tracing::warn!(dir = %settings.spill_dir.display(), %error, "could not clear the export spill directory");
-            }
+        if settings.spill_dir.exists()
+            && let Err(error) = std::fs::remove_dir_all(&settings.spill_dir)
+        {
+            tracing::warn!(dir = %settings.spill_dir.display(), %error, "could not clear the export spill directory");
         }
         Self {
             engine,
