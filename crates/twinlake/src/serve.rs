@@ -194,8 +194,8 @@ pub(crate) struct ServeOptions {
     /// <data-dir>/export-spill [default: 512].
     #[arg(long, env = "TWINLAKE_EXPORT_MEMORY_MB")]
     pub(crate) export_memory_mb: Option<usize>,
-    /// Wall time an export may run, in seconds; then it stops and leaves no manifest
-    /// [default: 3000].
+    /// Wall time an export may run, in seconds; then it stops and leaves no manifest. At most
+    /// the vacuum grace less a minute [default: that].
     #[arg(long, env = "TWINLAKE_EXPORT_TIMEOUT_S")]
     pub(crate) export_timeout_s: Option<u64>,
     /// An export's file is closed and the next begun past this many rows [default: 2000000].
@@ -362,6 +362,9 @@ impl ServeOptions {
 }
 
 const MIB: usize = 1024 * 1024;
+
+/// How much longer than a query or an export a replaced file is kept.
+const VACUUM_MARGIN: Duration = Duration::from_secs(60);
 
 /// The users who may query; refuses to answer anyone beyond loopback unless that is allowed
 /// explicitly, on each query surface.
@@ -574,8 +577,20 @@ impl ServeOptions {
         Ok(listener)
     }
 
+    fn vacuum_grace(&self) -> Duration {
+        self.vacuum_grace_s.map_or(
+            CompactionSettings::default().vacuum_grace,
+            Duration::from_secs,
+        )
+    }
+
+    /// An export reads the files of its snapshot to its end: unless set, its time limit is what
+    /// the vacuum grace leaves (a minute less).
     fn export_timeout(&self) -> Duration {
-        Duration::from_secs(self.export_timeout_s.unwrap_or(3000))
+        self.export_timeout_s.map_or_else(
+            || self.vacuum_grace().saturating_sub(VACUUM_MARGIN),
+            Duration::from_secs,
+        )
     }
 
     fn export_settings(&self, lake: LakeConfig, http_listen: SocketAddr) -> ExportSettings {
@@ -640,14 +655,12 @@ impl ServeOptions {
                 }
             }
         }
-        let vacuum_grace = self
-            .vacuum_grace_s
-            .map_or(defaults.vacuum_grace, Duration::from_secs);
+        let vacuum_grace = self.vacuum_grace();
         // A query reads the files of the snapshot it started with for up to its timeout (an
         // export, for up to its own); a file compaction removed meanwhile must outlive that. (A
         // persist's uploads are safe anyway: vacuum waits for the table lock that a persist
         // holds from upload to commit.)
-        let least = self.query_timeout().max(self.export_timeout()) + Duration::from_secs(60);
+        let least = self.query_timeout().max(self.export_timeout()) + VACUUM_MARGIN;
         if vacuum_grace < least {
             return Err(format!(
                 "--vacuum-grace-s {}: at least the query and export timeouts plus a minute ({} s), \
@@ -1026,5 +1039,14 @@ mod tests {
         assert!(slow_queries.compaction_settings().is_err());
         let enough = options(&["--vacuum-grace-s", "120"]).compaction_settings();
         assert_eq!(enough.map(|s| s.vacuum_grace.as_secs()), Ok(120));
+        // An export's limit follows the grace unless set; set past it, it is refused.
+        assert_eq!(
+            options(&["--vacuum-grace-s", "120"])
+                .export_timeout()
+                .as_secs(),
+            60
+        );
+        let slow_exports = options(&["--vacuum-grace-s", "600", "--export-timeout-s", "900"]);
+        assert!(slow_exports.compaction_settings().is_err());
     }
 }
