@@ -177,12 +177,12 @@ impl Progress {
         let bar = match total {
             Some(total) => ProgressBar::new(total).with_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec}, ETA {eta}) {msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} rows, {msg}, ETA {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             ),
             None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} rows ({per_sec}) {msg}")
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} rows, {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             ),
         };
@@ -232,6 +232,8 @@ impl Progress {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+            // The bar's line stays; what follows starts on a line of its own.
+            eprintln!();
         }
     }
 }
