@@ -84,6 +84,38 @@ fn queries_need_a_user_of_the_query_password_file() {
     assert_eq!(curl(&metrics, &[]).0, 401);
     assert_eq!(curl(&metrics, &["-u", "ana:s3cret"]).0, 200);
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/health"), &[]).0, 200);
+    // Exports too, from the API and the CLI (the user in the server's URL).
+    let exports = format!("http://127.0.0.1:{port}/api/v1/export");
+    let out = dir.path().join("export");
+    let request = format!(r#"{{"out": "{}"}}"#, out.display());
+    let post = [
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        request.as_str(),
+    ];
+    assert_eq!(curl(&exports, &post).0, 401);
+    assert_eq!(curl(&exports, &[]).0, 401);
+    assert!(!out.exists(), "an anonymous export wrote {}", out.display());
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_twinlake"))
+        .args([
+            "export",
+            "--url",
+            &format!("http://ana:s3cret@127.0.0.1:{port}"),
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(out.join("_manifest.json").is_file());
+    let (status, listed) = curl(&exports, &["-u", "ana:s3cret"]);
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.contains(r#""state":"succeeded""#), "{listed}");
 
     // The file is read again when it changes: a user added while serving gets in.
     add_user(&users, "bob", "hunter2", false);
