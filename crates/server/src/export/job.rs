@@ -103,9 +103,7 @@ impl Plan {
                     filters: &filters,
                     twin: &twin,
                 };
-                query
-                    .check_names(engine, &session, &request.gateways)
-                    .await?;
+                query.check_names(engine, &session).await?;
                 let mut parts = Vec::new();
                 let mut rows = 0;
                 for table in tables {
@@ -263,36 +261,25 @@ impl TableQuery<'_> {
         &self,
         engine: &QueryEngine,
         session: &SessionContext,
-        gateways: &[String],
     ) -> Result<(), ExportError> {
         if let Some(root) = self.filters.subtree() {
             let sql = format!(
                 "SELECT entity FROM entity_history WHERE entity = {} LIMIT 1",
                 literal(root)
             );
-            if collect(engine, session, &sql)
-                .await?
-                .batches
-                .iter()
-                .all(|b| b.num_rows() == 0)
-            {
+            if !has_rows(engine, session, &sql).await? {
                 return Err(ExportError::Invalid(format!(
                     "--subtree {root:?}: no such entity (entity names are as in the `entities` \
                      table, e.g. truck0001 or truck0001:device:sensor1)"
                 )));
             }
         }
-        for gateway in gateways {
+        for gateway in self.filters.gateways() {
             let sql = format!(
                 "SELECT gateway FROM entities WHERE gateway = {} LIMIT 1",
                 literal(gateway)
             );
-            if collect(engine, session, &sql)
-                .await?
-                .batches
-                .iter()
-                .all(|b| b.num_rows() == 0)
-            {
+            if !has_rows(engine, session, &sql).await? {
                 return Err(ExportError::Invalid(format!(
                     "--gateway {gateway:?}: no such gateway (see SELECT gateway FROM gateways)"
                 )));
@@ -300,6 +287,15 @@ impl TableQuery<'_> {
         }
         Ok(())
     }
+}
+
+async fn has_rows(
+    engine: &QueryEngine,
+    session: &SessionContext,
+    sql: &str,
+) -> Result<bool, ExportError> {
+    let answer = collect(engine, session, sql).await?;
+    Ok(answer.batches.iter().any(|b| b.num_rows() > 0))
 }
 
 async fn collect(

@@ -220,6 +220,10 @@ impl Filters {
     pub(crate) fn subtree(&self) -> Option<&str> {
         self.subtree.as_deref()
     }
+
+    pub(crate) fn gateways(&self) -> &[String] {
+        &self.gateways
+    }
 }
 
 /// A SQL text literal.
