@@ -25,7 +25,7 @@ use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
 use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
 use crate::twin_at::{TwinAtUdf, TwinValues};
-use crate::views::VIEWS;
+use crate::views::{TWIN_HISTORY_NAME, TwinHistoryTable, VIEWS};
 
 /// The hierarchy's tables, table functions and scalar functions.
 fn register_hierarchy(
@@ -200,6 +200,7 @@ struct SessionTables {
     runtime: Arc<RuntimeEnv>,
     live: Arc<LiveTables>,
     hierarchy: Arc<HierarchyCache>,
+    twin_history: Arc<TwinHistoryTable>,
     lake_store: Arc<dyn object_store::ObjectStore>,
 }
 
@@ -229,10 +230,18 @@ impl SessionTables {
         information_schema: bool,
         pinned: bool,
     ) -> Result<SessionContext, QueryError> {
-        // DataFusion's default of no filter pushdown into the Parquet decoder: measured with
-        // `twinlake bench lake`, pushdown made a one-depot query after compaction slower
-        // (12.2 ms against 9.4 ms), as row-group and page-index pruning already skip the rest.
-        let config = SessionConfig::new().with_information_schema(information_schema);
+        let mut config = SessionConfig::new().with_information_schema(information_schema);
+        let parquet = &mut config.options_mut().execution.parquet;
+        // Filters evaluated while decoding ("late materialisation"): the columns of rows a
+        // filter rejects are never decoded. In the order written, not DataFusion's reordering
+        // by column size, which put a join's dynamic filter on `gateway` (small: files are
+        // sorted by entity) before `series`, decoding and hashing every row's gateway for a
+        // join of the whole fleet. Measured on the medium set: docs/benchmarks.md.
+        parquet.pushdown_filters = true;
+        parquet.reorder_filters = false;
+        // A join's keys pushed into the scan (a depot's trucks, a truck's siblings) prune row
+        // groups by their statistics only when the list is at most this long (default 20).
+        parquet.max_in_list_size = 200;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
@@ -255,6 +264,10 @@ impl SessionTables {
         let latest = LatestTable::new(Arc::clone(&self.live));
         context.register_table("latest", Arc::new(latest))?;
         for (name, select) in VIEWS {
+            if name == TWIN_HISTORY_NAME && !pinned {
+                context.register_table(name, Arc::clone(&self.twin_history) as _)?;
+                continue;
+            }
             context
                 .sql(&format!("CREATE VIEW {name} AS {select}"))
                 .await
@@ -291,10 +304,12 @@ impl QueryEngine {
             None,
         ));
         let hierarchy = Arc::new(HierarchyCache::new(Arc::clone(&live), changes));
+        let twin_history = TwinHistoryTable::new(Arc::clone(&live), Arc::clone(&runtime)).await?;
         let tables = SessionTables {
             runtime,
             live: Arc::clone(&live),
             hierarchy: Arc::clone(&hierarchy),
+            twin_history: Arc::new(twin_history),
             lake_store,
         };
         Ok(Self {

@@ -2,13 +2,16 @@
 //! memory, read from one snapshot, so a persist or compaction committing meanwhile neither
 //! hides rows nor shows them twice.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
-use datafusion::common::ScalarValue;
+use datafusion::common::config::TableParquetOptions;
+use datafusion::common::stats::Precision;
+use datafusion::common::{ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -20,7 +23,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
-use twinlake_model::Table;
+use twinlake_model::{ColumnType, Table};
 use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
 
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
@@ -65,7 +68,7 @@ impl LakeTableProvider {
 #[async_trait::async_trait]
 impl TableProvider for LakeTableProvider {
     fn schema(&self) -> SchemaRef {
-        self.table.schema()
+        query_schema(self.table)
     }
 
     fn table_type(&self) -> TableType {
@@ -106,11 +109,15 @@ impl TableProvider for LakeTableProvider {
             .collect();
         let mut inputs = Vec::new();
         if !files.is_empty() {
-            let predicate = self.pruning_predicate(state, filters, hierarchy.as_deref())?;
-            inputs.push(self.parquet_scan(&files, partitions, projection, limit, predicate)?);
+            let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
+            let options = state.default_table_options().parquet;
+            inputs.push(
+                self.parquet_scan(&files, options, projection, limit, predicate, partitions)?,
+            );
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
-            let memory = MemTable::try_new(self.schema(), spread(snapshot.batches, partitions))?;
+            let batches = as_query_batches(snapshot.batches, &self.schema())?;
+            let memory = MemTable::try_new(self.schema(), spread(batches, partitions))?;
             inputs.push(memory.scan(state, projection, filters, limit).await?);
         }
         UnionExec::try_new(inputs)
@@ -118,10 +125,12 @@ impl TableProvider for LakeTableProvider {
 }
 
 impl LakeTableProvider {
-    /// The filters as a predicate for the Parquet reader, which skips row groups and pages by
-    /// their statistics (files are sorted by entity and time, so both prune well). A subtree
-    /// predicate becomes its entities: the range they span, and the list when it is short.
-    fn pruning_predicate(
+    /// What the Parquet reader cannot learn from the filters by itself: a subtree predicate as
+    /// its entities (the range they span, and the list when it is short), which row-group and
+    /// page statistics prune by (files are sorted by entity and time). The filters themselves
+    /// reach the reader from the plan's filter above this scan; given here too, they were
+    /// evaluated twice per row.
+    fn subtree_predicate(
         &self,
         state: &dyn Session,
         filters: &[Expr],
@@ -130,9 +139,8 @@ impl LakeTableProvider {
         let mut conjuncts = Vec::new();
         for filter in filters {
             for conjunct in split_conjunction(filter) {
-                match subtree_members(self.table, conjunct, hierarchy) {
-                    Some(members) => conjuncts.extend(members_predicate(self.table, &members)),
-                    None => conjuncts.push(conjunct.clone()),
+                if let Some(members) = subtree_members(self.table, conjunct, hierarchy) {
+                    conjuncts.extend(members_predicate(self.table, &members));
                 }
             }
         }
@@ -146,28 +154,93 @@ impl LakeTableProvider {
     fn parquet_scan(
         &self,
         files: &[&PersistedFile],
-        partitions: usize,
+        options: TableParquetOptions,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
         predicate: Option<Arc<dyn PhysicalExpr>>,
+        partitions: usize,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut groups = vec![Vec::new(); partitions.min(files.len())];
         for (index, file) in files.iter().enumerate() {
             let count = groups.len();
             groups[index % count].push(PartitionedFile::new(file.path.clone(), file.size));
         }
-        let mut source = ParquetSource::new(self.schema()).with_enable_page_index(true);
+        let mut source = ParquetSource::new(self.schema())
+            .with_table_parquet_options(options)
+            .with_enable_page_index(true);
         if let Some(predicate) = predicate {
             source = source.with_predicate(predicate);
         }
         let source = Arc::new(source);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_statistics(files_statistics(&self.schema(), files))
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// Rows and bytes of the files, known from the Delta log without opening them: with them the
+/// planner builds a join's hash table from its small side (a depot's trucks) rather than from
+/// all measurements, and pushes that side's keys into the scan.
+fn files_statistics(schema: &Schema, files: &[&PersistedFile]) -> Statistics {
+    let rows: u64 = files.iter().map(|file| file.rows).sum();
+    let bytes: u64 = files.iter().map(|file| file.size).sum();
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Statistics::new_unknown(schema)
+        .with_num_rows(Precision::Exact(count(rows)))
+        .with_total_byte_size(Precision::Inexact(count(bytes)))
+}
+
+/// The table's schema as queries see it: names and kinds (`gateway`, `entity`, `type`,
+/// `series`, …) as `Utf8View`, which the Parquet reader fills from a dictionary page with no
+/// copy of the text, and which DataFusion compares, hashes and groups by their inline
+/// prefix. Profiles put most of a full-history query's time in materialising these strings
+/// as `Utf8`. JSON columns stay `Utf8` for the JSON functions.
+pub(crate) fn query_schema(table: Table) -> SchemaRef {
+    static SCHEMAS: OnceLock<Vec<SchemaRef>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|table| {
+                let fields: Vec<Field> = table
+                    .columns()
+                    .iter()
+                    .zip(table.schema().fields())
+                    .map(|(column, field)| match column.column_type {
+                        ColumnType::Text => {
+                            field.as_ref().clone().with_data_type(DataType::Utf8View)
+                        }
+                        _ => field.as_ref().clone(),
+                    })
+                    .collect();
+                Arc::new(Schema::new(fields))
+            })
+            .collect()
+    });
+    let index = Table::ALL
+        .iter()
+        .position(|t| *t == table)
+        .unwrap_or_default();
+    Arc::clone(&schemas[index])
+}
+
+/// Rows in memory, written in the table's storage schema, in the query schema.
+fn as_query_batches(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    batches
+        .into_iter()
+        .map(|batch| {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| cast(column, field.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+        })
+        .collect()
 }
 
 /// Deals batches round-robin into `count` partitions so that every core scans.

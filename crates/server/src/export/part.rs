@@ -39,9 +39,11 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
-/// The schema with nanosecond times as microseconds: Spark (and other Parquet readers) refuse
-/// nanosecond timestamps, and persisted times are microseconds anyway.
-fn in_microseconds(schema: &SchemaRef) -> SchemaRef {
+/// The schema as files carry it: nanosecond times as microseconds (Spark and other Parquet
+/// readers refuse nanosecond timestamps, and persisted times are microseconds anyway), and
+/// text as plain `Utf8` (the query's `Utf8View` would be recorded in the file's Arrow schema,
+/// and older readers do not know it).
+fn file_schema(schema: &SchemaRef) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -50,13 +52,14 @@ fn in_microseconds(schema: &SchemaRef) -> SchemaRef {
                 .as_ref()
                 .clone()
                 .with_data_type(DataType::Timestamp(TimeUnit::Microsecond, zone.clone())),
+            DataType::Utf8View => field.as_ref().clone().with_data_type(DataType::Utf8),
             _ => field.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-fn cast_times(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ExportError> {
+fn as_file_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ExportError> {
     let columns = batch
         .columns()
         .iter()
@@ -68,15 +71,15 @@ fn cast_times(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Ex
             },
         )
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ExportError::Failed(format!("times as microseconds: {e}")))?;
+        .map_err(|e| ExportError::Failed(format!("converting for the file: {e}")))?;
     RecordBatch::try_new(Arc::clone(schema), columns)
-        .map_err(|e| ExportError::Failed(format!("times as microseconds: {e}")))
+        .map_err(|e| ExportError::Failed(format!("converting for the file: {e}")))
 }
 
 /// The encoding half of a part: moved to a blocking thread for each batch.
 struct Encoder {
     writer: ArrowWriter<Vec<u8>>,
-    /// What the file holds (times in microseconds).
+    /// What the file holds (times in microseconds, text as `Utf8`).
     schema: SchemaRef,
     sha: Sha256,
 }
@@ -100,7 +103,7 @@ impl PartWriter {
         schema: &SchemaRef,
         sorted_by: &[&str],
     ) -> Result<Self, ExportError> {
-        let schema = &in_microseconds(schema);
+        let schema = &file_schema(schema);
         let sorting: Vec<SortingColumn> = sorted_by
             .iter()
             .filter_map(|name| schema.index_of(name).ok())
@@ -155,7 +158,7 @@ impl PartWriter {
         let encoder = self.take_encoder()?;
         let (encoder, chunk) = tokio::task::spawn_blocking(move || {
             let mut encoder = encoder;
-            let batch = cast_times(&batch, &encoder.schema)?;
+            let batch = as_file_batch(&batch, &encoder.schema)?;
             encoder.writer.write(&batch)?;
             let chunk = std::mem::take(encoder.writer.inner_mut());
             encoder.sha.update(&chunk);
