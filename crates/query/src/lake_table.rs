@@ -5,23 +5,25 @@
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::{ScalarValue, Statistics};
+use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::union::UnionExec;
 use twinlake_model::{ColumnType, Table};
 use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
@@ -116,9 +118,8 @@ impl TableProvider for LakeTableProvider {
             );
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
-            let batches = as_query_batches(snapshot.batches, &self.schema())?;
-            let memory = MemTable::try_new(self.schema(), spread(batches, partitions))?;
-            inputs.push(memory.scan(state, projection, filters, limit).await?);
+            let batches = spread(snapshot.batches, partitions);
+            inputs.push(self.memory_scan(&batches, projection, limit)?);
         }
         UnionExec::try_new(inputs)
     }
@@ -149,6 +150,39 @@ impl LakeTableProvider {
         };
         let schema = DFSchema::try_from(self.schema().as_ref().clone())?;
         Ok(Some(state.create_physical_expr(predicate, &schema)?))
+    }
+
+    /// Rows in memory, kept in the table's storage schema (`Utf8`), read in the query schema:
+    /// each projected text column cast to `Utf8View` batch by batch as the scan goes, so a
+    /// query holds no second copy of everything in memory.
+    fn memory_scan(
+        &self,
+        batches: &[Vec<RecordBatch>],
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let storage = self.table.schema();
+        let memory =
+            MemorySourceConfig::try_new(batches, Arc::clone(&storage), projection.cloned())?
+                .with_limit(limit);
+        let query = self.schema();
+        let columns: Vec<usize> = match projection {
+            Some(columns) => columns.clone(),
+            None => (0..query.fields().len()).collect(),
+        };
+        let exprs = columns.iter().enumerate().map(|(index, &column)| {
+            let field = query.field(column);
+            let read: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(field.name(), index));
+            let expr = match storage.field(column).data_type() == field.data_type() {
+                true => read,
+                false => Arc::new(CastExpr::new(read, field.data_type().clone(), None)),
+            };
+            ProjectionExpr::new(expr, field.name().clone())
+        });
+        Ok(Arc::new(ProjectionExec::try_new(
+            exprs,
+            DataSourceExec::from_data_source(memory),
+        )?))
     }
 
     fn parquet_scan(
@@ -225,22 +259,6 @@ pub(crate) fn query_schema(table: Table) -> SchemaRef {
         .position(|t| *t == table)
         .unwrap_or_default();
     Arc::clone(&schemas[index])
-}
-
-/// Rows in memory, written in the table's storage schema, in the query schema.
-fn as_query_batches(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    batches
-        .into_iter()
-        .map(|batch| {
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(column, field)| cast(column, field.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
-        })
-        .collect()
 }
 
 /// Deals batches round-robin into `count` partitions so that every core scans.

@@ -192,3 +192,90 @@ impl TableProvider for TwinHistoryTable {
         table.scan(state, projection, filters, limit).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::AsArray;
+    use datafusion::execution::runtime_env::RuntimeEnv;
+    use datafusion::prelude::SessionContext;
+    use twinlake_model::{FleetTopics, Parsed, Table, TableBuilders, Timestamp};
+    use twinlake_store::LiveTables;
+    use twinlake_wal::RecordId;
+
+    use super::TwinHistoryTable;
+
+    /// `twin_changes` row of `te/device/main///twin/depot` set to `depot` at `second`.
+    fn depot(depot: &str, second: i64) -> datafusion::arrow::array::RecordBatch {
+        let at = Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + second * 1_000_000_000);
+        let payload = format!("\"{depot}\"");
+        let Parsed::Data(message) = twinlake_model::parse_message(
+            &FleetTopics::default(),
+            b"te/device/main///twin/depot",
+            payload.as_bytes(),
+            at,
+        ) else {
+            panic!("a valid twin message");
+        };
+        let mut builders = TableBuilders::new();
+        builders.append(&message);
+        let (table, batch) = builders.finish().unwrap().remove(0);
+        assert_eq!(table, Table::TwinChanges);
+        batch
+    }
+
+    async fn values(context: &SessionContext) -> Vec<(String, bool)> {
+        let batches = context
+            .sql("SELECT value, valid_to IS NULL FROM twin_history ORDER BY valid_from")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for batch in batches {
+            let (values, current) = (batch.column(0).as_string::<i32>(), batch.column(1));
+            for row in 0..batch.num_rows() {
+                rows.push((
+                    values.value(row).to_owned(),
+                    current.as_boolean().value(row),
+                ));
+            }
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn the_history_is_computed_again_only_when_twin_changes_changes() {
+        let live = Arc::new(LiveTables::new());
+        live.append(Table::TwinChanges, depot("north", 0), RecordId(1))
+            .unwrap();
+        let table = Arc::new(
+            TwinHistoryTable::new(Arc::clone(&live), Arc::new(RuntimeEnv::default()))
+                .await
+                .unwrap(),
+        );
+        let context = SessionContext::new();
+        context
+            .register_table("twin_history", Arc::clone(&table) as _)
+            .unwrap();
+
+        assert_eq!(values(&context).await, [("\"north\"".to_owned(), true)]);
+        let first = table.rows().await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &table.rows().await.unwrap()),
+            "computed again"
+        );
+
+        live.append(Table::TwinChanges, depot("south", 60), RecordId(2))
+            .unwrap();
+        assert_eq!(
+            values(&context).await,
+            [
+                ("\"north\"".to_owned(), false),
+                ("\"south\"".to_owned(), true)
+            ]
+        );
+    }
+}
