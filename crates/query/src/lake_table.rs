@@ -8,12 +8,12 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
-use datafusion::common::config::TableParquetOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::{ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
@@ -112,10 +112,8 @@ impl TableProvider for LakeTableProvider {
         let mut inputs = Vec::new();
         if !files.is_empty() {
             let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
-            let options = state.default_table_options().parquet;
-            inputs.push(
-                self.parquet_scan(&files, options, projection, limit, predicate, partitions)?,
-            );
+            let source = self.parquet_source(state, predicate)?;
+            inputs.push(self.parquet_scan(&files, source, projection, limit, partitions)?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let batches = spread(snapshot.batches, partitions);
@@ -185,13 +183,36 @@ impl LakeTableProvider {
         )?))
     }
 
+    /// The session's Parquet options, with readers that keep each file's footer and page
+    /// index in the runtime's metadata cache (bounded by its limit): lake files never change
+    /// under their name, and reading and decoding them again was a fixed cost of every query,
+    /// most of it for the small tables (a file per day each).
+    fn parquet_source(
+        &self,
+        state: &dyn Session,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<ParquetSource>> {
+        let runtime = state.runtime_env();
+        let store = runtime.object_store(ObjectStoreUrl::parse(LAKE_STORE_URL)?)?;
+        let cache = runtime.cache_manager.get_file_metadata_cache();
+        let mut source = ParquetSource::new(self.schema())
+            .with_table_parquet_options(state.default_table_options().parquet)
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                store, cache,
+            )))
+            .with_enable_page_index(true);
+        if let Some(predicate) = predicate {
+            source = source.with_predicate(predicate);
+        }
+        Ok(Arc::new(source))
+    }
+
     fn parquet_scan(
         &self,
         files: &[&PersistedFile],
-        options: TableParquetOptions,
+        source: Arc<ParquetSource>,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
-        predicate: Option<Arc<dyn PhysicalExpr>>,
         partitions: usize,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut groups = vec![Vec::new(); partitions.min(files.len())];
@@ -199,13 +220,6 @@ impl LakeTableProvider {
             let count = groups.len();
             groups[index % count].push(PartitionedFile::new(file.path.clone(), file.size));
         }
-        let mut source = ParquetSource::new(self.schema())
-            .with_table_parquet_options(options)
-            .with_enable_page_index(true);
-        if let Some(predicate) = predicate {
-            source = source.with_predicate(predicate);
-        }
-        let source = Arc::new(source);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_statistics(files_statistics(&self.schema(), files))
