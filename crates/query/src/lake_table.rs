@@ -232,13 +232,15 @@ impl LakeTableProvider {
 
 /// Rows and bytes of the files, known from the Delta log without opening them: with them the
 /// planner builds a join's hash table from its small side (a depot's trucks) rather than from
-/// all measurements, and pushes that side's keys into the scan.
+/// all measurements, and pushes that side's keys into the scan. Inexact, because a file
+/// another tool added has no row count in its tags (read as 0): an exact count would let the
+/// planner answer `count(*)` from it.
 fn files_statistics(schema: &Schema, files: &[&PersistedFile]) -> Statistics {
     let rows: u64 = files.iter().map(|file| file.rows).sum();
     let bytes: u64 = files.iter().map(|file| file.size).sum();
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     Statistics::new_unknown(schema)
-        .with_num_rows(Precision::Exact(count(rows)))
+        .with_num_rows(Precision::Inexact(count(rows)))
         .with_total_byte_size(Precision::Inexact(count(bytes)))
 }
 
@@ -247,7 +249,7 @@ fn files_statistics(schema: &Schema, files: &[&PersistedFile]) -> Statistics {
 /// copy of the text, and which DataFusion compares, hashes and groups by their inline
 /// prefix. Profiles put most of a full-history query's time in materialising these strings
 /// as `Utf8`. JSON columns stay `Utf8` for the JSON functions.
-pub(crate) fn query_schema(table: Table) -> SchemaRef {
+fn query_schema(table: Table) -> SchemaRef {
     static SCHEMAS: OnceLock<Vec<SchemaRef>> = OnceLock::new();
     let schemas = SCHEMAS.get_or_init(|| {
         Table::ALL
@@ -618,6 +620,21 @@ mod tests {
         assert!(now.may_match(&a) && !now.may_match(&b) && !now.may_match(&c));
         let as_of = prune(vec![col("entity"), lit("device/a//"), col("time")]);
         assert!(as_of.may_match(&a) && as_of.may_match(&b) && !as_of.may_match(&c));
+    }
+
+    #[test]
+    fn row_counts_guide_the_planner_but_never_answer_a_count() {
+        // A file added by another tool carries no row count (read as 0).
+        let (ours, foreign) = (
+            file(&[0], 0, 10),
+            PersistedFile {
+                rows: 0,
+                ..file(&[1], 0, 10)
+            },
+        );
+        let statistics = super::files_statistics(&Table::Measurements.schema(), &[&ours, &foreign]);
+        assert_eq!(statistics.num_rows, Precision::Inexact(1));
+        assert_eq!(statistics.total_byte_size, Precision::Inexact(2));
     }
 
     #[test]
