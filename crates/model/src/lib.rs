@@ -38,7 +38,8 @@ mod topic;
 
 pub use batch::TableBuilders;
 pub use hierarchy::{
-    Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion, intersect, valid_at,
+    Ancestry, EntityChangeRow, EntityFacts, EntityHistory, EntityVersion, intersect, path_of,
+    valid_at,
 };
 pub use message::{Measurement, Message, MessageBody, NotStored, Parsed, parse_message};
 pub use payload::entity::{

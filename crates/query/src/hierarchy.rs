@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use twinlake_model::{
     Ancestry, ChangeKind, ColumnType, EntityChangeRow, EntityFacts, EntityHistory, EntityKind,
-    EntityVersion, Table, UTC, intersect, valid_at,
+    EntityVersion, Table, UTC, intersect, path_of, valid_at,
 };
 use twinlake_store::LiveTables;
 
@@ -73,18 +73,10 @@ impl Subtree {
 
 impl Hierarchy {
     pub(crate) fn new(history: EntityHistory) -> Self {
-        let ancestry = history.ancestry();
-        let mut versions_of: HashMap<String, Vec<usize>> = HashMap::new();
-        for (index, version) in history.versions().iter().enumerate() {
-            versions_of
-                .entry(version.entity.clone())
-                .or_default()
-                .push(index);
-        }
         Self {
+            ancestry: history.ancestry(),
+            versions_of: history.version_indexes(),
             history,
-            ancestry,
-            versions_of,
             subtrees: Mutex::default(),
         }
     }
@@ -138,10 +130,7 @@ impl Hierarchy {
         };
         let (chain, span) = self.chain_at(entity, time)?;
         let value = match what {
-            Relative::Path => {
-                let labels: Vec<String> = chain.iter().rev().map(|v| v.label()).collect();
-                Some(labels.join("/"))
-            }
+            Relative::Path => Some(path_of(&chain)),
             Relative::Parent => chain.first().and_then(|v| v.facts.parent.clone()),
         };
         Some(AsOf { value, span })

@@ -147,6 +147,13 @@ impl Default for EntityHistory {
     }
 }
 
+/// The path of an entity from its chain of versions, its own first and its root last: the
+/// labels from the root down, joined by `/`.
+pub fn path_of(chain: &[&EntityVersion]) -> String {
+    let labels: Vec<String> = chain.iter().rev().map(|version| version.label()).collect();
+    labels.join("/")
+}
+
 impl EntityHistory {
     /// The hierarchy before any change: empty. Each gateway's main device, which thin-edge
     /// never registers, is auto-registered by ingest from the gateway's first message.
@@ -268,7 +275,7 @@ impl EntityHistory {
     /// The transitive closure of the parent relation through time: one row per ancestor,
     /// descendant and depth, for each stretch of time it held.
     pub fn ancestry(&self) -> Vec<Ancestry> {
-        let by_entity = self.versions_by_entity();
+        let by_entity = self.version_indexes();
         let mut rows = Vec::new();
         for version in &self.versions {
             let span = (version.valid_from, version.valid_to);
@@ -286,27 +293,28 @@ impl EntityHistory {
     /// A label for `entity`: the names from the root down to it (`main/depot01/truck0001`),
     /// each the entity's `name`, else the distinctive part of its topic id.
     pub fn path(&self, entity: &str) -> Option<String> {
-        let mut labels = Vec::new();
+        let mut chain = Vec::new();
         let mut next = Some(entity);
         while let Some(id) = next {
             let version = &self.versions[*self.current.get(id)?];
-            labels.push(version.label());
-            if labels.len() > self.current.len() {
+            chain.push(version);
+            if chain.len() > self.current.len() {
                 return None;
             }
             next = version.facts.parent.as_deref();
         }
-        labels.reverse();
-        Some(labels.join("/"))
+        Some(path_of(&chain))
     }
 
-    fn versions_by_entity(&self) -> HashMap<&str, Vec<&EntityVersion>> {
-        let mut by_entity: HashMap<&str, Vec<&EntityVersion>> = HashMap::new();
-        for version in &self.versions {
+    /// Each entity's versions as indexes into [`Self::versions`], oldest first; owned, so
+    /// that it can be kept beside the history.
+    pub fn version_indexes(&self) -> HashMap<String, Vec<usize>> {
+        let mut by_entity: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, version) in self.versions.iter().enumerate() {
             by_entity
-                .entry(version.entity.as_str())
+                .entry(version.entity.clone())
                 .or_default()
-                .push(version);
+                .push(index);
         }
         by_entity
     }
@@ -315,7 +323,7 @@ impl EntityHistory {
     /// emitting one row per parent version that overlaps the span.
     fn collect_ancestors(
         &self,
-        by_entity: &HashMap<&str, Vec<&EntityVersion>>,
+        by_entity: &HashMap<String, Vec<usize>>,
         descendant: &str,
         version: &EntityVersion,
         span: (i64, Option<i64>),
@@ -333,7 +341,8 @@ impl EntityHistory {
             if depth as usize > by_entity.len() {
                 continue;
             }
-            for parent_version in by_entity.get(parent).into_iter().flatten() {
+            let parent_versions = by_entity.get(parent).into_iter().flatten();
+            for parent_version in parent_versions.map(|&index| &self.versions[index]) {
                 let Some(overlap) =
                     intersect(span, (parent_version.valid_from, parent_version.valid_to))
                 else {
