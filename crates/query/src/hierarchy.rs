@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder,
@@ -30,6 +30,8 @@ use twinlake_model::{
     EntityVersion, Table, UTC, intersect, path_of, valid_at,
 };
 use twinlake_store::LiveTables;
+
+use crate::table_derived::TableDerived;
 
 /// The hierarchy as `entity_changes` says now, with the indexes the functions use.
 #[derive(Debug)]
@@ -166,65 +168,50 @@ impl Hierarchy {
 /// Folds `entity_changes` into a [`Hierarchy`] when the table has changed since the last fold.
 #[derive(Debug)]
 pub(crate) struct HierarchyCache {
-    live: Arc<LiveTables>,
     changes: Arc<dyn TableProvider>,
-    /// The last fold and the `entity_changes` state it was built from.
-    latest: Arc<RwLock<(Option<u64>, Arc<Hierarchy>)>>,
-    /// Held from the start of a fold to its end, even when the query that started it timed
-    /// out meanwhile: the next query waits for that fold instead of starting another.
-    folding: Arc<tokio::sync::Mutex<()>>,
+    /// The last fold and the `entity_changes` state it was built from. A fold holds its
+    /// turn to its end, even when the query that started it timed out meanwhile: the next
+    /// query waits for that fold instead of starting another.
+    fold: Arc<TableDerived<Hierarchy>>,
 }
 
 impl HierarchyCache {
     pub(crate) fn new(live: Arc<LiveTables>, changes: Arc<dyn TableProvider>) -> Self {
+        let empty = Hierarchy::new(EntityHistory::new());
         Self {
-            live,
             changes,
-            latest: Arc::new(RwLock::new((
-                None,
-                Arc::new(Hierarchy::new(EntityHistory::new())),
-            ))),
-            folding: Arc::new(tokio::sync::Mutex::new(())),
+            fold: Arc::new(TableDerived::new(Table::EntityChanges, live, empty)),
         }
     }
 
     /// The hierarchy of the last [`HierarchyCache::load`]: what the scalar functions see, as
     /// they cannot wait for a fold.
     pub(crate) fn latest(&self) -> Arc<Hierarchy> {
-        self.latest
-            .read()
-            .map(|latest| Arc::clone(&latest.1))
-            .unwrap_or_else(|_| Arc::new(Hierarchy::new(EntityHistory::new())))
-    }
-
-    /// The last fold, if `entity_changes` has not changed since.
-    fn current(&self) -> Option<Arc<Hierarchy>> {
-        let latest = self.latest.read().ok()?;
-        (latest.0 == Some(self.live.changes(Table::EntityChanges))).then(|| Arc::clone(&latest.1))
+        self.fold
+            .latest()
+            .unwrap_or_else(|| Arc::new(Hierarchy::new(EntityHistory::new())))
     }
 
     /// The hierarchy as `entity_changes` holds it now.
     pub(crate) async fn load(&self, state: &dyn Session) -> Result<Arc<Hierarchy>> {
-        if let Some(current) = self.current() {
+        if let Some(current) = self.fold.current() {
             return Ok(current);
         }
-        let one_fold_at_a_time = Arc::clone(&self.folding).lock_owned().await;
-        if let Some(current) = self.current() {
+        let one_fold_at_a_time = self.fold.computing().await;
+        if let Some(current) = self.fold.current() {
             return Ok(current);
         }
-        let changes = self.live.changes(Table::EntityChanges);
+        let changes = self.fold.changes();
         let plan = self.changes.scan(state, None, &[], None).await?;
         let batches = collect(plan, state.task_ctx()).await?;
         let rows = change_rows(&batches)?;
         // The closure grows with entities × depth: fold off the async runtime. The fold keeps
-        // the lock and publishes its result itself, so a query that stops waiting for it
+        // the turn and publishes its result itself, so a query that stops waiting for it
         // (timeout) neither wastes it nor lets a second fold start beside it.
-        let latest = Arc::clone(&self.latest);
+        let fold = Arc::clone(&self.fold);
         tokio::task::spawn_blocking(move || {
             let hierarchy = Arc::new(Hierarchy::new(EntityHistory::from_changes(rows)));
-            if let Ok(mut latest) = latest.write() {
-                *latest = (Some(changes), Arc::clone(&hierarchy));
-            }
+            fold.publish(changes, Arc::clone(&hierarchy));
             drop(one_fold_at_a_time);
             hierarchy
         })

@@ -18,6 +18,7 @@ mod hierarchy;
 mod lake_table;
 mod latest;
 mod runtime;
+mod table_derived;
 mod twin_at;
 mod views;
 

@@ -2,13 +2,15 @@
 //! so that users and the `queries/` examples share one definition. `twin_history` is kept as
 //! a table, computed again only when `twin_changes` changes (see [`TwinHistoryTable`]).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::{MemTable, TableType};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -17,6 +19,7 @@ use twinlake_model::Table;
 use twinlake_store::LiveTables;
 
 use crate::lake_table::LakeTableProvider;
+use crate::table_derived::TableDerived;
 
 /// `(name, SELECT …)` of each view, in the order they must be created; `twin_history` first
 /// for sessions that read pinned snapshots, where it stays a view over their `twin_changes`.
@@ -113,13 +116,10 @@ WHERE newest = 1";
 /// 5 ms of a 24 ms query (16-depot-inventory); its rows are few (one per value a fragment
 /// had), so they are kept in memory.
 pub(crate) struct TwinHistoryTable {
-    live: Arc<LiveTables>,
     /// A session holding only `twin_changes`, on the engine's runtime and memory.
     context: SessionContext,
     schema: SchemaRef,
-    /// The rows and the `twin_changes` state they were computed from.
-    computed: RwLock<Option<(u64, Arc<Vec<RecordBatch>>)>>,
-    computing: tokio::sync::Mutex<()>,
+    rows: TableDerived<Vec<RecordBatch>>,
 }
 
 impl std::fmt::Debug for TwinHistoryTable {
@@ -135,37 +135,25 @@ impl TwinHistoryTable {
         context.register_table(Table::TwinChanges.name(), Arc::new(twin_changes))?;
         let schema = Arc::new(context.sql(TWIN_HISTORY).await?.schema().as_arrow().clone());
         Ok(Self {
-            live,
             context,
             schema,
-            computed: RwLock::default(),
-            computing: tokio::sync::Mutex::default(),
+            rows: TableDerived::new(Table::TwinChanges, live, Vec::new()),
         })
-    }
-
-    fn computed_at(&self, changes: u64) -> Option<Arc<Vec<RecordBatch>>> {
-        let computed = self.computed.read().ok()?;
-        let (at, rows) = computed.as_ref()?;
-        (*at == changes).then(|| Arc::clone(rows))
     }
 
     /// The rows as `twin_changes` holds them now: computed once however many queries ask
     /// at the same time.
     async fn rows(&self) -> Result<Arc<Vec<RecordBatch>>> {
-        let changes = self.live.changes(Table::TwinChanges);
-        if let Some(rows) = self.computed_at(changes) {
+        if let Some(rows) = self.rows.current() {
             return Ok(rows);
         }
-        let _computing = self.computing.lock().await;
-        if let Some(rows) = self.computed_at(changes) {
+        let _one_at_a_time = self.rows.computing().await;
+        if let Some(rows) = self.rows.current() {
             return Ok(rows);
         }
+        let changes = self.rows.changes();
         let rows = Arc::new(self.context.sql(TWIN_HISTORY).await?.collect().await?);
-        let mut computed = self
-            .computed
-            .write()
-            .map_err(|_| DataFusionError::Internal("twin_history cache poisoned".into()))?;
-        *computed = Some((changes, Arc::clone(&rows)));
+        self.rows.publish(changes, Arc::clone(&rows));
         Ok(rows)
     }
 }
@@ -182,14 +170,16 @@ impl TableProvider for TwinHistoryTable {
 
     async fn scan(
         &self,
-        state: &dyn Session,
+        _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
+        _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows().await?.as_ref().clone();
-        let table = MemTable::try_new(self.schema(), vec![rows])?;
-        table.scan(state, projection, filters, limit).await
+        let rows = self.rows().await?;
+        let source =
+            MemorySourceConfig::try_new(&[rows.to_vec()], self.schema(), projection.cloned())?
+                .with_limit(limit);
+        Ok(DataSourceExec::from_data_source(source))
     }
 }
 
