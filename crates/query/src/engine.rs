@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use twinlake_model::{EntityHistory, Table};
 use twinlake_store::LiveTables;
 
+use crate::file_cache::FileCache;
 use crate::hierarchy::{
     HierarchyCache, HierarchyFunction, HierarchyScalar, HierarchyTable, HierarchyTableFunction,
     HierarchyUdf, Relation,
@@ -79,6 +80,9 @@ pub struct QueryLimits {
     pub max_result_bytes: usize,
     /// Queries running at once; more wait for a turn (within their timeout).
     pub max_concurrent: usize,
+    /// Memory all queries share for the small tables' files kept decoded (alarms, events,
+    /// health, twin and entity changes); 0 reads them from Parquet every time.
+    pub file_cache_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -89,6 +93,7 @@ impl Default for QueryLimits {
             max_result_rows: 5_000_000,
             max_result_bytes: 256 * 1024 * 1024,
             max_concurrent: 8,
+            file_cache_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -202,6 +207,7 @@ struct SessionTables {
     hierarchy: Arc<HierarchyCache>,
     twin_history: Arc<TwinHistoryTable>,
     lake_store: Arc<dyn object_store::ObjectStore>,
+    file_cache: Arc<FileCache>,
 }
 
 /// What an export's session reads with: its own memory (spilling to disk beyond it) and the
@@ -254,7 +260,8 @@ impl SessionTables {
                 table,
                 Arc::clone(&self.live),
                 Some(Arc::clone(&self.hierarchy)),
-            );
+            )
+            .with_file_cache(Arc::clone(&self.file_cache));
             if pinned {
                 provider = provider.pinned();
             }
@@ -311,6 +318,7 @@ impl QueryEngine {
             hierarchy: Arc::clone(&hierarchy),
             twin_history: Arc::new(twin_history),
             lake_store,
+            file_cache: Arc::new(FileCache::new(limits.file_cache_bytes)),
         };
         Ok(Self {
             context: tables.session(true).await?,
@@ -322,6 +330,11 @@ impl QueryEngine {
             hierarchy,
             tables,
         })
+    }
+
+    /// The engine's metrics (its decoded-file cache) into `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.tables.file_cache.metrics.register(registry);
     }
 
     /// A session of its own over the same tables, memory pool and limits, for a protocol that

@@ -28,6 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 use twinlake_model::{ColumnType, Table};
 use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
 
+use crate::file_cache::{self, FileCache};
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
 
 /// The URL under which the lake's object store is registered with DataFusion.
@@ -41,6 +42,8 @@ pub(crate) struct LakeTableProvider {
     hierarchy: Option<Arc<HierarchyCache>>,
     /// Read by every scan instead of the table as it is at the scan.
     pinned: Option<TableSnapshot>,
+    /// Where a small table's files are read from, decoded once.
+    file_cache: Option<Arc<FileCache>>,
 }
 
 impl LakeTableProvider {
@@ -54,6 +57,15 @@ impl LakeTableProvider {
             live,
             hierarchy,
             pinned: None,
+            file_cache: None,
+        }
+    }
+
+    /// The table's files read through `cache` while the table is small enough for it.
+    pub(crate) fn with_file_cache(self, cache: Arc<FileCache>) -> Self {
+        Self {
+            file_cache: file_cache::is_cached(self.table).then_some(cache),
+            ..self
         }
     }
 
@@ -104,12 +116,23 @@ impl TableProvider for LakeTableProvider {
             &self.live.entity_ids(),
             hierarchy.as_deref(),
         );
-        let files: Vec<&PersistedFile> = snapshot
+        let mut files: Vec<&PersistedFile> = snapshot
             .files
             .iter()
             .filter(|file| pruning.may_match(file))
             .collect();
         let mut inputs = Vec::new();
+        if let Some(cache) = self.file_cache_for(&snapshot) {
+            let (decoded, unread) = read_through_cache(state, cache, &self.schema(), files).await?;
+            files = unread;
+            if !decoded.is_empty() {
+                let batches = spread(decoded, partitions);
+                let memory =
+                    MemorySourceConfig::try_new(&batches, self.schema(), projection.cloned())?
+                        .with_limit(limit);
+                inputs.push(DataSourceExec::from_data_source(memory) as Arc<dyn ExecutionPlan>);
+            }
+        }
         if !files.is_empty() {
             let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
             let source = self.parquet_source(state, predicate)?;
@@ -124,6 +147,12 @@ impl TableProvider for LakeTableProvider {
 }
 
 impl LakeTableProvider {
+    fn file_cache_for(&self, snapshot: &TableSnapshot) -> Option<&Arc<FileCache>> {
+        let cache = self.file_cache.as_ref()?;
+        let bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
+        (bytes <= cache.max_table_file_bytes()).then_some(cache)
+    }
+
     /// What the Parquet reader cannot learn from the filters by itself: a subtree predicate as
     /// its entities (the range they span, and the list when it is short), which row-group and
     /// page statistics prune by (files are sorted by entity and time). The filters themselves
@@ -228,6 +257,32 @@ impl LakeTableProvider {
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// The files' rows from `cache` (decoded now if they are not yet), and the files it cannot
+/// hold, left to the Parquet scan.
+async fn read_through_cache<'a>(
+    state: &dyn Session,
+    cache: &FileCache,
+    schema: &SchemaRef,
+    files: Vec<&'a PersistedFile>,
+) -> Result<(Vec<RecordBatch>, Vec<&'a PersistedFile>)> {
+    let store = state
+        .runtime_env()
+        .object_store(ObjectStoreUrl::parse(LAKE_STORE_URL)?)?;
+    let reads = files
+        .iter()
+        .map(|file| cache.read(&store, &file.path, schema));
+    let decoded = futures::future::try_join_all(reads).await?;
+    let mut batches = Vec::new();
+    let mut unread = Vec::new();
+    for (file, decoded) in files.into_iter().zip(decoded) {
+        match decoded {
+            Some(decoded) => batches.extend(decoded.iter().cloned()),
+            None => unread.push(file),
+        }
+    }
+    Ok((batches, unread))
 }
 
 /// Rows and bytes of the files, known from the Delta log without opening them: with them the

@@ -14,6 +14,7 @@
 //! It must not open sockets: the `server` crate serves what this crate answers.
 
 mod engine;
+mod file_cache;
 mod hierarchy;
 mod lake_table;
 mod latest;

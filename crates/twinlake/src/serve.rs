@@ -190,6 +190,11 @@ pub(crate) struct ServeOptions {
     /// Queries that run at once; more wait for their turn within their timeout [default: 8].
     #[arg(long, env = "TWINLAKE_QUERY_MAX_CONCURRENT")]
     pub(crate) query_max_concurrent: Option<usize>,
+    /// Memory all queries share to keep the small tables' files decoded (alarms, events,
+    /// health, twin and entity changes), in MiB; 0 reads them from Parquet each time
+    /// [default: 128].
+    #[arg(long, env = "TWINLAKE_QUERY_FILE_CACHE_MB")]
+    pub(crate) query_file_cache_mb: Option<usize>,
     /// Memory an export may use for its sorts, in MiB; beyond it they spill to
     /// <data-dir>/export-spill [default: 512].
     #[arg(long, env = "TWINLAKE_EXPORT_MEMORY_MB")]
@@ -334,6 +339,7 @@ impl ServeOptions {
             query_max_result_rows,
             query_max_result_bytes,
             query_max_concurrent,
+            query_file_cache_mb,
             export_memory_mb,
             export_timeout_s,
             export_rows_per_file,
@@ -864,6 +870,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
             .query_max_concurrent
             .unwrap_or(defaults.max_concurrent)
             .max(1),
+        file_cache_bytes: options
+            .query_file_cache_mb
+            .map_or(defaults.file_cache_bytes, |mb| mb * MIB),
     };
     let engine = Arc::new(
         QueryEngine::new(Arc::clone(&hot), lake.store(), limits)
@@ -881,6 +890,7 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         "hierarchy folded from entity_changes"
     );
     tokio::spawn(load_latest(Arc::clone(&engine)));
+    engine.register_metrics(&mut registry);
     let http_listen = options
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));

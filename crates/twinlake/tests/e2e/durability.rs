@@ -18,6 +18,22 @@ pub(crate) fn publish_numbered(
     rate: f64,
     values: usize,
 ) -> u64 {
+    let topic = format!("te/device/{entity}///m/seq");
+    publish_sequence(mqtt_url, topic, count, rate, move |n| {
+        let extra: String = (1..values).map(|v| format!(",\"v{v}\":{v}")).collect();
+        format!("{{\"seq\":{n},\"time\":{}{extra}}}", EPOCH + n as i64)
+    })
+}
+
+/// Publishes `payload(n)` for n in 0..count to `topic` (QoS 1, `rate` per second, 0 for as
+/// fast as acknowledged) and returns how many the broker acknowledged.
+pub(crate) fn publish_sequence(
+    mqtt_url: String,
+    topic: String,
+    count: u64,
+    rate: f64,
+    payload: impl Fn(u64) -> String + Send + 'static,
+) -> u64 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -28,14 +44,11 @@ pub(crate) fn publish_numbered(
         // The gateway `main`, on Twinlake's endpoint (a broker without passwords ignores it).
         options.set_inflight(200).set_credentials("main", "");
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
-        let topic = format!("te/device/{entity}///m/seq");
         let sender = tokio::spawn(async move {
             let began = tokio::time::Instant::now();
             for n in 0..count {
-                let extra: String = (1..values).map(|v| format!(",\"v{v}\":{v}")).collect();
-                let payload = format!("{{\"seq\":{n},\"time\":{}{extra}}}", EPOCH + n as i64);
                 client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .publish(&topic, QoS::AtLeastOnce, false, payload(n))
                     .await
                     .unwrap();
                 if rate > 0.0 {

@@ -5,11 +5,23 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::durability::{EPOCH, publish_numbered};
+use crate::durability::{EPOCH, publish_numbered, publish_sequence};
 use crate::support::{Broker, Moto, TcpProxy, Twinlake, free_port};
 
 const PERSISTED: &str = "twinlake_persisted_rows_total{table=\"measurements\"}";
 const SMALL_PERSISTS: [&str; 4] = ["--persist-max-rows", "500", "--persist-max-age", "1s"];
+/// Many small persists, compacted as soon as there are two files: two candidates suffice, as
+/// the last persist of a test may leave just one file beside a compacted one.
+const COMPACTING: [&str; 8] = [
+    "--persist-max-rows",
+    "200",
+    "--persist-max-age",
+    "1s",
+    "--compact-interval-s",
+    "1",
+    "--compact-min-files",
+    "2",
+];
 
 /// `seq` is 0..count, so its values sum to this.
 fn seq_sum(count: u64) -> f64 {
@@ -219,39 +231,25 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
     );
 }
 
-#[test]
-fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--persist-max-rows",
-        "200",
-        "--persist-max-age",
-        "1s",
-        "--compact-interval-s",
-        "1",
-        // Two candidates suffice: the last persist of the repeats may leave just one file
-        // beside the compacted one.
-        "--compact-min-files",
-        "2",
-    ];
-    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &flags);
-    let count = 3_000;
+/// Queries run in a loop while rows are persisted and compacted: a row seen twice would make
+/// `n` exceed the distinct times `d`, a row missed would make `n` go down.
+struct RowWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
 
-    // Queries run in a loop while rows are persisted and compacted: a row seen twice would
-    // make count exceed the distinct times, a row missed would make the count go down.
-    let http = twinlake.http.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
+impl RowWatcher {
+    /// `sql` returns one row of `n` (rows) and `d` (distinct times).
+    fn start(twinlake: &Twinlake, sql: &'static str) -> Self {
+        let http = twinlake.http.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
             let probe = Twinlake::client(&http);
             let mut last = 0;
             let mut checks = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let row = &probe.query(
-                    "SELECT count(*) AS n, count(DISTINCT time) AS d FROM measurements \
-                     WHERE entity = 'main:device:c1'",
-                )[0];
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                let row = &probe.query(sql)[0];
                 let (n, d) = (row["n"].as_i64().unwrap(), row["d"].as_i64().unwrap());
                 assert_eq!(n, d, "a row was seen twice");
                 assert!(n >= last, "rows went missing: {n} after {last}");
@@ -259,8 +257,31 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
                 checks += 1;
             }
             checks
-        })
-    };
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let checks = self
+            .thread
+            .join()
+            .expect("the query loop saw every row once");
+        assert!(checks > 10, "only {checks} queries ran during the test");
+    }
+}
+
+#[test]
+fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &COMPACTING);
+    let count = 3_000;
+
+    let watcher = RowWatcher::start(
+        &twinlake,
+        "SELECT count(*) AS n, count(DISTINCT time) AS d FROM measurements \
+         WHERE entity = 'main:device:c1'",
+    );
     assert_eq!(
         publish_numbered(twinlake.mqtt_url.clone(), "c1", count, 1_500.0, 1),
         count
@@ -272,9 +293,7 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
         3.0,
         Duration::from_secs(60),
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let checks = watcher.join().expect("the query loop saw every row once");
-    assert!(checks > 10, "only {checks} queries ran during the test");
+    watcher.stop();
     assert!(compacted >= 3.0, "small files were compacted");
     assert_eq!(seq_totals(&twinlake, "c1"), (count as i64, seq_sum(count)));
 
@@ -295,4 +314,58 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
         .metric("twinlake_lake_files{table=\"measurements\"}")
         .unwrap();
     assert!(files <= 3.0, "{files} files left after compaction");
+}
+
+/// Events, like the other small tables, are read through the cache of decoded files: each
+/// file decoded once and then read from memory, every row seen once while files are persisted
+/// and compacted under the queries, and the same answers with the cache turned off.
+#[test]
+fn small_tables_read_through_the_file_cache_see_each_row_once_across_persists_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &COMPACTING);
+    const TICKS: &str = "SELECT count(*) AS n, count(DISTINCT time) AS d FROM events \
+         WHERE entity = 'main:device:ev1' AND type = 'tick'";
+    let watcher = RowWatcher::start(&twinlake, TICKS);
+    let count = 2_000;
+    let published = publish_sequence(
+        twinlake.mqtt_url.clone(),
+        "te/device/ev1///e/tick".to_owned(),
+        count,
+        1_000.0,
+        |n| format!("{{\"text\":\"tick {n}\",\"time\":{}}}", EPOCH + n as i64),
+    );
+    assert_eq!(published, count);
+    let events = "twinlake_persisted_rows_total{table=\"events\"}";
+    wait_for_metric(&twinlake, events, count as f64, Duration::from_secs(60));
+    let compacted = wait_for_metric(
+        &twinlake,
+        "twinlake_compacted_files_total",
+        2.0,
+        Duration::from_secs(60),
+    );
+    assert!(compacted >= 2.0, "event files were compacted");
+    watcher.stop();
+
+    let ticks = |twinlake: &Twinlake| {
+        let row = &twinlake.query(TICKS)[0];
+        (row["n"].as_i64().unwrap(), row["d"].as_i64().unwrap())
+    };
+    assert_eq!(ticks(&twinlake), (count as i64, count as i64));
+    let loads = twinlake.metric("twinlake_query_file_cache_loads_total");
+    assert!(loads.unwrap() >= 1.0, "files decoded into the cache");
+    let hits = twinlake.metric("twinlake_query_file_cache_hits_total");
+    assert!(hits.unwrap() >= 1.0, "queries read files from the cache");
+    twinlake.stop();
+
+    let uncached = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--query-file-cache-mb", "0"],
+    );
+    assert_eq!(ticks(&uncached), (count as i64, count as i64));
+    assert_eq!(
+        uncached.metric("twinlake_query_file_cache_loads_total"),
+        Some(0.0),
+        "with no budget nothing is decoded into the cache"
+    );
 }
