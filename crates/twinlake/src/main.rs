@@ -4,6 +4,7 @@ mod bench;
 mod bench_lake;
 mod bench_queries;
 mod check;
+mod demo;
 mod export;
 mod passwd;
 mod query;
@@ -31,7 +32,7 @@ struct Cli {
 enum Command {
     /// Run Twinlake: MQTT ingest (its own endpoint by default), the WAL, and SQL over HTTP and
     /// the PostgreSQL wire protocol.
-    Serve(serve::ServeOptions),
+    Serve(serve::ServeArgs),
     /// Compact the lake now: merge small files, apply retention, vacuum (run while serve is stopped).
     Compact(serve::ServeOptions),
     /// Run SQL against a running Twinlake and print the result.
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             &topic_root,
             received_at.as_deref(),
         ),
-        Command::Serve(options) => run_async(serve::serve(options)).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => run_async(serve::serve(args)).map(|()| ExitCode::SUCCESS),
         Command::Compact(options) => run_async(serve::compact(options)).map(|()| ExitCode::SUCCESS),
         Command::Query(args) => run_async(query::query(args)).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => run_async(export::export(args)).map(|()| ExitCode::SUCCESS),

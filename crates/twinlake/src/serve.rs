@@ -27,6 +27,18 @@ use twinlake_wal::{RecordId, SyncMode, Wal, WalConfig, WalStats};
 /// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
 /// the same name in `twinlake.toml`; a flag or variable wins over the file, the file over the
 /// default.
+/// `twinlake serve`: the settings, and whether to run the demo fleet beside them.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) options: ServeOptions,
+    /// Also run a simulated fleet of 10 trucks (each a thin-edge gateway with child devices,
+    /// services, twin data, events and alarms) inside the server, publishing to its MQTT
+    /// endpoint, with data kept in ./twinlake-demo unless --data-dir says otherwise.
+    #[arg(long)]
+    pub(crate) demo: bool,
+}
+
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct ServeOptions {
@@ -756,8 +768,11 @@ fn fleet_topics(options: &ServeOptions) -> Result<FleetTopics, String> {
     FleetTopics::new(prefix, root, gateway).map_err(|e| format!("--fleet-prefix: {e}"))
 }
 
-pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
-    let options = options.with_config_file()?;
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut options = args.options.with_config_file()?;
+    if args.demo {
+        options = crate::demo::demo_options(options)?;
+    }
     let data_dir = options.data_dir();
     let topics = fleet_topics(&options)?;
     let sync = match options.wal_sync.as_deref().unwrap_or("always") {
@@ -928,6 +943,13 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
         metrics,
         stopped.clone(),
     ));
+    let demo_task = match args.demo {
+        true => options
+            .listener()?
+            .listen
+            .map(|endpoint| tokio::spawn(crate::demo::run_demo_fleet(endpoint))),
+        false => None,
+    };
     let postgres_task = postgres.map(|(port, listener)| {
         let mut pg_stopped = stopped.clone();
         tokio::spawn(port.serve(listener, async move {
@@ -953,6 +975,9 @@ pub(crate) async fn serve(options: ServeOptions) -> Result<(), String> {
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down: taking no new messages, committing and acknowledging the rest");
+            if let Some(demo) = &demo_task {
+                demo.abort();
+            }
             let _ = stop.send(true);
             ingest_outcome(finish_ingest(ingest_task, &wal).await)
         }
