@@ -50,6 +50,7 @@ pub fn router(state: HttpState) -> Router {
             get(export_status).delete(export_cancel),
         )
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
         .route_layer(axum::middleware::from_fn_with_state(users, require_user))
         .route("/health", get(health))
         .with_state(state)

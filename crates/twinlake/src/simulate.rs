@@ -95,6 +95,12 @@ pub(crate) struct SimulateArgs {
     /// tenth of --rounds: nothing more comes from them (the rest of the fleet is unchanged).
     #[arg(long, value_delimiter = ',', requires = "rounds")]
     silent: Vec<String>,
+    /// Chance per truck and round that it reports a service due: a minor alarm `service_due`
+    /// that stays active for 30–300 rounds, until the service is done, as a fleet's alarms
+    /// do. Drawn from random numbers of its own: the rest of the data is the same whatever
+    /// this is (the benchmarks and tests set 0).
+    #[arg(long, default_value_t = 0.002, value_parser = parse_share)]
+    service_alarms: f64,
 }
 
 impl SimulateArgs {
@@ -151,6 +157,8 @@ struct Truck {
     firmware_patch: u32,
     overheating: bool,
     low_fuel: bool,
+    /// Rounds until a service due is done (its alarm cleared).
+    service_due: Option<u32>,
     stopped_rounds: u32,
     services_down: Vec<bool>,
     /// Rounds left without a link; readings and events meanwhile wait in `backlog`.
@@ -192,6 +200,9 @@ pub(crate) struct Fleet {
     silent: Vec<String>,
     silent_from: u64,
     rounds_done: u64,
+    /// Services due: their own random numbers, so the rest of the fleet is the same without.
+    service_alarms: f64,
+    service_rng: StdRng,
 }
 
 fn qos_of(level: u8) -> QoS {
@@ -240,6 +251,7 @@ impl Fleet {
                     firmware_patch: rng.random_range(1..=3),
                     overheating: false,
                     low_fuel: false,
+                    service_due: None,
                     stopped_rounds: 0,
                     services_down: vec![false; args.services.len()],
                     offline_rounds: 0,
@@ -261,6 +273,8 @@ impl Fleet {
             silent_from: args.rounds.map_or(u64::MAX, |rounds| rounds - rounds / 10),
             rounds_done: 0,
             missing: args.missing,
+            service_alarms: args.service_alarms,
+            service_rng: StdRng::seed_from_u64(args.seed.wrapping_add(2)),
         }
     }
 
@@ -570,6 +584,23 @@ impl Fleet {
         } else if truck.low_fuel && truck.fuel > 20.0 {
             truck.low_fuel = false;
             alarms.push(("low_fuel", None));
+        }
+        match truck.service_due {
+            Some(0) | Some(1) => {
+                truck.service_due = None;
+                alarms.push(("service_due", None));
+            }
+            Some(rounds) => truck.service_due = Some(rounds - 1),
+            None if self.service_alarms > 0.0
+                && self.service_rng.random_bool(self.service_alarms) =>
+            {
+                truck.service_due = Some(self.service_rng.random_range(30..=300));
+                alarms.push((
+                    "service_due",
+                    Some(json!({"severity": "minor", "text": "Service due: brakes and tyres", "time": time})),
+                ));
+            }
+            None => {}
         }
 
         // Firmware updates are rare; they change the twin and leave an event.

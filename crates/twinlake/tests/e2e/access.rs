@@ -42,7 +42,7 @@ impl Drop for Serve {
 }
 
 /// The status code and body curl gets for `url` with `args`.
-fn curl(url: &str, args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(url: &str, args: &[&str]) -> (u16, String) {
     let output = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])
         .args(args)
@@ -54,18 +54,25 @@ fn curl(url: &str, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-#[test]
-fn queries_need_a_user_of_the_query_password_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("query-users");
+/// `serve` in `dir` with one user of its query password file, ana (password s3cret), once its
+/// HTTP port listens; and that port.
+pub(crate) fn serve_with_a_user(dir: &Path) -> (Serve, u16) {
+    let users = dir.join("query-users");
     add_user(&users, "ana", "s3cret", false);
     let port = free_port();
-    let _serve = Serve::start(
-        &dir.path().join("data"),
+    let serve = Serve::start(
+        &dir.join("data"),
         &format!("127.0.0.1:{port}"),
         &["--query-password-file", users.to_str().unwrap()],
     );
     wait_for_port(port, "twinlake");
+    (serve, port)
+}
+
+#[test]
+fn queries_need_a_user_of_the_query_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, port) = serve_with_a_user(dir.path());
     let query = format!("http://127.0.0.1:{port}/api/v1/query?sql=SELECT%2041%2B1%20AS%20answer");
 
     let (status, body) = curl(&query, &["-D", "-"]);
@@ -118,7 +125,7 @@ fn queries_need_a_user_of_the_query_password_file() {
     assert!(listed.contains(r#""state":"succeeded""#), "{listed}");
 
     // The file is read again when it changes: a user added while serving gets in.
-    add_user(&users, "bob", "hunter2", false);
+    add_user(&dir.path().join("query-users"), "bob", "hunter2", false);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while curl(&query, &["-u", "bob:hunter2"]).0 != 200 {
         assert!(

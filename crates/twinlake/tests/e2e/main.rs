@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod console;
 mod demo;
 mod durability;
 mod endpoint;
