@@ -124,8 +124,11 @@ def gateway_page(driver, base, shots):
     latest = sql(base, f"SELECT series, value FROM latest WHERE gateway = '{gateway}' ORDER BY entity, type, series")
     rows = driver.find_elements(By.CSS_SELECTOR, "#latest tbody tr")
     check(len(rows) == len(latest), f"gateway: its {len(latest)} latest values")
-    cells = rows[0].find_elements(By.TAG_NAME, "td")
-    check(cells[2].text == latest[0]["series"], f"gateway: the first series is {latest[0]['series']}")
+    for row, expected in zip(rows, latest):
+        cells = row.find_elements(By.TAG_NAME, "td")
+        shown = float(cells[4].text)
+        check(cells[2].text == expected["series"] and abs(shown - expected["value"]) <= 1e-5 * max(1.0, abs(expected["value"])),
+              f"gateway: {expected['series']} = {expected['value']} ({cells[4].text})")
     canvas = driver.find_element(By.ID, "series-chart")
     check(int(canvas.get_attribute("data-points")) > 0, "gateway: the chart has points")
     check(int(canvas.get_attribute("data-regions")) >= 1,
