@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use futures::{StreamExt, TryStreamExt};
+
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -259,6 +261,9 @@ impl LakeTableProvider {
     }
 }
 
+/// Files read at once into the file cache.
+const FILE_CACHE_READS: usize = 8;
+
 /// The files' rows from `cache` (decoded now if they are not yet), and the files it cannot
 /// hold, left to the Parquet scan.
 async fn read_through_cache<'a>(
@@ -270,10 +275,14 @@ async fn read_through_cache<'a>(
     let store = state
         .runtime_env()
         .object_store(ObjectStoreUrl::parse(LAKE_STORE_URL)?)?;
-    let reads = files
-        .iter()
-        .map(|file| cache.read(&store, &file.path, schema));
-    let decoded = futures::future::try_join_all(reads).await?;
+    // A few reads at a time: a year of a small table is hundreds of files, each a GET on S3.
+    let paths: Vec<String> = files.iter().map(|file| file.path.clone()).collect();
+    let store = &store;
+    let decoded: Vec<_> = futures::stream::iter(paths)
+        .map(|path| async move { cache.read(store, &path, schema).await })
+        .buffered(FILE_CACHE_READS)
+        .try_collect()
+        .await?;
     let mut batches = Vec::new();
     let mut unread = Vec::new();
     for (file, decoded) in files.into_iter().zip(decoded) {

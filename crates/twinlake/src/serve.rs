@@ -24,9 +24,6 @@ use twinlake_store::{
 };
 use twinlake_wal::{RecordId, SyncMode, Wal, WalConfig, WalStats};
 
-/// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
-/// the same name in `twinlake.toml`; a flag or variable wins over the file, the file over the
-/// default.
 /// `twinlake serve`: the settings, and whether to run the demo fleet beside them.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -39,6 +36,9 @@ pub(crate) struct ServeArgs {
     pub(crate) demo: bool,
 }
 
+/// Every setting of `serve`. Each is a flag, a `TWINLAKE_*` environment variable and a key of
+/// the same name in `twinlake.toml`; a flag or variable wins over the file, the file over the
+/// default.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct ServeOptions {
