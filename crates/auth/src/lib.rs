@@ -6,9 +6,12 @@
 //! argon2 or a SCRAM-SHA-256 verifier in PostgreSQL's format (which the PostgreSQL port needs
 //! for SCRAM sign-ins, and which checks a password as well); reading it again when it changes,
 //! and verifying passwords and SCRAM proofs. The MQTT endpoint and the query surfaces each use
-//! a file of their own: gateways publish, analysts query.
+//! a file of their own: gateways publish, analysts query. And the other credentials a listener
+//! holds: its TLS certificates and key, read from PEM files (`pem`).
 //!
 //! It must not know what a user may do once in (topics, tables): its callers decide.
+
+pub mod pem;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

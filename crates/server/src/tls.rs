@@ -1,7 +1,7 @@
 //! TLS for the query surfaces, from PEM files: a certificate or key that cannot be loaded is an
 //! error at start, never a fallback to plaintext.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,29 +12,16 @@ use tokio_rustls::server::TlsStream;
 
 pub use tokio_rustls::TlsAcceptor;
 
-/// A certificate chain or key that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("TLS ({path}): {reason}")]
-pub struct TlsError {
-    pub path: PathBuf,
-    pub reason: String,
-}
+pub use twinlake_auth::pem::PemError as TlsError;
 
 /// A server's TLS from its certificate chain and private key (PEM).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = twinlake_auth::pem::certificates(cert)?;
+    let private = twinlake_auth::pem::private_key(key)?;
     let failed = |path: &Path, reason: String| TlsError {
         path: path.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| failed(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(failed(cert, "no certificate in it".to_owned()));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| failed(key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

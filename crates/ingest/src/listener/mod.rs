@@ -273,24 +273,14 @@ fn bound_send_buffer(stream: &tokio::net::TcpStream) {
 }
 
 fn tls_acceptor(tls: &TlsListener) -> Result<TlsAcceptor, ListenerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let failed = |path: &Path, reason: String| ListenerError::Tls {
         path: path.to_owned(),
         reason,
     };
-    let certificates = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ListenerError> {
-        let chain = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| failed(path, e.to_string()))?;
-        if chain.is_empty() {
-            return Err(failed(path, "no certificate in it".to_owned()));
-        }
-        Ok(chain)
-    };
+    let certificates =
+        |path: &Path| twinlake_auth::pem::certificates(path).map_err(|e| failed(&e.path, e.reason));
     let chain = certificates(&tls.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| failed(&tls.key, e.to_string()))?;
+    let key = twinlake_auth::pem::private_key(&tls.key).map_err(|e| failed(&e.path, e.reason))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
