@@ -80,7 +80,7 @@ fn paho(script: &str, args: &[&str]) -> String {
         .arg(path)
         .args(args)
         .output()
-        .expect("python3 with paho-mqtt (.ci/run installs it)");
+        .expect("python3 with paho-mqtt (scripts/test installs it)");
     assert!(output.status.success(), "{script}: {output:?}");
     String::from_utf8(output.stdout).unwrap()
 }

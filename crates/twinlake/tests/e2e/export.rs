@@ -140,7 +140,7 @@ fn read_back(root: &str, s3_endpoint: Option<&str>) -> Value {
         .arg(root)
         .args(s3_endpoint)
         .output()
-        .expect("python3 with pyarrow, pandas, polars and duckdb (.ci/run installs them)");
+        .expect("python3 with pyarrow, pandas, polars and duckdb (scripts/test installs them)");
     assert!(
         output.status.success(),
         "reading the export back failed: {}",

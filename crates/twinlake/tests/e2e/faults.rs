@@ -813,7 +813,7 @@ fn set_table_property(moto_port: u16, table: &str, key: &str, value: &str) {
     let output = std::process::Command::new("python3")
         .args(["-c", &script])
         .output()
-        .expect("python3 with deltalake (.ci/run installs it)");
+        .expect("python3 with deltalake (scripts/test installs it)");
     assert!(
         output.status.success(),
         "{}",

@@ -70,7 +70,7 @@ print(df.height, df["value"].sum())
         .expect("python3");
     assert!(
         output.status.success(),
-        "python deltalake/polars (pip install deltalake polars pyarrow; .ci/run does it): {}",
+        "python deltalake/polars (pip install deltalake polars pyarrow; scripts/test does it): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).unwrap();

@@ -225,7 +225,7 @@ for r in downs.iter_rows():
         .expect("python3");
     assert!(
         output.status.success(),
-        "python polars (pip install polars; .ci/run does it): {}",
+        "python polars (pip install polars; scripts/test does it): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let polars = String::from_utf8(output.stdout).unwrap();

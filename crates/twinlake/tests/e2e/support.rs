@@ -112,7 +112,9 @@ impl Mosquitto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto must be installed: apt-get install -y mosquitto (.ci/run does it)");
+            .expect(
+                "mosquitto must be installed: apt-get install -y mosquitto (scripts/test does it)",
+            );
         wait_for_port(port, "mosquitto");
         Self {
             port,
@@ -637,7 +639,7 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 with moto must be installed: pip install 'moto[s3]' flask flask-cors (.ci/run does it)");
+            .expect("python3 with moto must be installed: pip install 'moto[s3]' flask flask-cors (scripts/test does it)");
         wait_for_port(port, "moto");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
