@@ -11,6 +11,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -26,6 +27,7 @@ use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
 use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
 use crate::twin_at::{TwinAtUdf, TwinValues};
+use crate::validity_join::ValidityJoins;
 use crate::views::{TWIN_HISTORY_NAME, TwinHistoryTable, VIEWS};
 
 /// The hierarchy's tables, table functions and scalar functions.
@@ -252,7 +254,7 @@ impl SessionTables {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features();
-        let mut context = SessionContext::new_with_state(CooperativeJoins::add_to(state).build());
+        let mut context = SessionContext::new_with_state(with_twinlake_rules(state).build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
         datafusion_functions_json::register_all(&mut context)?;
         for table in Table::ALL {
@@ -282,6 +284,20 @@ impl SessionTables {
         }
         Ok(context)
     }
+}
+
+/// DataFusion's physical rules with Twinlake's two after its own `EnsureCooperative` (the
+/// plan's shape is final there) and before the late filter pushdown (which must see the
+/// validity joins to let them push their own dynamic filters).
+fn with_twinlake_rules(state: SessionStateBuilder) -> SessionStateBuilder {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let place = rules
+        .iter()
+        .position(|rule| rule.name() == "EnsureCooperative")
+        .map_or(rules.len(), |at| at + 1);
+    rules.insert(place, Arc::new(CooperativeJoins));
+    rules.insert(place, Arc::new(ValidityJoins));
+    state.with_physical_optimizer_rules(rules)
 }
 
 impl std::fmt::Debug for QueryEngine {

@@ -21,6 +21,7 @@ mod latest;
 mod runtime;
 mod table_derived;
 mod twin_at;
+mod validity_join;
 mod views;
 
 pub use engine::{

@@ -10,9 +10,7 @@ use std::task::{Context, Poll};
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::joins::{
@@ -20,6 +18,8 @@ use datafusion::physical_plan::joins::{
     SymmetricHashJoinExec,
 };
 use tokio::runtime::{Builder, Runtime};
+
+use crate::validity_join::ValidityJoinExec;
 use tokio::task::{JoinError, JoinHandle};
 
 /// A runtime with a thread per core, for query work only.
@@ -91,20 +91,6 @@ impl<T> Drop for Running<T> {
 #[derive(Debug, Default)]
 pub(crate) struct CooperativeJoins;
 
-impl CooperativeJoins {
-    /// DataFusion's physical rules with this one beside its own `EnsureCooperative` (before
-    /// the late filter pushdown, which must see the plan's final shape).
-    pub(crate) fn add_to(state: SessionStateBuilder) -> SessionStateBuilder {
-        let mut rules = PhysicalOptimizer::new().rules;
-        let place = rules
-            .iter()
-            .position(|rule| rule.name() == "EnsureCooperative")
-            .map_or(rules.len(), |at| at + 1);
-        rules.insert(place, Arc::new(Self));
-        state.with_physical_optimizer_rules(rules)
-    }
-}
-
 impl PhysicalOptimizerRule for CooperativeJoins {
     fn optimize(
         &self,
@@ -138,4 +124,5 @@ fn is_join(plan: &dyn ExecutionPlan) -> bool {
         || plan.is::<SortMergeJoinExec>()
         || plan.is::<SymmetricHashJoinExec>()
         || plan.is::<PiecewiseMergeJoinExec>()
+        || plan.is::<ValidityJoinExec>()
 }

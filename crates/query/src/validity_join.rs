@@ -1,0 +1,1124 @@
+//! The join of rows to what was valid at their time: `x.key = v.key AND x.time >= v.valid_from
+//! AND (v.valid_to IS NULL OR x.time < v.valid_to)`, the shape of every "as of the reading"
+//! question (the hierarchy, a gateway's depot, a device's firmware, each at the time).
+//!
+//! DataFusion plans it as a hash join with the validity as a join filter: every probe row's
+//! key hashed, its candidate build rows gathered, the filter's columns copied into a batch and
+//! evaluated, then the output taken. The version side is small (an entity has a handful of
+//! versions) and the reading side large and sorted by key, so [`ValidityJoinExec`] looks a key
+//! up once per run of equal keys and picks the version by comparing two integers. It also
+//! decides its own dynamic filter: the keys pushed into the scan only when there are few
+//! enough of them to prune, never a lookup that rejects nothing.
+//!
+//! It must not change an answer: it replaces only a collect-left inner hash join whose one
+//! equality is on text and whose filter is exactly the validity above, and produces the same
+//! columns, rows and partitioning.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, LargeStringArray, RecordBatch, RecordBatchOptions,
+    StringArray, StringViewArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{JoinSide, JoinType, NullEquality, Result, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, Column, DynamicFilterPhysicalExpr, InListExpr, IsNullExpr, lit,
+};
+use datafusion::physical_expr::split_conjunction;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildFilterDescription, ChildPushdownResult, FilterDescription, FilterPushdownPhase,
+    FilterPushdownPropagation,
+};
+use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PhysicalExpr,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+
+/// The plan rule putting a [`ValidityJoinExec`] where a hash join has its shape.
+#[derive(Debug, Default)]
+pub(crate) struct ValidityJoins;
+
+impl PhysicalOptimizerRule for ValidityJoins {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| match ValidityJoinExec::try_new(Arc::clone(&node)) {
+            Some(exec) => Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>)),
+            None => Ok(Transformed::no(node)),
+        })
+        .map(|done| done.data)
+    }
+
+    fn name(&self) -> &str {
+        "ValidityJoins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Where the join finds its parts: the build side holds the versions, the probe side the rows.
+#[derive(Debug, Clone)]
+struct Shape {
+    build_key: Arc<dyn PhysicalExpr>,
+    probe_key: Arc<dyn PhysicalExpr>,
+    /// Column of the probe side's time.
+    probe_time: usize,
+    /// Columns of the build side's validity.
+    valid_from: usize,
+    valid_to: usize,
+    /// Each output column: from which side, which column.
+    output: Vec<(JoinSide, usize)>,
+}
+
+impl Shape {
+    /// The shape of `join`, if it is the validity join this operator replaces.
+    fn of(join: &HashJoinExec) -> Option<Self> {
+        if *join.join_type() != JoinType::Inner
+            || *join.partition_mode() != PartitionMode::CollectLeft
+            || join.null_equality() != NullEquality::NullEqualsNothing
+            || join.null_aware
+            || join.fetch().is_some()
+        {
+            return None;
+        }
+        let [(build_key, probe_key)] = join.on() else {
+            return None;
+        };
+        let (build_schema, probe_schema) = (join.left().schema(), join.right().schema());
+        if !is_text(&build_key.data_type(&build_schema).ok()?)
+            || !is_text(&probe_key.data_type(&probe_schema).ok()?)
+        {
+            return None;
+        }
+        let filter = join.filter()?;
+        let side_of = FilterColumns(filter);
+        let (mut from, mut to) = (None, None);
+        let mut time = None;
+        let conjuncts = split_conjunction(filter.expression());
+        if conjuncts.len() != 2 {
+            return None;
+        }
+        for conjunct in conjuncts {
+            let (t, bound, is_from) = validity_bound(conjunct, &side_of)?;
+            if *time.get_or_insert(t) != t {
+                return None;
+            }
+            if is_from { &mut from } else { &mut to }.replace(bound);
+        }
+        let (time, from, to) = (time?, from?, to?);
+        let time_type = probe_schema.field(time).data_type();
+        let is_time = matches!(time_type, DataType::Timestamp(_, _) | DataType::Int64);
+        if !is_time
+            || build_schema.field(from).data_type() != time_type
+            || build_schema.field(to).data_type() != time_type
+        {
+            return None;
+        }
+        let left_columns = build_schema.fields().len();
+        let full: Vec<(JoinSide, usize)> = (0..left_columns)
+            .map(|i| (JoinSide::Left, i))
+            .chain((0..probe_schema.fields().len()).map(|i| (JoinSide::Right, i)))
+            .collect();
+        let output = match &join.projection {
+            Some(projection) => projection
+                .iter()
+                .map(|&i| full.get(i).copied())
+                .collect::<Option<Vec<_>>>()?,
+            None => full,
+        };
+        Some(Self {
+            build_key: Arc::clone(build_key),
+            probe_key: Arc::clone(probe_key),
+            probe_time: time,
+            valid_from: from,
+            valid_to: to,
+            output,
+        })
+    }
+}
+
+fn is_text(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// The columns a join filter names, each on its side of the join.
+struct FilterColumns<'a>(&'a JoinFilter);
+
+impl FilterColumns<'_> {
+    /// The side and column of `expr`, when it is a plain column.
+    fn side_of(&self, expr: &Arc<dyn PhysicalExpr>) -> Option<(JoinSide, usize)> {
+        let column = expr.downcast_ref::<Column>()?;
+        let index = self.0.column_indices().get(column.index())?;
+        Some((index.side, index.index))
+    }
+}
+
+/// One side of the validity: `t >= from` (or `from <= t`), giving `(t, from, true)`, or
+/// `to IS NULL OR t < to` (either order, or `to > t`), giving `(t, to, false)`; `t` a probe
+/// column, `from` and `to` build columns.
+fn validity_bound(
+    expr: &Arc<dyn PhysicalExpr>,
+    columns: &FilterColumns,
+) -> Option<(usize, usize, bool)> {
+    let side_of = |expr: &Arc<dyn PhysicalExpr>| columns.side_of(expr);
+    let binary = expr.downcast_ref::<BinaryExpr>()?;
+    let probe_and_build = |probe: &Arc<dyn PhysicalExpr>, build: &Arc<dyn PhysicalExpr>| match (
+        side_of(probe)?,
+        side_of(build)?,
+    ) {
+        ((JoinSide::Right, t), (JoinSide::Left, b)) => Some((t, b)),
+        _ => None,
+    };
+    let comparison = |binary: &BinaryExpr, lower: Operator, upper: Operator| {
+        if *binary.op() == lower {
+            probe_and_build(binary.left(), binary.right())
+        } else if *binary.op() == upper {
+            probe_and_build(binary.right(), binary.left())
+        } else {
+            None
+        }
+    };
+    if let Some((t, from)) = comparison(binary, Operator::GtEq, Operator::LtEq) {
+        return Some((t, from, true));
+    }
+    if *binary.op() != Operator::Or {
+        return None;
+    }
+    let (is_null, less) = match binary.left().downcast_ref::<IsNullExpr>() {
+        Some(is_null) => (is_null, binary.right()),
+        None => (binary.right().downcast_ref::<IsNullExpr>()?, binary.left()),
+    };
+    let (t, to) = comparison(
+        less.downcast_ref::<BinaryExpr>()?,
+        Operator::Lt,
+        Operator::Gt,
+    )?;
+    match side_of(is_null.arg())? {
+        (JoinSide::Left, null_checked) if null_checked == to => Some((t, to, false)),
+        _ => None,
+    }
+}
+
+/// The validity join: a [`HashJoinExec`]'s plan properties, schema and children, run by
+/// looking up each run of equal keys once and picking versions by time.
+#[derive(Debug)]
+pub(crate) struct ValidityJoinExec {
+    /// The [`HashJoinExec`] replaced: its properties, children and statistics stay this
+    /// node's.
+    join: Arc<dyn ExecutionPlan>,
+    shape: Arc<Shape>,
+    /// The versions, read once for all partitions.
+    versions: Arc<OnceCell<Arc<Versions>>>,
+    dynamic_filter: Option<Arc<DynamicFilterPhysicalExpr>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ValidityJoinExec {
+    fn try_new(join: Arc<dyn ExecutionPlan>) -> Option<Self> {
+        let shape = Shape::of(join.downcast_ref::<HashJoinExec>()?)?;
+        Some(Self {
+            join,
+            shape: Arc::new(shape),
+            versions: Arc::new(OnceCell::new()),
+            dynamic_filter: None,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    fn with_join(&self, join: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        match Self::try_new(Arc::clone(&join)) {
+            Some(exec) => Ok(Arc::new(Self {
+                dynamic_filter: self.dynamic_filter.clone(),
+                ..exec
+            })),
+            None => Ok(join),
+        }
+    }
+}
+
+impl DisplayAs for ValidityJoinExec {
+    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let shape = &self.shape;
+        write!(
+            f,
+            "ValidityJoinExec: on=[({}, {})], probe time @{} within build @{}..@{}",
+            shape.build_key, shape.probe_key, shape.probe_time, shape.valid_from, shape.valid_to
+        )?;
+        if let Some(filter) = &self.dynamic_filter {
+            write!(f, ", dynamic filter={filter}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ValidityJoinExec {
+    fn name(&self) -> &str {
+        "ValidityJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.join.properties()
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        self.join.input_distribution_requirements()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        // Rows leave in the probe side's order, each row's versions together.
+        vec![false, true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.join.children()
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.join.apply_expressions(f)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let join = Arc::clone(&self.join).replace_children(children, options)?;
+        self.with_join(join)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        #[expect(deprecated, reason = "the trait still requires it")]
+        let join = Arc::clone(&self.join).with_new_children(children)?;
+        self.with_join(join)
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self {
+            join: Arc::clone(&self.join),
+            shape: Arc::clone(&self.shape),
+            versions: Arc::new(OnceCell::new()),
+            dynamic_filter: self.dynamic_filter.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn dynamic_expressions_produced(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.dynamic_filter
+            .iter()
+            .map(|filter| Arc::clone(filter) as Arc<dyn PhysicalExpr>)
+            .collect()
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        self.join.child_stats_requests(partition)
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        self.join.statistics_from_inputs(input_stats, args)
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        let build = ChildFilterDescription::all_unsupported(&parent_filters);
+        let mut probe = ChildFilterDescription::all_unsupported(&parent_filters);
+        if phase == FilterPushdownPhase::Post
+            && self.dynamic_filter.is_none()
+            && config.optimizer.enable_join_dynamic_filter_pushdown
+        {
+            // Both columns the filter will name, so that DataFusion renames them for the scan.
+            let probe_time = probe_time_column(&self.shape, &self.children()[1].schema());
+            probe = probe.with_self_filter(Arc::new(DynamicFilterPhysicalExpr::new(
+                vec![Arc::clone(&self.shape.probe_key), probe_time],
+                lit(true),
+            )));
+        }
+        Ok(FilterDescription::new().with_child(build).with_child(probe))
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let pushed = child_pushdown_result
+            .self_filters
+            .get(1)
+            .and_then(|filters| filters.first())
+            .map(|filter| Arc::clone(&filter.predicate));
+        let result = FilterPushdownPropagation::all_unsupported(child_pushdown_result);
+        let Some(Ok(filter)) = pushed.map(|p| Arc::downcast::<DynamicFilterPhysicalExpr>(p)) else {
+            return Ok(result);
+        };
+        Ok(result.with_updated_node(Arc::new(Self {
+            join: Arc::clone(&self.join),
+            shape: Arc::clone(&self.shape),
+            versions: Arc::new(OnceCell::new()),
+            dynamic_filter: Some(filter),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let [build_plan, probe_plan] = self.join.children()[..] else {
+            return datafusion::common::internal_err!("validity join without two inputs");
+        };
+        let probe = probe_plan.execute(partition, Arc::clone(&context))?;
+        let build_plan = Arc::clone(build_plan);
+        let versions = Arc::clone(&self.versions);
+        let shape = Arc::clone(&self.shape);
+        let dynamic_filter = self.dynamic_filter.clone();
+        let probe_schema = probe_plan.schema();
+        let batch_size = context.session_config().batch_size();
+        let max_keys_pushed = context
+            .session_config()
+            .options()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let schema = self.schema();
+        let state = ProbeState {
+            probe,
+            shape: Arc::clone(&shape),
+            versions: None,
+            schema: Arc::clone(&schema),
+            pending: None,
+            batch_size,
+            metrics,
+        };
+        let stream = futures::stream::once(async move {
+            let versions = versions
+                .get_or_try_init(|| async {
+                    let versions = Versions::read(build_plan, &shape, context).await?;
+                    if let Some(filter) = dynamic_filter {
+                        versions.publish_filter(&filter, &shape, &probe_schema, max_keys_pushed)?;
+                    }
+                    Ok::<_, datafusion::error::DataFusionError>(Arc::new(versions))
+                })
+                .await?;
+            Ok(ProbeState {
+                versions: Some(Arc::clone(versions)),
+                ..state
+            })
+        })
+        .map(|state: Result<ProbeState>| match state {
+            Ok(state) => futures::stream::unfold(state, ProbeState::next).boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// Text keys of one array, whichever of Arrow's string layouts it has.
+enum Keys<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Keys<'a> {
+    fn of(array: &'a ArrayRef) -> Result<Self> {
+        match array.data_type() {
+            DataType::Utf8 => Ok(Self::Utf8(array.as_string::<i32>())),
+            DataType::LargeUtf8 => Ok(Self::Large(array.as_string::<i64>())),
+            DataType::Utf8View => Ok(Self::View(array.as_string_view())),
+            other => datafusion::common::internal_err!("validity join on a {other} key"),
+        }
+    }
+
+    /// The end of the run of rows from `row` with `row`'s key (or, null, each alone). Rows
+    /// decoded from one dictionary entry share their view, which spares comparing bytes.
+    fn run_end(&self, row: usize, rows: usize) -> usize {
+        let Some(key) = self.get(row) else {
+            return row + 1;
+        };
+        let mut end = row + 1;
+        if let Self::View(a) = self
+            && a.null_count() == 0
+        {
+            let views = &a.views()[..rows];
+            let view = views[row];
+            while end < rows && views[end] == view {
+                end += 1;
+            }
+        }
+        while end < rows && self.get(end) == Some(key) {
+            end += 1;
+        }
+        end
+    }
+
+    /// The key of `row`, `None` when null.
+    fn get(&self, row: usize) -> Option<&'a [u8]> {
+        match self {
+            Self::Utf8(a) => a.is_valid(row).then(|| a.value(row).as_bytes()),
+            Self::Large(a) => a.is_valid(row).then(|| a.value(row).as_bytes()),
+            Self::View(a) => a.is_valid(row).then(|| a.value(row).as_bytes()),
+        }
+    }
+}
+
+/// Every version of the build side, by key, each key's in order of `valid_from`.
+#[derive(Debug)]
+struct Versions {
+    batch: RecordBatch,
+    from: Vec<i64>,
+    /// `i64::MAX` for a version still valid.
+    to: Vec<i64>,
+    by_key: HashMap<Box<[u8]>, KeyVersions>,
+    _reservation: MemoryReservation,
+}
+
+#[derive(Debug)]
+struct KeyVersions {
+    rows: Vec<u32>,
+    /// No two versions overlap, so at most one holds at any time.
+    disjoint: bool,
+}
+
+impl Versions {
+    async fn read(
+        plan: Arc<dyn ExecutionPlan>,
+        shape: &Shape,
+        context: Arc<TaskContext>,
+    ) -> Result<Self> {
+        let schema = plan.schema();
+        let reservation =
+            MemoryConsumer::new("ValidityJoin[versions]").register(context.memory_pool());
+        let mut stream = plan.execute(0, context)?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            batches.push(batch);
+        }
+        let batch = concat_batches(&schema, &batches)?;
+        drop(batches);
+        let rows = batch.num_rows();
+        let keys = shape.build_key.evaluate(&batch)?.into_array(rows)?;
+        let from = as_i64(batch.column(shape.valid_from))?;
+        let to = as_i64(batch.column(shape.valid_to))?;
+        let keys_of = Keys::of(&keys)?;
+        let mut by_key: HashMap<Box<[u8]>, KeyVersions> = HashMap::new();
+        for row in 0..rows {
+            // A version without a key or a start matches nothing, as in SQL.
+            let Some(key) = keys_of.get(row) else {
+                continue;
+            };
+            if from.is_null(row) {
+                continue;
+            }
+            let Ok(row) = u32::try_from(row) else {
+                return datafusion::common::resources_err!(
+                    "validity join: more than 2^32 versions"
+                );
+            };
+            by_key
+                .entry(key.into())
+                .or_insert_with(|| KeyVersions {
+                    rows: Vec::new(),
+                    disjoint: true,
+                })
+                .rows
+                .push(row);
+        }
+        let from: Vec<i64> = from.iter().map(|v| v.unwrap_or(i64::MAX)).collect();
+        let to: Vec<i64> = to.iter().map(|v| v.unwrap_or(i64::MAX)).collect();
+        for versions in by_key.values_mut() {
+            versions.rows.sort_by_key(|&row| from[row as usize]);
+            versions.disjoint = versions
+                .rows
+                .windows(2)
+                .all(|pair| to[pair[0] as usize] <= from[pair[1] as usize]);
+        }
+        reservation.try_grow(by_key.len() * 64 + rows * 24)?;
+        Ok(Self {
+            batch,
+            from,
+            to,
+            by_key,
+            _reservation: reservation,
+        })
+    }
+
+    /// Narrows the probe side's scan to the keys and times there are versions for, when the
+    /// keys are few enough to prune by; a longer list would be tested on every row and
+    /// reject little (a join of the whole fleet), so the filter then stays `true`.
+    fn publish_filter(
+        &self,
+        filter: &DynamicFilterPhysicalExpr,
+        shape: &Shape,
+        probe_schema: &SchemaRef,
+        max_keys: usize,
+    ) -> Result<()> {
+        if self.by_key.len() > max_keys {
+            filter.mark_complete();
+            return Ok(());
+        }
+        let keys = StringArray::from_iter_values(
+            self.by_key
+                .keys()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+        );
+        let probe_key_type = shape.probe_key.data_type(probe_schema)?;
+        let keys = cast(&keys, &probe_key_type)?;
+        let mut predicate: Arc<dyn PhysicalExpr> = Arc::new(InListExpr::try_new_from_array(
+            Arc::clone(&shape.probe_key),
+            keys,
+            false,
+            probe_schema,
+        )?);
+        let earliest = self
+            .by_key
+            .values()
+            .flat_map(|versions| versions.rows.iter().map(|&row| self.from[row as usize]))
+            .min();
+        if let Some(earliest) = earliest {
+            let time_field = probe_schema.field(shape.probe_time);
+            let time = probe_time_column(shape, probe_schema);
+            let earliest = cast(&Int64Array::from(vec![earliest]), time_field.data_type())?;
+            let earliest = datafusion::common::ScalarValue::try_from_array(&earliest, 0)?;
+            predicate = Arc::new(BinaryExpr::new(
+                predicate,
+                Operator::And,
+                Arc::new(BinaryExpr::new(time, Operator::GtEq, lit(earliest))),
+            ));
+        }
+        filter.update(predicate)?;
+        filter.mark_complete();
+        Ok(())
+    }
+
+    /// When build row `row` was valid: from, and until (`i64::MAX` while still valid).
+    fn validity(&self, row: u32) -> (i64, i64) {
+        (self.from[row as usize], self.to[row as usize])
+    }
+
+    /// Calls `found` with each version of `versions` valid at `time`.
+    fn at(&self, versions: &KeyVersions, time: i64, mut found: impl FnMut(u32)) {
+        if versions.disjoint {
+            let after = versions
+                .rows
+                .partition_point(|&row| self.from[row as usize] <= time);
+            if let Some(&row) = after.checked_sub(1).and_then(|i| versions.rows.get(i))
+                && time < self.to[row as usize]
+            {
+                found(row);
+            }
+            return;
+        }
+        for &row in &versions.rows {
+            if self.from[row as usize] > time {
+                break;
+            }
+            if time < self.to[row as usize] {
+                found(row);
+            }
+        }
+    }
+}
+
+fn probe_time_column(shape: &Shape, probe_schema: &SchemaRef) -> Arc<dyn PhysicalExpr> {
+    let name = probe_schema.field(shape.probe_time).name();
+    Arc::new(Column::new(name, shape.probe_time))
+}
+
+fn as_i64(array: &ArrayRef) -> Result<Int64Array> {
+    Ok(cast(array, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
+}
+
+/// A probe batch part way through: the join stops once a batch's worth of rows is found.
+struct Pending {
+    batch: RecordBatch,
+    keys: ArrayRef,
+    times: Int64Array,
+    next_row: usize,
+}
+
+/// One partition's probe side and where it is.
+struct ProbeState {
+    probe: SendableRecordBatchStream,
+    shape: Arc<Shape>,
+    versions: Option<Arc<Versions>>,
+    schema: SchemaRef,
+    pending: Option<Pending>,
+    batch_size: usize,
+    metrics: BaselineMetrics,
+}
+
+impl ProbeState {
+    async fn next(mut self) -> Option<(Result<RecordBatch>, Self)> {
+        loop {
+            if self.pending.is_none() {
+                let batch = match self.probe.next().await? {
+                    Ok(batch) => batch,
+                    Err(e) => return Some((Err(e), self)),
+                };
+                match self.start(batch) {
+                    Ok(pending) => self.pending = Some(pending),
+                    Err(e) => return Some((Err(e), self)),
+                }
+            }
+            match self.join_pending() {
+                Ok(Some(batch)) => return Some((Ok(batch), self)),
+                Ok(None) => {}
+                Err(e) => return Some((Err(e), self)),
+            }
+        }
+    }
+
+    fn start(&self, batch: RecordBatch) -> Result<Pending> {
+        let rows = batch.num_rows();
+        let keys = self.shape.probe_key.evaluate(&batch)?.into_array(rows)?;
+        let times = as_i64(batch.column(self.shape.probe_time))?;
+        Ok(Pending {
+            batch,
+            keys,
+            times,
+            next_row: 0,
+        })
+    }
+
+    /// The next rows joined from the pending batch, `None` once it has no more.
+    fn join_pending(&mut self) -> Result<Option<RecordBatch>> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(None);
+        };
+        let Some(versions) = self.versions.as_deref() else {
+            return datafusion::common::internal_err!("validity join probed before its build");
+        };
+        let timer = self.metrics.elapsed_compute().timer();
+        let rows = pending.batch.num_rows();
+        let first_row = pending.next_row;
+        let (segments, next_row) =
+            match_segments(versions, pending, first_row, rows, self.batch_size)?;
+        pending.next_row = next_row;
+        let batch = output(
+            &self.schema,
+            &self.shape,
+            versions,
+            &pending.batch,
+            &segments,
+        )?;
+        if next_row == rows {
+            self.pending = None;
+        }
+        timer.done();
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        self.metrics.record_output(batch.num_rows());
+        Ok(Some(batch))
+    }
+}
+
+/// Probe rows `start..end` joined to build row `build_row`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Segment {
+    build_row: u32,
+    start: u32,
+    end: u32,
+}
+
+/// The matches of the pending batch's rows from `row` on, as runs of consecutive probe rows
+/// joined to one version, until about `limit` rows are found; and the row to go on from.
+/// Rows come sorted by key: each run of one key is looked up once, and the version that held
+/// at a row's time usually holds for the rows after it.
+fn match_segments(
+    versions: &Versions,
+    pending: &Pending,
+    mut row: usize,
+    rows: usize,
+    limit: usize,
+) -> Result<(Vec<Segment>, usize)> {
+    let keys = Keys::of(&pending.keys)?;
+    let times = &pending.times;
+    let time_nulls = times.null_count() > 0;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut found_rows = 0;
+    while row < rows && found_rows < limit {
+        let run_end = keys.run_end(row, rows);
+        let Some(found) = keys.get(row).and_then(|key| versions.by_key.get(key)) else {
+            row = run_end;
+            continue;
+        };
+        while row < run_end && found_rows < limit {
+            if time_nulls && times.is_null(row) {
+                row += 1;
+                continue;
+            }
+            let time = times.value(row);
+            let before = segments.len();
+            versions.at(found, time, |build_row| {
+                segments.push(Segment {
+                    build_row,
+                    start: row as u32,
+                    end: row as u32 + 1,
+                });
+            });
+            row += 1;
+            if !found.disjoint || segments.len() == before {
+                found_rows += segments.len() - before;
+                continue;
+            }
+            // The one version found holds on for as long as the times stay within it.
+            let last = segments.len() - 1;
+            let (from, to) = versions.validity(segments[last].build_row);
+            let stop = run_end.min(row + (limit - found_rows - 1));
+            while row < stop && !(time_nulls && times.is_null(row)) && {
+                let time = times.value(row);
+                from <= time && time < to
+            } {
+                row += 1;
+            }
+            segments[last].end = row as u32;
+            found_rows += (segments[last].end - segments[last].start) as usize;
+        }
+    }
+    Ok((segments, row))
+}
+
+/// The joined rows: build columns taken at the segments' versions, probe columns at their
+/// rows (or the probe batch as it is, when one segment per version covers it in order).
+fn output(
+    schema: &SchemaRef,
+    shape: &Shape,
+    versions: &Versions,
+    probe: &RecordBatch,
+    segments: &[Segment],
+) -> Result<RecordBatch> {
+    let row_count: usize = segments.iter().map(|s| (s.end - s.start) as usize).sum();
+    let whole_batch = row_count == probe.num_rows()
+        && segments.first().is_none_or(|s| s.start == 0)
+        && segments.windows(2).all(|pair| pair[0].end == pair[1].start);
+    let mut build_rows = Vec::with_capacity(row_count);
+    for segment in segments {
+        let length = (segment.end - segment.start) as usize;
+        build_rows.extend(std::iter::repeat_n(segment.build_row, length));
+    }
+    let build_rows = UInt32Array::from(build_rows);
+    let probe_rows = (!whole_batch)
+        .then(|| UInt32Array::from_iter_values(segments.iter().flat_map(|s| s.start..s.end)));
+    let columns = shape
+        .output
+        .iter()
+        .map(|&(side, column)| match (side, &probe_rows) {
+            (JoinSide::Left, _) => Ok(take(versions.batch.column(column), &build_rows, None)?),
+            (_, Some(rows)) => Ok(take(probe.column(column), rows, None)?),
+            (_, None) => Ok(Arc::clone(probe.column(column))),
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(row_count)),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        ArrayRef, Float64Array, RecordBatch, StringArray, StringViewArray,
+    };
+    use datafusion::arrow::array::{TimestampNanosecondArray, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+    use super::ValidityJoins;
+
+    fn time_type() -> DataType {
+        DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+    }
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// Readings of `devices` devices, one a minute for `minutes`, sorted by device and time
+    /// as in the lake's files, with some null times and devices; and versions of each device's
+    /// parent: a first one, a move after a third of the time, a gap, an overlap on device 2,
+    /// none for device 3, and versions without a start or for keys with no readings.
+    fn tables(devices: usize, minutes: i64) -> (RecordBatch, RecordBatch) {
+        let reading_schema = Arc::new(Schema::new(vec![
+            Field::new("time", time_type(), true),
+            Field::new("entity", DataType::Utf8View, true),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let (mut times, mut entities, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for device in 0..devices {
+            for minute in 0..minutes {
+                let null_time = device == 1 && minute % 97 == 5;
+                times.push((!null_time).then_some(minute * MINUTE));
+                let null_entity = device == 4 && minute % 89 == 7;
+                entities.push((!null_entity).then(|| format!("truck0001:device:sensor{device}")));
+                values.push((device * 1000) as f64 + minute as f64);
+            }
+        }
+        let readings = RecordBatch::try_new(
+            reading_schema,
+            vec![
+                Arc::new(TimestampNanosecondArray::from(times).with_timezone("UTC")),
+                Arc::new(StringViewArray::from_iter(entities)),
+                Arc::new(Float64Array::from(values)),
+            ],
+        )
+        .unwrap();
+        let version_schema = Arc::new(Schema::new(vec![
+            Field::new("entity", DataType::Utf8, true),
+            Field::new("parent", DataType::Utf8, true),
+            Field::new("valid_from", time_type(), true),
+            Field::new("valid_to", time_type(), true),
+            Field::new("version", DataType::UInt64, false),
+        ]));
+        let third = minutes / 3 * MINUTE;
+        // entity, parent, valid_from, valid_to
+        type Version = (Option<String>, &'static str, Option<i64>, Option<i64>);
+        let mut rows: Vec<Version> = Vec::new();
+        for device in 0..devices {
+            let entity = Some(format!("truck0001:device:sensor{device}"));
+            match device {
+                3 => {}
+                2 => {
+                    rows.push((entity.clone(), "a", Some(0), Some(2 * third)));
+                    rows.push((entity, "b", Some(third), None));
+                }
+                _ => {
+                    rows.push((entity.clone(), "b", Some(third + MINUTE), None));
+                    rows.push((entity, "a", Some(0), Some(third)));
+                }
+            }
+        }
+        rows.push((Some("truck0001:device:sensor0".into()), "c", None, None));
+        rows.push((Some("elsewhere".into()), "a", Some(0), None));
+        rows.push((None, "a", Some(0), None));
+        let versions = RecordBatch::try_new(
+            version_schema,
+            vec![
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.0.clone()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    TimestampNanosecondArray::from_iter(rows.iter().map(|r| r.2))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    TimestampNanosecondArray::from_iter(rows.iter().map(|r| r.3))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(UInt64Array::from_iter_values(0..rows.len() as u64)),
+            ],
+        )
+        .unwrap();
+        (readings, versions)
+    }
+
+    /// A session over the readings as Parquet files (a column before `time`, so the scan's
+    /// columns are not the join's), filters evaluated while decoding as Twinlake's are, and
+    /// join keys pushed into the scan when at most `max_keys_pushed`.
+    async fn session(
+        validity_joins: bool,
+        batch_size: usize,
+        max_keys_pushed: usize,
+    ) -> SessionContext {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(batch_size);
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values = max_keys_pushed;
+        let mut rules = PhysicalOptimizer::new().rules;
+        if validity_joins {
+            let place = rules
+                .iter()
+                .position(|rule| rule.name() == "EnsureCooperative")
+                .map_or(rules.len(), |at| at + 1);
+            rules.insert(place, Arc::new(ValidityJoins));
+        }
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let context = SessionContext::new_with_state(state);
+        let (readings, versions) = tables(6, 1000);
+        let dir = std::env::temp_dir().join(format!(
+            "twinlake-validity-join-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let series = Arc::new(StringArray::from_iter_values(
+            (0..readings.num_rows()).map(|i| format!("s{}", i % 3)),
+        ));
+        let mut fields = vec![Field::new("series", DataType::Utf8, false)];
+        fields.extend(
+            readings
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        let mut columns: Vec<ArrayRef> = vec![series];
+        columns.extend(readings.columns().iter().cloned());
+        let readings = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        // Three files of small row groups, each a run of devices, as the lake's are sorted.
+        let per_file = readings.num_rows().div_ceil(3);
+        for (file, start) in (0..readings.num_rows()).step_by(per_file).enumerate() {
+            let part = readings.slice(start, per_file.min(readings.num_rows() - start));
+            let out = std::fs::File::create(dir.join(format!("{file}.parquet"))).unwrap();
+            let properties = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(500))
+                .build();
+            let mut writer = ArrowWriter::try_new(out, part.schema(), Some(properties)).unwrap();
+            writer.write(&part).unwrap();
+            writer.close().unwrap();
+        }
+        context
+            .register_parquet(
+                "readings",
+                dir.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap();
+        let versions = MemTable::try_new(versions.schema(), vec![vec![versions]]).unwrap();
+        context
+            .register_table("versions", Arc::new(versions))
+            .unwrap();
+        context
+    }
+
+    static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    async fn answer(context: &SessionContext, sql: &str) -> (String, String) {
+        let frame = context.sql(sql).await.unwrap();
+        let plan = frame.clone().create_physical_plan().await.unwrap();
+        let plan = displayable(plan.as_ref()).indent(false).to_string();
+        let batches = frame.collect().await.unwrap();
+        (pretty_format_batches(&batches).unwrap().to_string(), plan)
+    }
+
+    const AS_OF: &str = "SELECT r.entity, r.time, r.value, v.parent, v.version \
+        FROM readings r JOIN versions v ON v.entity = r.entity \
+        AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to) \
+        ORDER BY r.entity, r.time, v.version";
+
+    #[tokio::test]
+    async fn joins_each_reading_to_the_versions_valid_at_its_time_as_the_hash_join_does() {
+        let (expected, hash_plan) = answer(&session(false, 8192, 150).await, AS_OF).await;
+        assert!(hash_plan.contains("HashJoinExec"), "{hash_plan}");
+        // Small batches make the join stop part way through probe batches; with 2 keys at
+        // most pushed, the scan gets no key filter (there are 7).
+        for (batch_size, max_keys_pushed) in [(8192, 150), (100, 150), (7, 2), (1, 150)] {
+            let context = session(true, batch_size, max_keys_pushed).await;
+            let (got, plan) = answer(&context, AS_OF).await;
+            assert!(plan.contains("ValidityJoinExec"), "{plan}");
+            assert!(!plan.contains("HashJoinExec"), "{plan}");
+            assert_eq!(got, expected, "batch size {batch_size}");
+        }
+        // Overlapping versions give a reading both; a gap none; a device without versions none.
+        assert!(expected.lines().count() > 5000, "{expected}");
+    }
+
+    #[tokio::test]
+    async fn the_same_answer_for_the_other_spellings_of_validity_and_aggregates_above() {
+        let spellings = [
+            "SELECT v.parent, count(*), sum(r.value) FROM readings r JOIN versions v \
+             ON r.entity = v.entity AND v.valid_from <= r.time \
+             AND (r.time < v.valid_to OR v.valid_to IS NULL) GROUP BY v.parent ORDER BY 1",
+            "SELECT count(*) FROM readings r JOIN versions v ON r.entity = v.entity \
+             AND (v.valid_to IS NULL OR v.valid_to > r.time) AND r.time >= v.valid_from",
+            "SELECT r.value FROM readings r JOIN versions v ON r.entity = v.entity \
+             AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to) \
+             WHERE v.parent = 'a' AND r.value > 10 ORDER BY 1",
+        ];
+        for sql in spellings {
+            let (expected, _) = answer(&session(false, 8192, 150).await, sql).await;
+            let (got, plan) = answer(&session(true, 8192, 150).await, sql).await;
+            assert!(plan.contains("ValidityJoinExec"), "{sql}\n{plan}");
+            assert_eq!(got, expected, "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_joins_stay_hash_joins() {
+        let others = [
+            // Only a start: not the validity.
+            "SELECT count(*) FROM readings r JOIN versions v ON r.entity = v.entity \
+             AND r.time >= v.valid_from",
+            // The interval's end inclusive.
+            "SELECT count(*) FROM readings r JOIN versions v ON r.entity = v.entity \
+             AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time <= v.valid_to)",
+            // Few readings and many versions: the readings are the side held in memory.
+            "SELECT r.value FROM readings r JOIN versions v ON r.entity = v.entity \
+             AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to) \
+             WHERE r.value > 5990 ORDER BY 1",
+            // An outer join keeps unmatched readings.
+            "SELECT count(*) FROM readings r LEFT JOIN versions v ON r.entity = v.entity \
+             AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to)",
+        ];
+        for sql in others {
+            let (expected, _) = answer(&session(false, 8192, 150).await, sql).await;
+            let (got, plan) = answer(&session(true, 8192, 150).await, sql).await;
+            assert!(!plan.contains("ValidityJoinExec"), "{sql}\n{plan}");
+            assert_eq!(got, expected, "{sql}");
+        }
+    }
+}
