@@ -23,6 +23,7 @@ use crate::hierarchy::{
     HierarchyCache, HierarchyFunction, HierarchyScalar, HierarchyTable, HierarchyTableFunction,
     HierarchyUdf, Relation,
 };
+use crate::join_sizes::statistics_registry;
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
 use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
@@ -250,9 +251,12 @@ impl SessionTables {
         // A join's keys pushed into the scan (a depot's trucks, a truck's siblings) prune row
         // groups by their statistics only when the list is at most this long (default 20).
         parquet.max_in_list_size = 200;
+        // Join sizes estimated (`join_sizes`), so that joins hold their smaller side.
+        config.options_mut().optimizer.use_statistics_registry = true;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
+            .with_statistics_registry(statistics_registry())
             .with_default_features();
         let mut context = SessionContext::new_with_state(with_twinlake_rules(state).build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.

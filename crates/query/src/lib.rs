@@ -16,6 +16,7 @@
 mod engine;
 mod file_cache;
 mod hierarchy;
+mod join_sizes;
 mod lake_table;
 mod latest;
 mod runtime;

@@ -363,10 +363,8 @@ impl ExecutionPlan for ValidityJoinExec {
             && self.dynamic_filter.is_none()
             && config.optimizer.enable_join_dynamic_filter_pushdown
         {
-            // Both columns the filter will name, so that DataFusion renames them for the scan.
-            let probe_time = probe_time_column(&self.shape, &self.children()[1].schema());
             probe = probe.with_self_filter(Arc::new(DynamicFilterPhysicalExpr::new(
-                vec![Arc::clone(&self.shape.probe_key), probe_time],
+                vec![Arc::clone(&self.shape.probe_key)],
                 lit(true),
             )));
         }
@@ -588,7 +586,7 @@ impl Versions {
         })
     }
 
-    /// Narrows the probe side's scan to the keys and times there are versions for, when the
+    /// Narrows the probe side's scan to the keys there are versions for, when the
     /// keys are few enough to prune by; a longer list would be tested on every row and
     /// reject little (a join of the whole fleet), so the filter then stays `true`.
     fn publish_filter(
@@ -609,28 +607,15 @@ impl Versions {
         );
         let probe_key_type = shape.probe_key.data_type(probe_schema)?;
         let keys = cast(&keys, &probe_key_type)?;
-        let mut predicate: Arc<dyn PhysicalExpr> = Arc::new(InListExpr::try_new_from_array(
+        // Only the keys: a bound on the time as well (the earliest version's start) made
+        // the scan read the time column's page index and test every row's time, and the
+        // versions of a fleet's twin start with the lake.
+        let predicate = Arc::new(InListExpr::try_new_from_array(
             Arc::clone(&shape.probe_key),
             keys,
             false,
             probe_schema,
         )?);
-        let earliest = self
-            .by_key
-            .values()
-            .flat_map(|versions| versions.rows.iter().map(|&row| self.from[row as usize]))
-            .min();
-        if let Some(earliest) = earliest {
-            let time_field = probe_schema.field(shape.probe_time);
-            let time = probe_time_column(shape, probe_schema);
-            let earliest = cast(&Int64Array::from(vec![earliest]), time_field.data_type())?;
-            let earliest = datafusion::common::ScalarValue::try_from_array(&earliest, 0)?;
-            predicate = Arc::new(BinaryExpr::new(
-                predicate,
-                Operator::And,
-                Arc::new(BinaryExpr::new(time, Operator::GtEq, lit(earliest))),
-            ));
-        }
         filter.update(predicate)?;
         filter.mark_complete();
         Ok(())
@@ -663,11 +648,6 @@ impl Versions {
             }
         }
     }
-}
-
-fn probe_time_column(shape: &Shape, probe_schema: &SchemaRef) -> Arc<dyn PhysicalExpr> {
-    let name = probe_schema.field(shape.probe_time).name();
-    Arc::new(Column::new(name, shape.probe_time))
 }
 
 fn as_i64(array: &ArrayRef) -> Result<Int64Array> {
