@@ -9,7 +9,9 @@
 //! (views, table functions, `entity_path` and `entity_parent` now or as of a time, `in_subtree`,
 //! whose subtree reaches file pruning), the twin, health and alarm views, `latest` from the
 //! cache ingest keeps, and export sessions: tables pinned to one snapshot, memory of their own
-//! that spills, `twin_at` (a fragment's value as of a time, inherited down the hierarchy).
+//! that spills, `twin_at` (a fragment's value as of a time, inherited down the hierarchy); and
+//! the plans they run as: a row joined to the version valid at its time by a join of its own
+//! (`ValidityJoinExec`), joins sized so that each holds its smaller side.
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
 

@@ -18,9 +18,9 @@ use datafusion::physical_plan::joins::{
     SymmetricHashJoinExec,
 };
 use tokio::runtime::{Builder, Runtime};
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::validity_join::ValidityJoinExec;
-use tokio::task::{JoinError, JoinHandle};
 
 /// A runtime with a thread per core, for query work only.
 #[derive(Debug)]
