@@ -249,6 +249,17 @@ impl ValidityJoinExec {
         })
     }
 
+    /// This join with `dynamic_filter`, its versions not read and its metrics empty.
+    fn unexecuted(&self, dynamic_filter: Option<Arc<DynamicFilterPhysicalExpr>>) -> Self {
+        Self {
+            join: Arc::clone(&self.join),
+            shape: Arc::clone(&self.shape),
+            versions: Arc::new(OnceCell::new()),
+            dynamic_filter,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
     fn with_join(&self, join: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         match Self::try_new(Arc::clone(&join)) {
             Some(exec) => Ok(Arc::new(Self {
@@ -323,13 +334,7 @@ impl ExecutionPlan for ValidityJoinExec {
     }
 
     fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self {
-            join: Arc::clone(&self.join),
-            shape: Arc::clone(&self.shape),
-            versions: Arc::new(OnceCell::new()),
-            dynamic_filter: self.dynamic_filter.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
+        Ok(Arc::new(self.unexecuted(self.dynamic_filter.clone())))
     }
 
     fn dynamic_expressions_produced(&self) -> Vec<Arc<dyn PhysicalExpr>> {
@@ -386,13 +391,7 @@ impl ExecutionPlan for ValidityJoinExec {
         let Some(Ok(filter)) = pushed.map(|p| Arc::downcast::<DynamicFilterPhysicalExpr>(p)) else {
             return Ok(result);
         };
-        Ok(result.with_updated_node(Arc::new(Self {
-            join: Arc::clone(&self.join),
-            shape: Arc::clone(&self.shape),
-            versions: Arc::new(OnceCell::new()),
-            dynamic_filter: Some(filter),
-            metrics: ExecutionPlanMetricsSet::new(),
-        })))
+        Ok(result.with_updated_node(Arc::new(self.unexecuted(Some(filter)))))
     }
 
     fn execute(
