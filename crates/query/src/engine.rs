@@ -11,7 +11,6 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -26,9 +25,9 @@ use crate::hierarchy::{
 use crate::join_sizes::statistics_registry;
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
-use crate::runtime::{CooperativeJoins, QueryRuntime, Running};
+use crate::plan_rules::physical_rules;
+use crate::runtime::{QueryRuntime, Running};
 use crate::twin_at::{TwinAtUdf, TwinValues};
-use crate::validity_join::ValidityJoins;
 use crate::views::{TWIN_HISTORY_NAME, TwinHistoryTable, VIEWS};
 
 /// The hierarchy's tables, table functions and scalar functions.
@@ -253,6 +252,14 @@ impl SessionTables {
         parquet.max_in_list_size = 200;
         // Join sizes estimated (`join_sizes`), so that joins hold their smaller side.
         config.options_mut().optimizer.use_statistics_registry = true;
+        // A hash join pushes its keys into the scan as a list (which prunes pages) when they
+        // are few (at most 150) and their arrays small; a handful of trucks taken from the
+        // twin share its strings' buffers, which DataFusion counts whole (128 KB for 8
+        // names), so the size alone made it test a hash table instead.
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_inlist_pushdown_max_size = 16 * 1024 * 1024;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
@@ -290,18 +297,8 @@ impl SessionTables {
     }
 }
 
-/// DataFusion's physical rules with Twinlake's two after its own `EnsureCooperative` (the
-/// plan's shape is final there) and before the late filter pushdown (which must see the
-/// validity joins to let them push their own dynamic filters).
 fn with_twinlake_rules(state: SessionStateBuilder) -> SessionStateBuilder {
-    let mut rules = PhysicalOptimizer::new().rules;
-    let place = rules
-        .iter()
-        .position(|rule| rule.name() == "EnsureCooperative")
-        .map_or(rules.len(), |at| at + 1);
-    rules.insert(place, Arc::new(CooperativeJoins));
-    rules.insert(place, Arc::new(ValidityJoins));
-    state.with_physical_optimizer_rules(rules)
+    state.with_physical_optimizer_rules(physical_rules())
 }
 
 impl std::fmt::Debug for QueryEngine {

@@ -11,7 +11,8 @@
 //! cache ingest keeps, and export sessions: tables pinned to one snapshot, memory of their own
 //! that spills, `twin_at` (a fragment's value as of a time, inherited down the hierarchy); and
 //! the plans they run as: a row joined to the version valid at its time by a join of its own
-//! (`ValidityJoinExec`), joins sized so that each holds its smaller side.
+//! (`ValidityJoinExec`) and aggregated by that version
+//! (`ValidityAggregateExec`), joins sized so that each holds its smaller side.
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
 
@@ -21,9 +22,11 @@ mod hierarchy;
 mod join_sizes;
 mod lake_table;
 mod latest;
+mod plan_rules;
 mod runtime;
 mod table_derived;
 mod twin_at;
+mod validity_aggregate;
 mod validity_join;
 mod views;
 

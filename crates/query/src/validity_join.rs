@@ -1,18 +1,21 @@
 //! The join of rows to what was valid at their time: `x.key = v.key AND x.time >= v.valid_from
 //! AND (v.valid_to IS NULL OR x.time < v.valid_to)`, the shape of every "as of the reading"
-//! question (the hierarchy, a gateway's depot, a device's firmware, each at the time).
+//! question (the hierarchy, a gateway's depot, a device's firmware, each at the time); and of
+//! rows to the bands of time around something, `x.time BETWEEN w.start AND w.end` (the events
+//! around each alarm of the same entity).
 //!
-//! DataFusion plans it as a hash join with the validity as a join filter: every probe row's
+//! DataFusion plans it as a hash join with the bounds as a join filter: every probe row's
 //! key hashed, its candidate build rows gathered, the filter's columns copied into a batch and
-//! evaluated, then the output taken. The version side is small (an entity has a handful of
-//! versions) and the reading side large and sorted by key, so [`ValidityJoinExec`] looks a key
-//! up once per run of equal keys and picks the version by comparing two integers. It also
-//! decides its own dynamic filter: the keys pushed into the scan only when there are few
+//! evaluated, then the output taken; an entity with a hundred alarms tests each of its events
+//! against all hundred. The build side is small (an entity has a handful of versions) and the
+//! probe side large and sorted by key, so [`ValidityJoinExec`] looks a key up once per run of
+//! equal keys and finds the versions holding at a time by binary search on their starts. It
+//! also decides its own dynamic filter: the keys pushed into the scan only when there are few
 //! enough of them to prune, never a lookup that rejects nothing.
 //!
 //! It must not change an answer: it replaces only a collect-left inner hash join whose one
-//! equality is on text and whose filter is exactly the validity above, and produces the same
-//! columns, rows and partitioning.
+//! equality is on text and whose filter is exactly a lower and an upper bound on one probe
+//! time by two build columns, and produces the same columns, rows and partitioning.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +52,7 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::OnceCell;
 
 /// The plan rule putting a [`ValidityJoinExec`] where a hash join has its shape.
@@ -84,9 +88,9 @@ struct Shape {
     probe_key: Arc<dyn PhysicalExpr>,
     /// Column of the probe side's time.
     probe_time: usize,
-    /// Columns of the build side's validity.
-    valid_from: usize,
-    valid_to: usize,
+    /// The build side's columns bounding the time, and how.
+    from: Bound,
+    to: Bound,
     /// Each output column: from which side, which column.
     output: Vec<(JoinSide, usize)>,
 }
@@ -120,18 +124,18 @@ impl Shape {
             return None;
         }
         for conjunct in conjuncts {
-            let (t, bound, is_from) = validity_bound(conjunct, &side_of)?;
+            let (t, bound) = time_bound(conjunct, &side_of)?;
             if *time.get_or_insert(t) != t {
                 return None;
             }
-            if is_from { &mut from } else { &mut to }.replace(bound);
+            if bound.lower { &mut from } else { &mut to }.replace(bound);
         }
         let (time, from, to) = (time?, from?, to?);
         let time_type = probe_schema.field(time).data_type();
         let is_time = matches!(time_type, DataType::Timestamp(_, _) | DataType::Int64);
         if !is_time
-            || build_schema.field(from).data_type() != time_type
-            || build_schema.field(to).data_type() != time_type
+            || build_schema.field(from.column).data_type() != time_type
+            || build_schema.field(to.column).data_type() != time_type
         {
             return None;
         }
@@ -151,8 +155,8 @@ impl Shape {
             build_key: Arc::clone(build_key),
             probe_key: Arc::clone(probe_key),
             probe_time: time,
-            valid_from: from,
-            valid_to: to,
+            from,
+            to,
             output,
         })
     }
@@ -177,33 +181,24 @@ impl FilterColumns<'_> {
     }
 }
 
-/// One side of the validity: `t >= from` (or `from <= t`), giving `(t, from, true)`, or
-/// `to IS NULL OR t < to` (either order, or `to > t`), giving `(t, to, false)`; `t` a probe
-/// column, `from` and `to` build columns.
-fn validity_bound(
-    expr: &Arc<dyn PhysicalExpr>,
-    columns: &FilterColumns,
-) -> Option<(usize, usize, bool)> {
-    let side_of = |expr: &Arc<dyn PhysicalExpr>| columns.side_of(expr);
+/// A build column bounding the probe side's time from below or above.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bound {
+    column: usize,
+    lower: bool,
+    /// The time may equal the bound.
+    inclusive: bool,
+    /// A null bound holds every time (`to IS NULL OR t < to`); otherwise none, as in SQL.
+    open_when_null: bool,
+}
+
+/// One bound on a probe time `t` by a build column `b`: `t >= b` or `t > b` (either way
+/// round) below; `t < b` or `t <= b` above, alone or as `b IS NULL OR …` (either order).
+/// Gives `t`'s column and the bound.
+fn time_bound(expr: &Arc<dyn PhysicalExpr>, columns: &FilterColumns) -> Option<(usize, Bound)> {
     let binary = expr.downcast_ref::<BinaryExpr>()?;
-    let probe_and_build = |probe: &Arc<dyn PhysicalExpr>, build: &Arc<dyn PhysicalExpr>| match (
-        side_of(probe)?,
-        side_of(build)?,
-    ) {
-        ((JoinSide::Right, t), (JoinSide::Left, b)) => Some((t, b)),
-        _ => None,
-    };
-    let comparison = |binary: &BinaryExpr, lower: Operator, upper: Operator| {
-        if *binary.op() == lower {
-            probe_and_build(binary.left(), binary.right())
-        } else if *binary.op() == upper {
-            probe_and_build(binary.right(), binary.left())
-        } else {
-            None
-        }
-    };
-    if let Some((t, from)) = comparison(binary, Operator::GtEq, Operator::LtEq) {
-        return Some((t, from, true));
+    if let Some(found) = comparison(binary, columns) {
+        return Some(found);
     }
     if *binary.op() != Operator::Or {
         return None;
@@ -212,15 +207,47 @@ fn validity_bound(
         Some(is_null) => (is_null, binary.right()),
         None => (binary.right().downcast_ref::<IsNullExpr>()?, binary.left()),
     };
-    let (t, to) = comparison(
-        less.downcast_ref::<BinaryExpr>()?,
-        Operator::Lt,
-        Operator::Gt,
-    )?;
-    match side_of(is_null.arg())? {
-        (JoinSide::Left, null_checked) if null_checked == to => Some((t, to, false)),
+    let (t, bound) = comparison(less.downcast_ref::<BinaryExpr>()?, columns)?;
+    match columns.side_of(is_null.arg())? {
+        (JoinSide::Left, null_checked) if null_checked == bound.column && !bound.lower => Some((
+            t,
+            Bound {
+                open_when_null: true,
+                ..bound
+            },
+        )),
         _ => None,
     }
+}
+
+/// `t op b` or `b op t`, with `t` a probe column and `b` a build column, as a bound on `t`.
+fn comparison(binary: &BinaryExpr, columns: &FilterColumns) -> Option<(usize, Bound)> {
+    let (left, right) = (
+        columns.side_of(binary.left())?,
+        columns.side_of(binary.right())?,
+    );
+    // Written as `t op b`: with `b op t`, the operator turns round.
+    let (t, b, op) = match (left, right) {
+        ((JoinSide::Right, t), (JoinSide::Left, b)) => (t, b, *binary.op()),
+        ((JoinSide::Left, b), (JoinSide::Right, t)) => (t, b, binary.op().swap()?),
+        _ => return None,
+    };
+    let (lower, inclusive) = match op {
+        Operator::GtEq => (true, true),
+        Operator::Gt => (true, false),
+        Operator::LtEq => (false, true),
+        Operator::Lt => (false, false),
+        _ => return None,
+    };
+    Some((
+        t,
+        Bound {
+            column: b,
+            lower,
+            inclusive,
+            open_when_null: false,
+        },
+    ))
 }
 
 /// The validity join: a [`HashJoinExec`]'s plan properties, schema and children, run by
@@ -271,13 +298,91 @@ impl ValidityJoinExec {
     }
 }
 
+impl ValidityJoinExec {
+    /// Where each output column comes from: the build side (a version's column) or the
+    /// probe side (a row's).
+    pub(crate) fn output_columns(&self) -> &[(JoinSide, usize)] {
+        &self.shape.output
+    }
+
+    /// The partition's probe rows matched to their versions, batch by batch, the versions
+    /// read first (once for all partitions); the join's metrics count the rows matched.
+    pub(crate) fn execute_matches(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<BoxStream<'static, Result<Matches>>> {
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let [build_plan, probe_plan] = self.join.children()[..] else {
+            return datafusion::common::internal_err!("validity join without two inputs");
+        };
+        let probe = probe_plan.execute(partition, Arc::clone(&context))?;
+        let build_plan = Arc::clone(build_plan);
+        let versions = Arc::clone(&self.versions);
+        let shape = Arc::clone(&self.shape);
+        let dynamic_filter = self.dynamic_filter.clone();
+        let probe_schema = probe_plan.schema();
+        let batch_size = context.session_config().batch_size();
+        let max_versions_pushed = context
+            .session_config()
+            .options()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values;
+        let state = ProbeState {
+            probe,
+            shape: Arc::clone(&shape),
+            versions: None,
+            pending: None,
+            batch_size,
+            metrics,
+        };
+        let stream = futures::stream::once(async move {
+            let versions = versions
+                .get_or_try_init(|| async {
+                    let versions = Versions::read(build_plan, &shape, context).await?;
+                    if let Some(filter) = dynamic_filter {
+                        versions.publish_filter(
+                            &filter,
+                            &shape,
+                            &probe_schema,
+                            max_versions_pushed,
+                        )?;
+                    }
+                    Ok::<_, datafusion::error::DataFusionError>(Arc::new(versions))
+                })
+                .await?;
+            Ok(ProbeState {
+                versions: Some(Arc::clone(versions)),
+                ..state
+            })
+        })
+        .map(|state: Result<ProbeState>| match state {
+            Ok(state) => futures::stream::unfold(state, ProbeState::next).boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten();
+        Ok(stream.boxed())
+    }
+}
+
 impl DisplayAs for ValidityJoinExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let shape = &self.shape;
         write!(
             f,
-            "ValidityJoinExec: on=[({}, {})], probe time @{} within build @{}..@{}",
-            shape.build_key, shape.probe_key, shape.probe_time, shape.valid_from, shape.valid_to
+            "ValidityJoinExec: on=[({}, {})], probe time @{} within build {}@{}..@{}{}{}",
+            shape.build_key,
+            shape.probe_key,
+            shape.probe_time,
+            if shape.from.inclusive { "[" } else { "(" },
+            shape.from.column,
+            shape.to.column,
+            if shape.to.inclusive { "]" } else { ")" },
+            if shape.to.open_when_null {
+                ", open when null"
+            } else {
+                ""
+            }
         )?;
         if let Some(filter) = &self.dynamic_filter {
             write!(f, ", dynamic filter={filter}")?;
@@ -399,57 +504,18 @@ impl ExecutionPlan for ValidityJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let [build_plan, probe_plan] = self.join.children()[..] else {
-            return datafusion::common::internal_err!("validity join without two inputs");
-        };
-        let probe = probe_plan.execute(partition, Arc::clone(&context))?;
-        let build_plan = Arc::clone(build_plan);
-        let versions = Arc::clone(&self.versions);
-        let shape = Arc::clone(&self.shape);
-        let dynamic_filter = self.dynamic_filter.clone();
-        let probe_schema = probe_plan.schema();
-        let batch_size = context.session_config().batch_size();
-        let max_versions_pushed = context
-            .session_config()
-            .options()
-            .optimizer
-            .hash_join_inlist_pushdown_max_distinct_values;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
         let schema = self.schema();
-        let state = ProbeState {
-            probe,
-            shape: Arc::clone(&shape),
-            versions: None,
-            schema: Arc::clone(&schema),
-            pending: None,
-            batch_size,
-            metrics,
-        };
-        let stream = futures::stream::once(async move {
-            let versions = versions
-                .get_or_try_init(|| async {
-                    let versions = Versions::read(build_plan, &shape, context).await?;
-                    if let Some(filter) = dynamic_filter {
-                        versions.publish_filter(
-                            &filter,
-                            &shape,
-                            &probe_schema,
-                            max_versions_pushed,
-                        )?;
-                    }
-                    Ok::<_, datafusion::error::DataFusionError>(Arc::new(versions))
-                })
-                .await?;
-            Ok(ProbeState {
-                versions: Some(Arc::clone(versions)),
-                ..state
-            })
-        })
-        .map(|state: Result<ProbeState>| match state {
-            Ok(state) => futures::stream::unfold(state, ProbeState::next).boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        })
-        .flatten();
+        let shape = Arc::clone(&self.shape);
+        let batches = self.execute_matches(partition, context)?;
+        // Putting the rows together counts in the join's time (the metrics sum by name).
+        let elapsed = BaselineMetrics::new(&self.metrics, partition)
+            .elapsed_compute()
+            .clone();
+        let output_schema = Arc::clone(&schema);
+        let stream = batches.map(move |matches| {
+            let _timer = elapsed.timer();
+            output(&output_schema, &shape, &matches?)
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -507,13 +573,18 @@ impl<'a> Keys<'a> {
     }
 }
 
-/// Every version of the build side, by key, each key's in order of `valid_from`.
+/// The longest `IN` list DataFusion prunes Parquet pages by (`MAX_IN_LIST_SIZE` of
+/// `datafusion-pruning`, which its page index pruning does not let settings change).
+const PAGE_PRUNING_LIST: usize = 20;
+
+/// Every version of the build side, by key, each key's in order of its start.
 #[derive(Debug)]
-struct Versions {
-    batch: RecordBatch,
-    from: Vec<i64>,
-    /// `i64::MAX` for a version still valid.
-    to: Vec<i64>,
+pub(crate) struct Versions {
+    pub(crate) batch: RecordBatch,
+    /// The first and the last time each version holds at, both included (a version that
+    /// holds at no time is in no key's list).
+    first: Vec<i64>,
+    last: Vec<i64>,
     by_key: HashMap<Box<[u8]>, KeyVersions>,
     _reservation: MemoryReservation,
 }
@@ -523,6 +594,9 @@ struct KeyVersions {
     rows: Vec<u32>,
     /// No two versions overlap, so at most one holds at any time.
     disjoint: bool,
+    /// The longest a version holds: those holding at a time start this much before it at
+    /// the earliest.
+    longest: i64,
 }
 
 impl Versions {
@@ -545,16 +619,20 @@ impl Versions {
         drop(batches);
         let rows = batch.num_rows();
         let keys = shape.build_key.evaluate(&batch)?.into_array(rows)?;
-        let from = as_i64(batch.column(shape.valid_from))?;
-        let to = as_i64(batch.column(shape.valid_to))?;
+        let first = bound_times(batch.column(shape.from.column), shape.from)?;
+        let last = bound_times(batch.column(shape.to.column), shape.to)?;
         let keys_of = Keys::of(&keys)?;
         let mut by_key: HashMap<Box<[u8]>, KeyVersions> = HashMap::new();
         for row in 0..rows {
-            // A version without a key or a start matches nothing, as in SQL.
+            // A version without a key, or holding at no time (no start, a band without
+            // an end), matches nothing, as in SQL.
             let Some(key) = keys_of.get(row) else {
                 continue;
             };
-            if from.is_null(row) {
+            let (Some(from), Some(to)) = (first[row], last[row]) else {
+                continue;
+            };
+            if from > to {
                 continue;
             }
             let Ok(row) = u32::try_from(row) else {
@@ -562,29 +640,28 @@ impl Versions {
                     "validity join: more than 2^32 versions"
                 );
             };
-            by_key
-                .entry(key.into())
-                .or_insert_with(|| KeyVersions {
-                    rows: Vec::new(),
-                    disjoint: true,
-                })
-                .rows
-                .push(row);
+            let versions = by_key.entry(key.into()).or_insert_with(|| KeyVersions {
+                rows: Vec::new(),
+                disjoint: true,
+                longest: 0,
+            });
+            versions.rows.push(row);
+            versions.longest = versions.longest.max(to.saturating_sub(from));
         }
-        let from: Vec<i64> = from.iter().map(|v| v.unwrap_or(i64::MAX)).collect();
-        let to: Vec<i64> = to.iter().map(|v| v.unwrap_or(i64::MAX)).collect();
+        let first: Vec<i64> = first.into_iter().map(|v| v.unwrap_or(i64::MAX)).collect();
+        let last: Vec<i64> = last.into_iter().map(|v| v.unwrap_or(i64::MIN)).collect();
         for versions in by_key.values_mut() {
-            versions.rows.sort_by_key(|&row| from[row as usize]);
+            versions.rows.sort_by_key(|&row| first[row as usize]);
             versions.disjoint = versions
                 .rows
                 .windows(2)
-                .all(|pair| to[pair[0] as usize] <= from[pair[1] as usize]);
+                .all(|pair| last[pair[0] as usize] < first[pair[1] as usize]);
         }
         reservation.try_grow(by_key.len() * 64 + rows * 24)?;
         Ok(Self {
             batch,
-            from,
-            to,
+            first,
+            last,
             by_key,
             _reservation: reservation,
         })
@@ -605,54 +682,83 @@ impl Versions {
             filter.mark_complete();
             return Ok(());
         }
-        let keys = StringArray::from_iter_values(
-            self.by_key
-                .keys()
-                .map(|key| String::from_utf8_lossy(key).into_owned()),
-        );
+        let mut keys: Vec<String> = self
+            .by_key
+            .keys()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .collect();
+        keys.sort_unstable();
         let probe_key_type = shape.probe_key.data_type(probe_schema)?;
-        let keys = cast(&keys, &probe_key_type)?;
         // Only the keys: a bound on the time as well (the earliest version's start) made
         // the scan read the time column's page index and test every row's time, and the
-        // versions of a fleet's twin start with the lake.
-        let predicate = Arc::new(InListExpr::try_new_from_array(
-            Arc::clone(&shape.probe_key),
-            keys,
-            false,
-            probe_schema,
-        )?);
+        // versions of a fleet's twin start with the lake. In lists of at most
+        // `PAGE_PRUNING_LIST`, joined by OR: DataFusion prunes pages by a list only that
+        // long, whatever `max_in_list_size` says (row groups it prunes by the setting).
+        let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
+        for chunk in keys.chunks(PAGE_PRUNING_LIST) {
+            let chunk = cast(&StringArray::from_iter_values(chunk), &probe_key_type)?;
+            let list = Arc::new(InListExpr::try_new_from_array(
+                Arc::clone(&shape.probe_key),
+                chunk,
+                false,
+                probe_schema,
+            )?) as Arc<dyn PhysicalExpr>;
+            predicate = Some(match predicate {
+                Some(lists) => Arc::new(BinaryExpr::new(lists, Operator::Or, list)),
+                None => list,
+            });
+        }
+        let predicate = predicate.unwrap_or_else(|| lit(false));
         filter.update(predicate)?;
         filter.mark_complete();
         Ok(())
     }
 
-    /// When build row `row` was valid: from, and until (`i64::MAX` while still valid).
+    /// The first and the last time build row `row` holds at.
     fn validity(&self, row: u32) -> (i64, i64) {
-        (self.from[row as usize], self.to[row as usize])
+        (self.first[row as usize], self.last[row as usize])
     }
 
-    /// Calls `found` with each version of `versions` valid at `time`.
+    /// Calls `found` with each version of `versions` that holds at `time`, in order of
+    /// their starts.
     fn at(&self, versions: &KeyVersions, time: i64, mut found: impl FnMut(u32)) {
+        let started = versions
+            .rows
+            .partition_point(|&row| self.first[row as usize] <= time);
         if versions.disjoint {
-            let after = versions
-                .rows
-                .partition_point(|&row| self.from[row as usize] <= time);
-            if let Some(&row) = after.checked_sub(1).and_then(|i| versions.rows.get(i))
-                && time < self.to[row as usize]
+            if let Some(&row) = started.checked_sub(1).and_then(|i| versions.rows.get(i))
+                && time <= self.last[row as usize]
             {
                 found(row);
             }
             return;
         }
-        for &row in &versions.rows {
-            if self.from[row as usize] > time {
-                break;
-            }
-            if time < self.to[row as usize] {
+        let earliest = time.saturating_sub(versions.longest);
+        let candidates =
+            versions.rows[..started].partition_point(|&row| self.first[row as usize] < earliest);
+        for &row in &versions.rows[candidates..started] {
+            if time <= self.last[row as usize] {
                 found(row);
             }
         }
     }
+}
+
+/// The times a bound column allows, as the first or last time included: `None` where it
+/// allows none (a null bound that is not open, a bound beyond the range of times), the
+/// extreme time where a null bound is open.
+fn bound_times(column: &ArrayRef, bound: Bound) -> Result<Vec<Option<i64>>> {
+    let times = as_i64(column)?;
+    let open = if bound.lower { i64::MIN } else { i64::MAX };
+    Ok(times
+        .iter()
+        .map(|time| match (time, bound.inclusive, bound.lower) {
+            (None, _, _) => bound.open_when_null.then_some(open),
+            (Some(time), true, _) => Some(time),
+            (Some(time), false, true) => time.checked_add(1),
+            (Some(time), false, false) => time.checked_sub(1),
+        })
+        .collect())
 }
 
 fn as_i64(array: &ArrayRef) -> Result<Int64Array> {
@@ -674,14 +780,13 @@ struct ProbeState {
     probe: SendableRecordBatchStream,
     shape: Arc<Shape>,
     versions: Option<Arc<Versions>>,
-    schema: SchemaRef,
     pending: Option<Pending>,
     batch_size: usize,
     metrics: BaselineMetrics,
 }
 
 impl ProbeState {
-    async fn next(mut self) -> Option<(Result<RecordBatch>, Self)> {
+    async fn next(mut self) -> Option<(Result<Matches>, Self)> {
         loop {
             if self.pending.is_none() {
                 let batch = match self.probe.next().await? {
@@ -693,8 +798,8 @@ impl ProbeState {
                     Err(e) => return Some((Err(e), self)),
                 }
             }
-            match self.join_pending() {
-                Ok(Some(batch)) => return Some((Ok(batch), self)),
+            match self.match_pending() {
+                Ok(Some(matches)) => return Some((Ok(matches), self)),
                 Ok(None) => {}
                 Err(e) => return Some((Err(e), self)),
             }
@@ -713,12 +818,12 @@ impl ProbeState {
         })
     }
 
-    /// The next rows joined from the pending batch, `None` once it has no more.
-    fn join_pending(&mut self) -> Result<Option<RecordBatch>> {
+    /// The next rows matched in the pending batch, `None` once it has no more.
+    fn match_pending(&mut self) -> Result<Option<Matches>> {
         let Some(pending) = self.pending.as_mut() else {
             return Ok(None);
         };
-        let Some(versions) = self.versions.as_deref() else {
+        let Some(versions) = self.versions.as_ref() else {
             return datafusion::common::internal_err!("validity join probed before its build");
         };
         let timer = self.metrics.elapsed_compute().timer();
@@ -727,31 +832,64 @@ impl ProbeState {
         let (segments, next_row) =
             match_segments(versions, pending, first_row, rows, self.batch_size)?;
         pending.next_row = next_row;
-        let batch = output(
-            &self.schema,
-            &self.shape,
-            versions,
-            &pending.batch,
-            &segments,
-        )?;
+        let batch = pending.batch.clone();
         if next_row == rows {
             self.pending = None;
         }
         timer.done();
-        if batch.num_rows() == 0 {
+        if segments.is_empty() {
             return Ok(None);
         }
-        self.metrics.record_output(batch.num_rows());
-        Ok(Some(batch))
+        let matches = Matches {
+            versions: Arc::clone(versions),
+            batch,
+            segments,
+        };
+        self.metrics.record_output(matches.row_count());
+        Ok(Some(matches))
+    }
+}
+
+/// Rows of one probe batch matched to versions, before their columns are put together.
+pub(crate) struct Matches {
+    pub(crate) versions: Arc<Versions>,
+    /// The probe batch; the segments' rows index into it.
+    pub(crate) batch: RecordBatch,
+    pub(crate) segments: Vec<Segment>,
+}
+
+impl Matches {
+    pub(crate) fn row_count(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| (s.end - s.start) as usize)
+            .sum()
+    }
+
+    /// Whether the segments are the probe batch's rows, each once and in order.
+    pub(crate) fn covers_batch(&self) -> bool {
+        self.row_count() == self.batch.num_rows()
+            && self.segments.first().is_none_or(|s| s.start == 0)
+            && self
+                .segments
+                .windows(2)
+                .all(|pair| pair[0].end == pair[1].start)
+    }
+
+    /// The matched probe rows in order, `None` when they are the batch as it is.
+    pub(crate) fn probe_rows(&self) -> Option<UInt32Array> {
+        (!self.covers_batch()).then(|| {
+            UInt32Array::from_iter_values(self.segments.iter().flat_map(|s| s.start..s.end))
+        })
     }
 }
 
 /// Probe rows `start..end` joined to build row `build_row`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Segment {
-    build_row: u32,
-    start: u32,
-    end: u32,
+pub(crate) struct Segment {
+    pub(crate) build_row: u32,
+    pub(crate) start: u32,
+    pub(crate) end: u32,
 }
 
 /// The matches of the pending batch's rows from `row` on, as runs of consecutive probe rows
@@ -797,11 +935,11 @@ fn match_segments(
             }
             // The one version found holds on for as long as the times stay within it.
             let last = segments.len() - 1;
-            let (from, to) = versions.validity(segments[last].build_row);
+            let (first, last_time) = versions.validity(segments[last].build_row);
             let stop = run_end.min(row + (limit - found_rows - 1));
             while row < stop && !(time_nulls && times.is_null(row)) && {
                 let time = times.value(row);
-                from <= time && time < to
+                first <= time && time <= last_time
             } {
                 row += 1;
             }
@@ -813,33 +951,27 @@ fn match_segments(
 }
 
 /// The joined rows: build columns taken at the segments' versions, probe columns at their
-/// rows (or the probe batch as it is, when one segment per version covers it in order).
-fn output(
-    schema: &SchemaRef,
-    shape: &Shape,
-    versions: &Versions,
-    probe: &RecordBatch,
-    segments: &[Segment],
-) -> Result<RecordBatch> {
-    let row_count: usize = segments.iter().map(|s| (s.end - s.start) as usize).sum();
-    let whole_batch = row_count == probe.num_rows()
-        && segments.first().is_none_or(|s| s.start == 0)
-        && segments.windows(2).all(|pair| pair[0].end == pair[1].start);
+/// rows (or the probe batch as it is, when the segments cover it in order).
+fn output(schema: &SchemaRef, shape: &Shape, matches: &Matches) -> Result<RecordBatch> {
+    let row_count = matches.row_count();
     let mut build_rows = Vec::with_capacity(row_count);
-    for segment in segments {
+    for segment in &matches.segments {
         let length = (segment.end - segment.start) as usize;
         build_rows.extend(std::iter::repeat_n(segment.build_row, length));
     }
     let build_rows = UInt32Array::from(build_rows);
-    let probe_rows = (!whole_batch)
-        .then(|| UInt32Array::from_iter_values(segments.iter().flat_map(|s| s.start..s.end)));
+    let probe_rows = matches.probe_rows();
     let columns = shape
         .output
         .iter()
         .map(|&(side, column)| match (side, &probe_rows) {
-            (JoinSide::Left, _) => Ok(take(versions.batch.column(column), &build_rows, None)?),
-            (_, Some(rows)) => Ok(take(probe.column(column), rows, None)?),
-            (_, None) => Ok(Arc::clone(probe.column(column))),
+            (JoinSide::Left, _) => Ok(take(
+                matches.versions.batch.column(column),
+                &build_rows,
+                None,
+            )?),
+            (_, Some(rows)) => Ok(take(matches.batch.column(column), rows, None)?),
+            (_, None) => Ok(Arc::clone(matches.batch.column(column))),
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
     Ok(RecordBatch::try_new_with_options(
@@ -850,7 +982,7 @@ fn output(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{
@@ -863,6 +995,7 @@ mod tests {
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::physical_plan::displayable;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -960,14 +1093,6 @@ mod tests {
         batch_size: usize,
         max_versions_pushed: usize,
     ) -> SessionContext {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_batch_size(batch_size);
-        config.options_mut().execution.parquet.pushdown_filters = true;
-        config
-            .options_mut()
-            .optimizer
-            .hash_join_inlist_pushdown_max_distinct_values = max_versions_pushed;
         let mut rules = PhysicalOptimizer::new().rules;
         if validity_joins {
             let place = rules
@@ -976,6 +1101,24 @@ mod tests {
                 .map_or(rules.len(), |at| at + 1);
             rules.insert(place, Arc::new(ValidityJoins));
         }
+        session_with(rules, batch_size, max_versions_pushed).await
+    }
+
+    /// [`session`] planned by `rules`. Tables `readings` (device, series, time, value) and
+    /// `versions` (device, parent, valid_from, valid_to, version) of [`tables`].
+    pub(crate) async fn session_with(
+        rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
+        batch_size: usize,
+        max_versions_pushed: usize,
+    ) -> SessionContext {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(batch_size);
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values = max_versions_pushed;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -1032,7 +1175,8 @@ mod tests {
 
     static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-    async fn answer(context: &SessionContext, sql: &str) -> (String, String) {
+    /// The answer to `sql`, printed, and its physical plan.
+    pub(crate) async fn answer(context: &SessionContext, sql: &str) -> (String, String) {
         let frame = context.sql(sql).await.unwrap();
         let plan = frame.clone().create_physical_plan().await.unwrap();
         let plan = displayable(plan.as_ref()).indent(false).to_string();
@@ -1063,7 +1207,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_same_answer_for_the_other_spellings_of_validity_and_aggregates_above() {
+    async fn the_same_answer_for_the_other_spellings_of_validity_bands_and_aggregates_above() {
         let spellings = [
             "SELECT v.parent, count(*), sum(r.value) FROM readings r JOIN versions v \
              ON r.entity = v.entity AND v.valid_from <= r.time \
@@ -1073,6 +1217,25 @@ mod tests {
             "SELECT r.value FROM readings r JOIN versions v ON r.entity = v.entity \
              AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to) \
              WHERE v.parent = 'a' AND r.value > 10 ORDER BY 1",
+            // The end included.
+            "SELECT v.parent, count(*), sum(r.value) FROM readings r JOIN versions v \
+             ON r.entity = v.entity AND r.time >= v.valid_from \
+             AND (v.valid_to IS NULL OR r.time <= v.valid_to) GROUP BY v.parent ORDER BY 1",
+            // Bands: a null end holds at no time; ends left out and included.
+            "SELECT v.version, count(*), sum(r.value) FROM readings r JOIN versions v \
+             ON r.entity = v.entity AND r.time BETWEEN v.valid_from AND v.valid_to \
+             GROUP BY v.version ORDER BY 1",
+            "SELECT v.version, count(*), sum(r.value) FROM readings r JOIN versions v \
+             ON r.entity = v.entity AND r.time > v.valid_from AND v.valid_to > r.time \
+             GROUP BY v.version ORDER BY 1",
+            // Windows around each start, wide enough to overlap (as query 15's around
+            // alarms): every reading within a window, once per window.
+            "WITH windows AS (SELECT entity, version, \
+                 valid_from - INTERVAL '5 minutes' AS window_start, \
+                 valid_from + INTERVAL '400 minutes' AS window_end FROM versions) \
+             SELECT w.version, r.time, r.value FROM windows w JOIN readings r \
+             ON r.entity = w.entity AND r.time BETWEEN w.window_start AND w.window_end \
+             ORDER BY 1, 2",
         ];
         for sql in spellings {
             let (expected, _) = answer(&session(false, 8192, 150).await, sql).await;
@@ -1088,9 +1251,9 @@ mod tests {
             // Only a start: not the validity.
             "SELECT count(*) FROM readings r JOIN versions v ON r.entity = v.entity \
              AND r.time >= v.valid_from",
-            // The interval's end inclusive.
+            // Two starts.
             "SELECT count(*) FROM readings r JOIN versions v ON r.entity = v.entity \
-             AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time <= v.valid_to)",
+             AND r.time >= v.valid_from AND r.time > v.valid_to",
             // Few readings and many versions: the readings are the side held in memory.
             "SELECT r.value FROM readings r JOIN versions v ON r.entity = v.entity \
              AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to) \

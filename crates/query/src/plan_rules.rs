@@ -1,0 +1,111 @@
+//! The physical plan rules of Twinlake's sessions: DataFusion's, with Twinlake's own where
+//! the plan's shape allows them. It owns their order, not what each rule does.
+
+use std::sync::Arc;
+
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+
+use crate::runtime::CooperativeJoins;
+use crate::validity_aggregate::ValidityAggregates;
+use crate::validity_join::ValidityJoins;
+
+pub(crate) type PhysicalRules = Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>;
+
+/// DataFusion's rules; after its `EnsureCooperative` (the plan's shape is final there) the
+/// validity joins, then every join made cooperative; after the late filter pushdown (the
+/// validity joins hold their dynamic filters by then) the aggregates by version.
+pub(crate) fn physical_rules() -> PhysicalRules {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let place = position_after(&rules, "EnsureCooperative");
+    rules.insert(place, Arc::new(CooperativeJoins));
+    rules.insert(place, Arc::new(ValidityJoins));
+    let place = position_after(&rules, "FilterPushdown(Post)");
+    rules.insert(place, Arc::new(ValidityAggregates));
+    rules
+}
+
+/// The place after the rule named `name`, or the end.
+fn position_after(rules: &PhysicalRules, name: &str) -> usize {
+    rules
+        .iter()
+        .rposition(|rule| rule.name() == name)
+        .map_or(rules.len(), |at| at + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+
+    use super::physical_rules;
+    use crate::validity_join::tests::{answer, session_with};
+
+    /// Aggregates over the validity join, as DataFusion answers them and as Twinlake's rules
+    /// do, with batches that end part way through a run of a version (7, 1); the readings
+    /// have versions that overlap, gaps, null times and keys, and parents shared by versions.
+    async fn compare(sql: &str, by_version: bool) {
+        let plain = session_with(PhysicalOptimizer::new().rules, 8192, 150).await;
+        let (expected, _) = answer(&plain, sql).await;
+        for batch_size in [8192, 7, 1] {
+            let twinlake = session_with(physical_rules(), batch_size, 150).await;
+            let (got, plan) = answer(&twinlake, sql).await;
+            assert!(plan.contains("ValidityJoinExec"), "{sql}\n{plan}");
+            assert_eq!(
+                plan.contains("ValidityAggregateExec"),
+                by_version,
+                "{sql}\n{plan}"
+            );
+            assert_eq!(got, expected, "{sql}, batch size {batch_size}");
+        }
+    }
+
+    const JOIN: &str = "FROM readings r JOIN versions v ON v.entity = r.entity \
+        AND r.time >= v.valid_from AND (v.valid_to IS NULL OR r.time < v.valid_to)";
+
+    #[tokio::test]
+    async fn aggregates_grouped_by_the_versions_columns_give_the_hash_aggregates_answer() {
+        let queries = [
+            format!(
+                "SELECT v.parent, count(*), avg(r.value), sum(r.value), min(r.time), \
+                 max(r.value), count(r.time) {JOIN} GROUP BY v.parent ORDER BY 1"
+            ),
+            format!(
+                "SELECT v.parent, v.version, count(*), \
+                 sum(r.value) FILTER (WHERE r.series = 's1'), stddev(r.value) \
+                 {JOIN} GROUP BY v.version, v.parent ORDER BY 2"
+            ),
+            format!(
+                "SELECT upper(v.parent) || '-' || v.version AS p, max(r.time) {JOIN} \
+                 GROUP BY upper(v.parent) || '-' || v.version ORDER BY 1"
+            ),
+        ];
+        for sql in &queries {
+            compare(sql, true).await;
+        }
+        let twinlake = session_with(physical_rules(), 8192, 150).await;
+        let (printed, _) = answer(&twinlake, &queries[0]).await;
+        // Parents a, b and c; c's version has no start and matches nothing.
+        assert!(
+            printed.contains("| a ") && printed.contains("| b "),
+            "{printed}"
+        );
+        assert!(!printed.contains("| c "), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn aggregates_that_read_more_than_the_versions_columns_stay_datafusions() {
+        let queries = [
+            // Grouped by a column of the readings as well.
+            format!("SELECT r.entity, v.parent, count(*) {JOIN} GROUP BY 1, 2 ORDER BY 1, 2"),
+            // An aggregate of a version's column.
+            format!("SELECT v.parent, sum(v.version) {JOIN} GROUP BY v.parent ORDER BY 1"),
+            // Distinct values.
+            format!("SELECT v.parent, count(DISTINCT r.value) {JOIN} GROUP BY v.parent ORDER BY 1"),
+            // No grouping.
+            format!("SELECT count(*), avg(r.value) {JOIN}"),
+        ];
+        for sql in &queries {
+            compare(sql, false).await;
+        }
+    }
+}
