@@ -264,8 +264,9 @@ impl SessionTables {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_statistics_registry(statistics_registry())
-            .with_default_features();
-        let mut context = SessionContext::new_with_state(with_twinlake_rules(state).build());
+            .with_default_features()
+            .with_physical_optimizer_rules(physical_rules());
+        let mut context = SessionContext::new_with_state(state.build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
         datafusion_functions_json::register_all(&mut context)?;
         for table in Table::ALL {
@@ -295,10 +296,6 @@ impl SessionTables {
         }
         Ok(context)
     }
-}
-
-fn with_twinlake_rules(state: SessionStateBuilder) -> SessionStateBuilder {
-    state.with_physical_optimizer_rules(physical_rules())
 }
 
 impl std::fmt::Debug for QueryEngine {
