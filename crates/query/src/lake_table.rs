@@ -32,6 +32,7 @@ use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
 
 use crate::file_cache::{self, FileCache};
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
+use crate::lake_time::LakeExprAdapterFactory;
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
@@ -254,6 +255,7 @@ impl LakeTableProvider {
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_statistics(files_statistics(&self.schema(), files))
+            .with_expr_adapter(Some(Arc::new(LakeExprAdapterFactory)))
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();

@@ -2,7 +2,8 @@
 //!
 //! This crate owns the DataFusion session: every table of Twinlake registered as a table
 //! provider over its rows in memory and its committed Parquet files, with files pruned by
-//! time range and by the roaring bitmap of their entities before any is opened, the
+//! time range and by the roaring bitmap of their entities before any is opened (their
+//! microsecond times read as nanoseconds in one vectorised pass), the
 //! read-only SQL policy (no DDL, no DML, no `SET`), the limits a query runs within (memory,
 //! time, result size, queries at once) on a runtime of its own, results as streams, and the
 //! twin in SQL: the hierarchy through time folded from `entity_changes`
@@ -21,8 +22,10 @@ mod file_cache;
 mod hierarchy;
 mod join_sizes;
 mod lake_table;
+mod lake_time;
 mod latest;
 mod plan_rules;
+mod run_states;
 mod runtime;
 mod table_derived;
 mod twin_at;

@@ -93,6 +93,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counts_sums_and_averages_are_fed_a_state_per_run() {
+        let by_run = [
+            format!(
+                "SELECT v.parent, count(*), avg(r.value), sum(r.value) AS s, count(r.time), \
+                 avg(CASE WHEN r.value > 3500 THEN r.value END) AS high, \
+                 sum(CAST(r.value * 2 AS BIGINT)) AS whole, \
+                 sum(CASE WHEN r.value < 10 THEN r.value END) AS low \
+                 {JOIN} GROUP BY v.parent ORDER BY 1"
+            ),
+            format!("SELECT v.version, count(*) {JOIN} GROUP BY v.version ORDER BY 1"),
+        ];
+        for sql in &by_run {
+            compare(sql, true).await;
+            let twinlake = session_with(physical_rules(), 8192, 150).await;
+            let (_, plan) = answer(&twinlake, sql).await;
+            assert!(plan.contains("by version, states per run"), "{sql}\n{plan}");
+        }
+        // A maximum has no run form: every aggregate of the node goes row by row.
+        let sql = format!("SELECT v.parent, count(*), max(r.value) {JOIN} GROUP BY 1 ORDER BY 1");
+        let twinlake = session_with(physical_rules(), 8192, 150).await;
+        let (_, plan) = answer(&twinlake, &sql).await;
+        assert!(
+            plan.contains("ValidityAggregateExec: partial, by version, gby"),
+            "{plan}"
+        );
+    }
+
+    #[tokio::test]
     async fn aggregates_that_read_more_than_the_versions_columns_stay_datafusions() {
         let queries = [
             // Grouped by a column of the readings as well.
@@ -107,5 +135,22 @@ mod tests {
         for sql in &queries {
             compare(sql, false).await;
         }
+    }
+
+    #[tokio::test]
+    async fn the_scan_gets_the_keys_only_when_the_versions_can_be_few() {
+        let sql = format!("SELECT v.parent, r.time, r.value {JOIN} ORDER BY 1, 2, 3");
+        let plain = session_with(PhysicalOptimizer::new().rules, 8192, 150).await;
+        let (expected, _) = answer(&plain, &sql).await;
+        // 13 versions: listed when 150 may be, no filter at all when only 2 may.
+        let listed = session_with(physical_rules(), 8192, 150).await;
+        let (got, plan) = answer(&listed, &sql).await;
+        assert!(plan.contains("predicate=DynamicFilter"), "{plan}");
+        assert_eq!(got, expected);
+        let unlisted = session_with(physical_rules(), 8192, 2).await;
+        let (got, plan) = answer(&unlisted, &sql).await;
+        assert!(plan.contains("ValidityJoinExec"), "{plan}");
+        assert!(!plan.contains("DynamicFilter"), "{plan}");
+        assert_eq!(got, expected);
     }
 }

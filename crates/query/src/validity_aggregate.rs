@@ -5,7 +5,8 @@
 //! DataFusion would build each joined row's `parent` string and hash it to find its group. The
 //! join already knows each row's version, and a version has one `parent`, so
 //! [`ValidityAggregateExec`] takes the version as the group: the join's runs of rows of one
-//! version feed DataFusion's own accumulators with the version's group index, and the grouped
+//! version feed DataFusion's own accumulators with the version's group index (a partial state
+//! per run where the aggregates have one, `run_states`; else row by row), and the grouped
 //! columns are taken once per version when the partial states are emitted. The final
 //! aggregate above merges the versions that share a value, as it merges partitions.
 //!
@@ -14,6 +15,7 @@
 //! the rows' side and have no order or `DISTINCT`, and emits the same schema.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
@@ -39,6 +41,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use crate::run_states::RunState;
 use crate::validity_join::{Matches, ValidityJoinExec};
 
 /// The plan rule putting a [`ValidityAggregateExec`] where a partial aggregate has its shape.
@@ -84,6 +87,8 @@ struct Grouping {
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Each aggregate's run form, when all have one and none is filtered.
+    run_states: Option<Vec<RunState>>,
 }
 
 impl Grouping {
@@ -129,6 +134,14 @@ impl Grouping {
                 None => Some(None),
             })
             .collect::<Option<Vec<_>>>()?;
+        let run_states = match filters.iter().all(Option::is_none) {
+            true => aggregate
+                .aggr_expr()
+                .iter()
+                .map(|function| RunState::of(function))
+                .collect(),
+            false => None,
+        };
         Some(Self {
             build_columns,
             groups,
@@ -136,6 +149,7 @@ impl Grouping {
             aggregates: aggregate.aggr_expr().to_vec(),
             arguments,
             filters,
+            run_states,
         })
     }
 }
@@ -225,9 +239,13 @@ impl DisplayAs for ValidityAggregateExec {
             .iter()
             .map(|aggregate| aggregate.name())
             .collect();
+        let runs = match self.grouping.run_states {
+            Some(_) => ", states per run",
+            None => "",
+        };
         write!(
             f,
-            "ValidityAggregateExec: partial, by version, gby=[{}], aggr=[{}]",
+            "ValidityAggregateExec: partial, by version{runs}, gby=[{}], aggr=[{}]",
             self.grouping
                 .groups
                 .iter()
@@ -367,6 +385,8 @@ struct VersionGroups {
     version_of_group: Vec<u32>,
     /// The versions, once the first rows arrive.
     versions: Option<RecordBatch>,
+    /// The group of each segment of the matches at hand, then of each row.
+    segment_groups: Vec<usize>,
     group_indices: Vec<usize>,
     reservation: MemoryReservation,
 }
@@ -384,19 +404,21 @@ impl VersionGroups {
             group_of_version: Vec::new(),
             version_of_group: Vec::new(),
             versions: None,
+            segment_groups: Vec::new(),
             group_indices: Vec::new(),
             reservation,
         })
     }
 
-    /// Feeds the matched rows to the accumulators, each with its version's group.
+    /// Feeds the matched rows to the accumulators: a partial state per run of one version
+    /// when the aggregates have a run form, else each row with its version's group.
     fn update(&mut self, matches: &Matches) -> Result<()> {
         if self.versions.is_none() {
             let versions = &matches.versions.batch;
             self.group_of_version = vec![u32::MAX; versions.num_rows()];
             self.versions = Some(versions.clone());
         }
-        self.group_indices.clear();
+        self.segment_groups.clear();
         for segment in &matches.segments {
             let version = segment.build_row as usize;
             let Some(group) = self.group_of_version.get_mut(version) else {
@@ -408,9 +430,54 @@ impl VersionGroups {
                 *group = self.version_of_group.len() as u32;
                 self.version_of_group.push(segment.build_row);
             }
+            self.segment_groups.push(*group as usize);
+        }
+        if !self.update_by_runs(matches)? {
+            self.update_by_rows(matches)?;
+        }
+        let size: usize = self.accumulators.iter().map(|a| a.size()).sum();
+        self.reservation.try_resize(
+            size + self.group_of_version.len() * 8
+                + (self.group_indices.capacity() + self.segment_groups.capacity()) * 8,
+        )
+    }
+
+    /// Feeds one partial state per segment; `false`, with nothing fed, when an aggregate
+    /// has no run form or its argument is not of the type the form reads.
+    fn update_by_runs(&mut self, matches: &Matches) -> Result<bool> {
+        let Some(run_states) = &self.grouping.run_states else {
+            return Ok(false);
+        };
+        let rows = columns_at(&matches.batch, &self.grouping.probe_columns, None)?;
+        let runs: Vec<Range<usize>> = matches
+            .segments
+            .iter()
+            .map(|segment| segment.start as usize..segment.end as usize)
+            .collect();
+        let mut states = Vec::with_capacity(run_states.len());
+        for (run_state, arguments) in run_states.iter().zip(&self.grouping.arguments) {
+            let [argument] = &arguments[..] else {
+                return Ok(false);
+            };
+            match run_state.states(&argument.evaluate(&rows)?, &runs)? {
+                Some(state) => states.push(state),
+                None => return Ok(false),
+            }
+        }
+        let groups = self.version_of_group.len();
+        for (accumulator, state) in self.accumulators.iter_mut().zip(&states) {
+            accumulator.merge_batch(state, &self.segment_groups, groups)?;
+        }
+        Ok(true)
+    }
+
+    /// Feeds each matched row with its version's group.
+    fn update_by_rows(&mut self, matches: &Matches) -> Result<()> {
+        self.group_indices.clear();
+        for (segment, &group) in matches.segments.iter().zip(&self.segment_groups) {
             let length = (segment.end - segment.start) as usize;
             self.group_indices
-                .extend(std::iter::repeat_n(*group as usize, length));
+                .extend(std::iter::repeat_n(group, length));
         }
         let probe_rows = matches.probe_rows();
         let rows = columns_at(
@@ -438,9 +505,7 @@ impl VersionGroups {
                 .map(|f| datafusion::arrow::array::AsArray::as_boolean(f.as_ref()));
             accumulator.update_batch(&values, &self.group_indices, filter, groups)?;
         }
-        let size: usize = self.accumulators.iter().map(|a| a.size()).sum();
-        self.reservation
-            .try_resize(size + self.group_of_version.len() * 8 + self.group_indices.capacity() * 8)
+        Ok(())
     }
 
     /// The partial states, one row per version met: its grouped columns, then each

@@ -28,6 +28,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinSide, JoinType, NullEquality, Result, Statistics};
 use datafusion::execution::TaskContext;
@@ -46,7 +47,7 @@ use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::{ChildStats, StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PhysicalExpr,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
@@ -276,6 +277,25 @@ impl ValidityJoinExec {
         })
     }
 
+    /// Whether the versions are known to be more than a filter would list (`publish_filter`
+    /// leaves it `true` then). A filter that stays `true` still makes the scan decode the key
+    /// column ahead of the others and keep it in a cache to be read again: a tenth of the scan
+    /// of a join over a fleet's history.
+    fn too_many_versions_to_push(&self, config: &ConfigOptions) -> Result<bool> {
+        let Some(build) = self.join.children().first().copied() else {
+            return Ok(false);
+        };
+        let max = config
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values;
+        let statistics =
+            StatisticsContext::new().compute(build.as_ref(), &StatisticsArgs::new())?;
+        Ok(matches!(
+            statistics.num_rows,
+            Precision::Exact(rows) if rows > max
+        ))
+    }
+
     /// This join with `dynamic_filter`, its versions not read and its metrics empty.
     fn unexecuted(&self, dynamic_filter: Option<Arc<DynamicFilterPhysicalExpr>>) -> Self {
         Self {
@@ -472,6 +492,7 @@ impl ExecutionPlan for ValidityJoinExec {
         if phase == FilterPushdownPhase::Post
             && self.dynamic_filter.is_none()
             && config.optimizer.enable_join_dynamic_filter_pushdown
+            && !self.too_many_versions_to_push(config)?
         {
             probe = probe.with_self_filter(Arc::new(DynamicFilterPhysicalExpr::new(
                 vec![Arc::clone(&self.shape.probe_key)],
@@ -937,17 +958,40 @@ fn match_segments(
             let last = segments.len() - 1;
             let (first, last_time) = versions.validity(segments[last].build_row);
             let stop = run_end.min(row + (limit - found_rows - 1));
-            while row < stop && !(time_nulls && times.is_null(row)) && {
-                let time = times.value(row);
-                first <= time && time <= last_time
-            } {
-                row += 1;
+            if time_nulls {
+                while row < stop && !times.is_null(row) && {
+                    let time = times.value(row);
+                    first <= time && time <= last_time
+                } {
+                    row += 1;
+                }
+            } else {
+                row = first_outside(times.values(), row, stop, first, last_time);
             }
             segments[last].end = row as u32;
             found_rows += (segments[last].end - segments[last].start) as usize;
         }
     }
     Ok((segments, row))
+}
+
+/// The first row from `row` on (`stop` at most) whose time is outside `first..=last`.
+/// Runs of one version are long (a reading per second for hours), so blocks of times are
+/// tested whole first, without an early exit, which the compiler turns into vector compares.
+fn first_outside(times: &[i64], mut row: usize, stop: usize, first: i64, last: i64) -> usize {
+    const BLOCK: usize = 64;
+    let within = |time: i64| (first <= time) & (time <= last);
+    while row + BLOCK <= stop
+        && times[row..row + BLOCK]
+            .iter()
+            .fold(true, |all, &time| all & within(time))
+    {
+        row += BLOCK;
+    }
+    while row < stop && within(times[row]) {
+        row += 1;
+    }
+    row
 }
 
 /// The joined rows: build columns taken at the segments' versions, probe columns at their
