@@ -25,7 +25,7 @@ use crate::hierarchy::{
 use crate::join_sizes::statistics_registry;
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
-use crate::plan_rules::physical_rules;
+use crate::plan_rules::{logical_rules, physical_rules};
 use crate::runtime::{QueryRuntime, Running};
 use crate::twin_at::{TwinAtUdf, TwinValues};
 use crate::views::{TWIN_HISTORY_NAME, TwinHistoryTable, VIEWS};
@@ -265,6 +265,7 @@ impl SessionTables {
             .with_runtime_env(runtime)
             .with_statistics_registry(statistics_registry())
             .with_default_features()
+            .with_optimizer_rules(logical_rules())
             .with_physical_optimizer_rules(physical_rules());
         let mut context = SessionContext::new_with_state(state.build());
         // json_get_float(value, 'kg'), `value->>'version'`, … over the JSON text columns.
