@@ -279,8 +279,8 @@ impl ValidityJoinExec {
 
     /// Whether the versions are known to be more than a filter would list (`publish_filter`
     /// leaves it `true` then). A filter that stays `true` still makes the scan decode the key
-    /// column ahead of the others and keep it in a cache to be read again: a tenth of the scan
-    /// of a join over a fleet's history.
+    /// column ahead of the others and keep it in a cache to be read again: a twentieth of the
+    /// CPU of a join over a fleet's whole history.
     fn too_many_versions_to_push(&self, config: &ConfigOptions) -> Result<bool> {
         let Some(build) = self.join.children().first().copied() else {
             return Ok(false);
