@@ -115,10 +115,10 @@ impl MicrosAsNanos {
 /// Microseconds a nanosecond timestamp (`i64`) can hold.
 const MICROS_RANGE: std::ops::RangeInclusive<i64> = (i64::MIN / 1000)..=(i64::MAX / 1000);
 
-fn micros_to_nanos(micros: &TimestampMicrosecondArray, nanos: &DataType) -> Result<Arc<dyn Array>> {
-    let DataType::Timestamp(_, zone) = nanos else {
-        return exec_err!("micros as nanos: {nanos} is no timestamp");
-    };
+fn micros_to_nanos(
+    micros: &TimestampMicrosecondArray,
+    zone: Option<Arc<str>>,
+) -> Result<Arc<dyn Array>> {
     let (low, high) = (*MICROS_RANGE.start(), *MICROS_RANGE.end());
     // `&` rather than `&&`: no early exit, so the loop runs on vectors.
     let in_range = |values: &[i64]| {
@@ -135,7 +135,7 @@ fn micros_to_nanos(micros: &TimestampMicrosecondArray, nanos: &DataType) -> Resu
     }
     let nanos = micros
         .unary::<_, datafusion::arrow::datatypes::TimestampNanosecondType>(|v| v.wrapping_mul(1000))
-        .with_timezone_opt(zone.clone());
+        .with_timezone_opt(zone);
     Ok(Arc::new(nanos))
 }
 
@@ -158,10 +158,9 @@ impl PhysicalExpr for MicrosAsNanos {
                 let Some(micros) = array.as_primitive_opt::<TimestampMicrosecondType>() else {
                     return exec_err!("micros as nanos: read {}", array.data_type());
                 };
-                Ok(ColumnarValue::Array(micros_to_nanos(
-                    micros,
-                    self.nanos.data_type(),
-                )?))
+                // The zone is the file's: `in_place_of` took only casts that keep it.
+                let zone = micros.timezone().map(Arc::from);
+                Ok(ColumnarValue::Array(micros_to_nanos(micros, zone)?))
             }
             ColumnarValue::Scalar(scalar) => Ok(ColumnarValue::Scalar(
                 scalar.cast_to(self.nanos.data_type())?,

@@ -64,33 +64,31 @@ impl RunState {
         let array: ArrayRef = match argument {
             ColumnarValue::Scalar(scalar) if self == Self::Count => {
                 // `count(*)` is `count(1)`: every row counts, or none when the scalar is null.
-                let counts = runs.iter().map(|run| match scalar.is_null() {
-                    true => 0,
-                    false => run.len() as i64,
-                });
+                let counted = !scalar.is_null();
+                let counts = runs
+                    .iter()
+                    .map(|run| if counted { run.len() as i64 } else { 0 });
                 return Ok(Some(vec![Arc::new(Int64Array::from_iter_values(counts))]));
             }
             ColumnarValue::Scalar(scalar) => scalar.to_array_of_size(runs_end(runs))?,
             ColumnarValue::Array(array) => Arc::clone(array),
         };
-        let array = &array;
         Ok(match (self, array.data_type()) {
             (Self::Count, _) => {
-                let counts = runs.iter().map(|run| values_in(array.as_ref(), run) as i64);
+                let counts = value_counts(array.as_ref(), runs).map(|n| n as i64);
                 Some(vec![Arc::new(Int64Array::from_iter_values(counts))])
             }
             (Self::SumFloat, DataType::Float64) => {
-                Some(vec![Arc::new(run_sums::<Float64Type>(array, runs))])
+                Some(vec![Arc::new(run_sums::<Float64Type>(&array, runs))])
             }
             (Self::SumInt, DataType::Int64) => {
-                Some(vec![Arc::new(run_sums::<Int64Type>(array, runs))])
+                Some(vec![Arc::new(run_sums::<Int64Type>(&array, runs))])
             }
             (Self::AvgFloat, DataType::Float64) => {
-                let counts: UInt64Array = runs
-                    .iter()
-                    .map(|run| Some(values_in(array.as_ref(), run) as u64).filter(|&n| n > 0))
+                let counts: UInt64Array = value_counts(array.as_ref(), runs)
+                    .map(|n| Some(n as u64).filter(|&n| n > 0))
                     .collect();
-                let sums: Float64Array = run_sums::<Float64Type>(array, runs);
+                let sums: Float64Array = run_sums::<Float64Type>(&array, runs);
                 Some(vec![Arc::new(counts), Arc::new(sums)])
             }
             _ => None,
@@ -103,13 +101,18 @@ fn runs_end(runs: &[Range<usize>]) -> usize {
     runs.iter().map(|run| run.end).max().unwrap_or(0)
 }
 
-/// The non-null values among `array`'s rows `run`.
-fn values_in(array: &dyn Array, run: &Range<usize>) -> usize {
-    let nulls = match array.logical_nulls() {
-        Some(nulls) => nulls.slice(run.start, run.len()).null_count(),
-        None => 0,
-    };
-    run.len() - nulls
+/// The non-null values among `array`'s rows of each run; its nulls taken once.
+fn value_counts<'a>(
+    array: &dyn Array,
+    runs: &'a [Range<usize>],
+) -> impl Iterator<Item = usize> + 'a {
+    let nulls = array.logical_nulls();
+    runs.iter().map(move |run| {
+        let null_count = nulls
+            .as_ref()
+            .map_or(0, |nulls| nulls.slice(run.start, run.len()).null_count());
+        run.len() - null_count
+    })
 }
 
 /// Each run's sum (wrapping on overflow for integers, as `sum`'s accumulator does), null
