@@ -19,6 +19,7 @@ use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFacto
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -32,7 +33,8 @@ use twinlake_store::{EntityIds, LiveTables, PersistedFile, TableSnapshot};
 
 use crate::file_cache::{self, FileCache};
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
-use crate::lake_time::LakeExprAdapterFactory;
+use crate::lake_adapter::LakeExprAdapterFactory;
+use crate::lake_dictionary::cached_file_read_schema;
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
@@ -139,7 +141,16 @@ impl TableProvider for LakeTableProvider {
         if !files.is_empty() {
             let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
             let source = self.parquet_source(state, predicate)?;
-            inputs.push(self.parquet_scan(&files, source, projection, limit, partitions)?);
+            let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+            let scan = self.parquet_scan(
+                &files,
+                footers.as_ref(),
+                source,
+                projection,
+                limit,
+                partitions,
+            );
+            inputs.push(scan?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let batches = spread(snapshot.batches, partitions);
@@ -239,18 +250,42 @@ impl LakeTableProvider {
         Ok(Arc::new(source))
     }
 
+    /// The files as the scan reads them: with the schema to read each by when some of its
+    /// columns are read as dictionaries (see `lake_dictionary`), known from `footers`.
+    fn partitioned_files(
+        &self,
+        files: &[&PersistedFile],
+        footers: &FileMetadataCache,
+    ) -> Vec<PartitionedFile> {
+        files
+            .iter()
+            .map(|file| {
+                let partitioned = PartitionedFile::new(file.path.clone(), file.size);
+                match cached_file_read_schema(self.table, footers, &file.path, file.size) {
+                    Some(schema) => partitioned.with_arrow_schema(schema),
+                    None => partitioned,
+                }
+            })
+            .collect()
+    }
+
     fn parquet_scan(
         &self,
         files: &[&PersistedFile],
+        footers: &FileMetadataCache,
         source: Arc<ParquetSource>,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
         partitions: usize,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut groups = vec![Vec::new(); partitions.min(files.len())];
-        for (index, file) in files.iter().enumerate() {
+        for (index, file) in self
+            .partitioned_files(files, footers)
+            .into_iter()
+            .enumerate()
+        {
             let count = groups.len();
-            groups[index % count].push(PartitionedFile::new(file.path.clone(), file.size));
+            groups[index % count].push(file);
         }
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(LAKE_STORE_URL)?, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())

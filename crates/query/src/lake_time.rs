@@ -14,55 +14,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{
-    DataType, FieldRef, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType, FieldRef, Schema, TimeUnit, TimestampMicrosecondType,
 };
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column};
-use datafusion::physical_expr_adapter::{
-    DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
-};
-
-/// DataFusion's adapter from the table's schema to a file's, with file time columns read by
-/// [`MicrosAsNanos`].
-#[derive(Debug)]
-pub(crate) struct LakeExprAdapterFactory;
-
-impl PhysicalExprAdapterFactory for LakeExprAdapterFactory {
-    fn create(
-        &self,
-        logical_file_schema: SchemaRef,
-        physical_file_schema: SchemaRef,
-    ) -> Result<Arc<dyn PhysicalExprAdapter>> {
-        Ok(Arc::new(LakeExprAdapter {
-            default: DefaultPhysicalExprAdapterFactory
-                .create(logical_file_schema, Arc::clone(&physical_file_schema))?,
-            physical_file_schema,
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct LakeExprAdapter {
-    default: Arc<dyn PhysicalExprAdapter>,
-    physical_file_schema: SchemaRef,
-}
-
-impl PhysicalExprAdapter for LakeExprAdapter {
-    fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
-        // A bare column is a projected one; anything larger is a predicate.
-        let projected_column = expr.is::<Column>();
-        let rewritten = self.default.rewrite(expr)?;
-        if !projected_column {
-            return Ok(rewritten);
-        }
-        Ok(
-            MicrosAsNanos::in_place_of(&rewritten, &self.physical_file_schema)?
-                .unwrap_or(rewritten),
-        )
-    }
-}
 
 /// A file's microsecond time column read as nanoseconds, the time zone kept.
 #[derive(Debug)]
@@ -88,7 +45,7 @@ impl Hash for MicrosAsNanos {
 
 impl MicrosAsNanos {
     /// The same conversion as `expr` when it casts a microsecond column to nanoseconds.
-    fn in_place_of(
+    pub(crate) fn in_place_of(
         expr: &Arc<dyn PhysicalExpr>,
         file_schema: &Schema,
     ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
@@ -259,29 +216,6 @@ mod tests {
         let nanos = read(TimestampMicrosecondArray::new(values, Some(nulls)))?;
         assert!(nanos.is_null(0));
         assert_eq!(nanos.value(1), 7_000);
-        Ok(())
-    }
-
-    #[test]
-    fn projected_time_columns_are_read_by_it_and_predicates_keep_the_cast() -> Result<()> {
-        let logical = Arc::new(Schema::new(vec![Field::new(
-            "time",
-            nanos_field().data_type().clone(),
-            false,
-        )]));
-        let physical = Arc::new(Schema::new(vec![Field::new(
-            "time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        )]));
-        let adapter = LakeExprAdapterFactory.create(logical, physical)?;
-        let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new("time", 0));
-        assert!(adapter.rewrite(Arc::clone(&column))?.is::<MicrosAsNanos>());
-        let predicate: Arc<dyn PhysicalExpr> = Arc::new(
-            datafusion::physical_expr::expressions::IsNullExpr::new(column),
-        );
-        let rewritten = adapter.rewrite(predicate)?;
-        assert!(rewritten.children()[0].is::<CastExpr>(), "{rewritten}");
         Ok(())
     }
 }

@@ -21,6 +21,8 @@ mod engine;
 mod file_cache;
 mod hierarchy;
 mod join_sizes;
+mod lake_adapter;
+mod lake_dictionary;
 mod lake_table;
 mod lake_time;
 mod latest;
