@@ -153,6 +153,11 @@ mod tests {
                 "BinaryExpr",
             ),
             (
+                compare(&column, Operator::IsDistinctFrom, "load"),
+                compare(&cast, Operator::IsDistinctFrom, "load"),
+                "BinaryExpr",
+            ),
+            (
                 in_list(&column, &["load", "gps.speed"], false)?,
                 in_list(&cast, &["load", "gps.speed"], false)?,
                 "TextInDictionary",

@@ -161,29 +161,13 @@ fn in_list_on_dictionary(
     let Some(column) = dictionary_column(in_list.expr(), file_schema)? else {
         return Ok(None);
     };
-    let Some(values) = in_list
-        .list()
-        .iter()
-        .map(text_value)
-        .collect::<Option<Vec<_>>>()
-    else {
+    // A null in the list makes a miss null rather than false: left to DataFusion's list.
+    let texts = in_list.list().iter().map(|item| text_value(item).flatten());
+    let Some(texts) = texts.collect::<Option<Arc<[String]>>>() else {
         return Ok(None);
     };
-    // A null in the list makes a miss null rather than false: left to DataFusion's list.
-    if let Some(texts) = values.iter().cloned().collect::<Option<Arc<[String]>>>() {
-        let in_dictionary = TextInDictionary::new(column, texts, in_list.negated());
-        return Ok(Some(Arc::new(in_dictionary)));
-    }
-    let list = values
-        .into_iter()
-        .map(|value| Arc::new(Literal::new(ScalarValue::Utf8(value))) as Arc<dyn PhysicalExpr>)
-        .collect();
-    Ok(Some(Arc::new(InListExpr::try_new(
-        column,
-        list,
-        in_list.negated(),
-        file_schema,
-    )?)))
+    let in_dictionary = TextInDictionary::new(column, texts, in_list.negated());
+    Ok(Some(Arc::new(in_dictionary)))
 }
 
 /// The column under `expr` when `expr` is the adapter's cast of a dictionary of text to
