@@ -278,12 +278,9 @@ impl LakeTableProvider {
         limit: Option<usize>,
         partitions: usize,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut groups = vec![Vec::new(); partitions.min(files.len())];
-        for (index, file) in self
-            .partitioned_files(files, footers)
-            .into_iter()
-            .enumerate()
-        {
+        let read = self.partitioned_files(files, footers);
+        let mut groups = vec![Vec::new(); partitions.min(read.len())];
+        for (index, file) in read.into_iter().enumerate() {
             let count = groups.len();
             groups[index % count].push(file);
         }
