@@ -325,7 +325,7 @@ impl fmt::Display for TextInDictionary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use datafusion::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
@@ -348,6 +348,7 @@ mod tests {
         ("", "memory.percent-used"),
     ];
     const ROWS: usize = 5000;
+    pub(crate) const FILE_PATH: &str = "measurements/date=1970-01-01/part-0.parquet";
 
     /// Measurements as the store writes them: Arrow's Parquet writer (text in dictionary
     /// pages), times in microseconds, small pages so a file has many.
@@ -393,9 +394,11 @@ mod tests {
         Ok(bytes)
     }
 
-    async fn lake_context() -> Result<SessionContext> {
+    /// A session whose `measurements` is the one file [`measurements_file`] writes, at
+    /// [`FILE_PATH`] of an in-memory store.
+    pub(crate) async fn lake_context() -> Result<SessionContext> {
         let bytes = measurements_file()?;
-        let path = "measurements/date=1970-01-01/part-0.parquet";
+        let path = FILE_PATH;
         let size = bytes.len() as u64;
         let store = Arc::new(InMemory::new());
         store.put(&Path::from(path), bytes.into()).await?;

@@ -15,7 +15,6 @@ use datafusion::common::{ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
@@ -35,6 +34,7 @@ use crate::file_cache::{self, FileCache};
 use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
 use crate::lake_adapter::LakeExprAdapterFactory;
 use crate::lake_dictionary::cached_file_read_schema;
+use crate::lake_reader::LakeFileReaderFactory;
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
@@ -240,9 +240,7 @@ impl LakeTableProvider {
         let cache = runtime.cache_manager.get_file_metadata_cache();
         let mut source = ParquetSource::new(self.schema())
             .with_table_parquet_options(state.default_table_options().parquet)
-            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
-                store, cache,
-            )))
+            .with_parquet_file_reader_factory(Arc::new(LakeFileReaderFactory::new(store, cache)))
             .with_enable_page_index(true);
         if let Some(predicate) = predicate {
             source = source.with_predicate(predicate);

@@ -23,6 +23,7 @@ mod hierarchy;
 mod join_sizes;
 mod lake_adapter;
 mod lake_dictionary;
+mod lake_reader;
 mod lake_table;
 mod lake_time;
 mod latest;
