@@ -25,6 +25,7 @@ use crate::hierarchy::{
 use crate::join_sizes::statistics_registry;
 use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
 use crate::latest::LatestTable;
+use crate::parquet_cache::ParquetCache;
 use crate::plan_rules::{logical_rules, physical_rules};
 use crate::runtime::{QueryRuntime, Running};
 use crate::twin_at::{TwinAtUdf, TwinValues};
@@ -85,6 +86,9 @@ pub struct QueryLimits {
     /// Memory all queries share for the small tables' files kept decoded (alarms, events,
     /// health, twin and entity changes); 0 reads them from Parquet every time.
     pub file_cache_bytes: usize,
+    /// Memory all queries share for lake files kept whole as Parquet (in practice
+    /// `measurements`); 0 reads every range from the object store.
+    pub parquet_cache_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -96,6 +100,7 @@ impl Default for QueryLimits {
             max_result_bytes: 256 * 1024 * 1024,
             max_concurrent: 8,
             file_cache_bytes: 128 * 1024 * 1024,
+            parquet_cache_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -210,6 +215,7 @@ struct SessionTables {
     twin_history: Arc<TwinHistoryTable>,
     lake_store: Arc<dyn object_store::ObjectStore>,
     file_cache: Arc<FileCache>,
+    parquet_cache: Arc<ParquetCache>,
 }
 
 /// What an export's session reads with: its own memory (spilling to disk beyond it) and the
@@ -280,8 +286,12 @@ impl SessionTables {
                 Some(Arc::clone(&self.hierarchy)),
             )
             .with_file_cache(Arc::clone(&self.file_cache));
+            // An export reads every file of its range once: kept, they would evict the files
+            // the interactive queries read again and again.
             if pinned {
                 provider = provider.pinned();
+            } else {
+                provider = provider.with_parquet_cache(Arc::clone(&self.parquet_cache));
             }
             context.register_table(table.name(), Arc::new(provider))?;
         }
@@ -337,6 +347,7 @@ impl QueryEngine {
             twin_history: Arc::new(twin_history),
             lake_store,
             file_cache: Arc::new(FileCache::new(limits.file_cache_bytes)),
+            parquet_cache: Arc::new(ParquetCache::new(limits.parquet_cache_bytes)),
         };
         Ok(Self {
             context: tables.session(true).await?,
@@ -352,7 +363,8 @@ impl QueryEngine {
 
     /// The engine's metrics (its decoded-file cache) into `registry`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.tables.file_cache.metrics.register(registry);
+        self.tables.file_cache.register_metrics(registry);
+        self.tables.parquet_cache.register_metrics(registry);
     }
 
     /// A session of its own over the same tables, memory pool and limits, for a protocol that

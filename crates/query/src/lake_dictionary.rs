@@ -340,6 +340,7 @@ pub(crate) mod tests {
     use twinlake_store::{CommittedFiles, LiveTables, PersistedFile};
 
     use crate::lake_table::{LAKE_STORE_URL, LakeTableProvider};
+    use crate::parquet_cache::ParquetCache;
 
     const SERIES: [(&str, &str); 4] = [
         ("telemetry", "gps.speed"),
@@ -397,6 +398,13 @@ pub(crate) mod tests {
     /// A session whose `measurements` is the one file [`measurements_file`] writes, at
     /// [`FILE_PATH`] of an in-memory store.
     pub(crate) async fn lake_context() -> Result<SessionContext> {
+        Ok(lake_context_with(None).await?.0)
+    }
+
+    /// [`lake_context`] with its files kept in `parquet_cache`, and its store.
+    pub(crate) async fn lake_context_with(
+        parquet_cache: Option<Arc<ParquetCache>>,
+    ) -> Result<(SessionContext, Arc<InMemory>)> {
         let bytes = measurements_file()?;
         let path = FILE_PATH;
         let size = bytes.len() as u64;
@@ -420,10 +428,15 @@ pub(crate) mod tests {
         live.set_files(Table::Measurements, committed)?;
         let context = SessionContext::new();
         let url = url::Url::parse(LAKE_STORE_URL).expect("the lake's URL");
-        context.runtime_env().register_object_store(&url, store);
-        let provider = LakeTableProvider::new(Table::Measurements, live, None);
+        context
+            .runtime_env()
+            .register_object_store(&url, Arc::clone(&store) as _);
+        let mut provider = LakeTableProvider::new(Table::Measurements, live, None);
+        if let Some(cache) = parquet_cache {
+            provider = provider.with_parquet_cache(cache);
+        }
         context.register_table("measurements", Arc::new(provider))?;
-        Ok(context)
+        Ok((context, store))
     }
 
     /// The Arrow type each scanned file is read with for `column`, as the scan was planned.

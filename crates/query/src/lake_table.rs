@@ -35,6 +35,7 @@ use crate::hierarchy::{Hierarchy, HierarchyCache, IN_SUBTREE, text_of};
 use crate::lake_adapter::LakeExprAdapterFactory;
 use crate::lake_dictionary::cached_file_read_schema;
 use crate::lake_reader::LakeFileReaderFactory;
+use crate::parquet_cache::ParquetCache;
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub(crate) const LAKE_STORE_URL: &str = "twinlake://lake";
@@ -49,6 +50,8 @@ pub(crate) struct LakeTableProvider {
     pinned: Option<TableSnapshot>,
     /// Where a small table's files are read from, decoded once.
     file_cache: Option<Arc<FileCache>>,
+    /// Where the files a Parquet scan reads are kept whole.
+    parquet_cache: Option<Arc<ParquetCache>>,
 }
 
 impl LakeTableProvider {
@@ -63,6 +66,7 @@ impl LakeTableProvider {
             hierarchy,
             pinned: None,
             file_cache: None,
+            parquet_cache: None,
         }
     }
 
@@ -70,6 +74,14 @@ impl LakeTableProvider {
     pub(crate) fn with_file_cache(self, cache: Arc<FileCache>) -> Self {
         Self {
             file_cache: file_cache::is_cached(self.table).then_some(cache),
+            ..self
+        }
+    }
+
+    /// The files a Parquet scan reads kept whole in `cache`.
+    pub(crate) fn with_parquet_cache(self, cache: Arc<ParquetCache>) -> Self {
+        Self {
+            parquet_cache: Some(cache),
             ..self
         }
     }
@@ -227,9 +239,9 @@ impl LakeTableProvider {
     }
 
     /// The session's Parquet options, with readers that keep each file's footer and page
-    /// index in the runtime's metadata cache (bounded by its limit): lake files never change
-    /// under their name, and reading and decoding them again was a fixed cost of every query,
-    /// most of it for the small tables (a file per day each).
+    /// index in the runtime's metadata cache (bounded by its limit) and its bytes in the
+    /// Parquet cache: lake files never change under their name, and reading and decoding
+    /// them again was a fixed cost of every query.
     fn parquet_source(
         &self,
         state: &dyn Session,
@@ -240,7 +252,11 @@ impl LakeTableProvider {
         let cache = runtime.cache_manager.get_file_metadata_cache();
         let mut source = ParquetSource::new(self.schema())
             .with_table_parquet_options(state.default_table_options().parquet)
-            .with_parquet_file_reader_factory(Arc::new(LakeFileReaderFactory::new(store, cache)))
+            .with_parquet_file_reader_factory(Arc::new(LakeFileReaderFactory::new(
+                store,
+                cache,
+                self.parquet_cache.clone(),
+            )))
             .with_enable_page_index(true);
         if let Some(predicate) = predicate {
             source = source.with_predicate(predicate);

@@ -17,6 +17,7 @@
 //!
 //! It must not open sockets: the `server` crate serves what this crate answers.
 
+mod budget_lru;
 mod engine;
 mod file_cache;
 mod hierarchy;
@@ -27,6 +28,7 @@ mod lake_reader;
 mod lake_table;
 mod lake_time;
 mod latest;
+mod parquet_cache;
 mod plan_rules;
 mod run_states;
 mod runtime;

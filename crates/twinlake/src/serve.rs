@@ -207,6 +207,11 @@ pub(crate) struct ServeOptions {
     /// [default: 128].
     #[arg(long, env = "TWINLAKE_QUERY_FILE_CACHE_MB")]
     pub(crate) query_file_cache_mb: Option<usize>,
+    /// Memory all queries share to keep lake files whole as Parquet (`measurements`), in
+    /// MiB: a file is read from the object store once, not by every query; a file larger
+    /// than an eighth of this is read range by range; 0 turns it off [default: 1024].
+    #[arg(long, env = "TWINLAKE_QUERY_PARQUET_CACHE_MB")]
+    pub(crate) query_parquet_cache_mb: Option<usize>,
     /// Memory an export may use for its sorts, in MiB; beyond it they spill to
     /// <data-dir>/export-spill [default: 512].
     #[arg(long, env = "TWINLAKE_EXPORT_MEMORY_MB")]
@@ -352,6 +357,7 @@ impl ServeOptions {
             query_max_result_bytes,
             query_max_concurrent,
             query_file_cache_mb,
+            query_parquet_cache_mb,
             export_memory_mb,
             export_timeout_s,
             export_rows_per_file,
@@ -888,6 +894,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
         file_cache_bytes: options
             .query_file_cache_mb
             .map_or(defaults.file_cache_bytes, |mb| mb * MIB),
+        parquet_cache_bytes: options
+            .query_parquet_cache_mb
+            .map_or(defaults.parquet_cache_bytes, |mb| mb * MIB),
     };
     let engine = Arc::new(
         QueryEngine::new(Arc::clone(&hot), lake.store(), limits)

@@ -271,10 +271,13 @@ impl RowWatcher {
     }
 }
 
+/// Queries read `measurements` through the Parquet cache (files kept whole in memory): each
+/// row is seen once while files are persisted, compacted and replaced under them, and a
+/// server with the cache turned off gives the same totals.
 #[test]
 fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row_once() {
     let dir = tempfile::tempdir().unwrap();
-    let twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &COMPACTING);
+    let mut twinlake = Twinlake::start(dir.path(), Broker::Embedded(free_port()), &COMPACTING);
     let count = 3_000;
 
     let watcher = RowWatcher::start(
@@ -314,6 +317,26 @@ fn compaction_merges_files_and_drops_redelivered_rows_while_queries_see_each_row
         .metric("twinlake_lake_files{table=\"measurements\"}")
         .unwrap();
     assert!(files <= 3.0, "{files} files left after compaction");
+    let loads = twinlake.metric("twinlake_query_parquet_cache_loads_total");
+    assert!(loads.unwrap() >= 1.0, "files read into the Parquet cache");
+    let hits = twinlake.metric("twinlake_query_parquet_cache_hits_total");
+    assert!(
+        hits.unwrap() >= 1.0,
+        "scans read files from the Parquet cache"
+    );
+    twinlake.stop();
+
+    let uncached = Twinlake::start(
+        dir.path(),
+        Broker::Embedded(free_port()),
+        &["--query-parquet-cache-mb", "0"],
+    );
+    assert_eq!(seq_totals(&uncached, "c1"), totals);
+    assert_eq!(
+        uncached.metric("twinlake_query_parquet_cache_loads_total"),
+        Some(0.0),
+        "with no budget nothing is kept"
+    );
 }
 
 /// Events, like the other small tables, are read through the cache of decoded files: each
