@@ -361,7 +361,7 @@ impl QueryEngine {
         })
     }
 
-    /// The engine's metrics (its decoded-file cache) into `registry`.
+    /// The engine's metrics (its decoded-file and Parquet caches) into `registry`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.tables.file_cache.register_metrics(registry);
         self.tables.parquet_cache.register_metrics(registry);

@@ -103,8 +103,7 @@ impl WholeFile {
             Some(bytes) => bytes.clone(),
             None => {
                 let read = self.cache.file(&self.store, &self.path, self.size).await;
-                let Some((bytes, _)) = read.map_err(|e| ParquetError::External(Box::new(e)))?
-                else {
+                let Some(bytes) = read.map_err(|e| ParquetError::External(Box::new(e)))? else {
                     return Ok(None);
                 };
                 self.bytes = Some(bytes.clone());
