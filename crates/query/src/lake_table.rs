@@ -152,7 +152,8 @@ impl TableProvider for LakeTableProvider {
         }
         if !files.is_empty() {
             let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
-            let source = self.parquet_source(state, predicate)?;
+            let kept_whole = self.parquet_cache_for(&snapshot);
+            let source = self.parquet_source(state, predicate, kept_whole)?;
             let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
             let scan = self.parquet_scan(
                 &files,
@@ -177,6 +178,16 @@ impl LakeTableProvider {
         let cache = self.file_cache.as_ref()?;
         let bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
         (bytes <= cache.max_table_file_bytes()).then_some(cache)
+    }
+
+    /// The Parquet cache, while all the table's files fit in it. A table larger than the
+    /// cache (a fleet's years on S3) is read range by range as before: kept whole, a query
+    /// touching a few pages of many files would download each of them entire and evict the
+    /// files the other queries read.
+    fn parquet_cache_for(&self, snapshot: &TableSnapshot) -> Option<Arc<ParquetCache>> {
+        let cache = self.parquet_cache.as_ref()?;
+        let bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
+        cache.holds_table(bytes).then(|| Arc::clone(cache))
     }
 
     /// What the Parquet reader cannot learn from the filters by itself: a subtree predicate as
@@ -246,6 +257,7 @@ impl LakeTableProvider {
         &self,
         state: &dyn Session,
         predicate: Option<Arc<dyn PhysicalExpr>>,
+        kept_whole: Option<Arc<ParquetCache>>,
     ) -> Result<Arc<ParquetSource>> {
         let runtime = state.runtime_env();
         let store = runtime.object_store(ObjectStoreUrl::parse(LAKE_STORE_URL)?)?;
@@ -253,9 +265,7 @@ impl LakeTableProvider {
         let mut source = ParquetSource::new(self.schema())
             .with_table_parquet_options(state.default_table_options().parquet)
             .with_parquet_file_reader_factory(Arc::new(LakeFileReaderFactory::new(
-                store,
-                cache,
-                self.parquet_cache.clone(),
+                store, cache, kept_whole,
             )))
             .with_enable_page_index(true);
         if let Some(predicate) = predicate {

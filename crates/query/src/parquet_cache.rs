@@ -35,6 +35,12 @@ impl ParquetCache {
         self.files.metrics.register(registry, "parquet_cache", what);
     }
 
+    /// Whether a table whose files add up to `bytes` is read through the cache: all of it
+    /// must fit.
+    pub(crate) fn holds_table(&self, bytes: u64) -> bool {
+        usize::try_from(bytes).is_ok_and(|bytes| bytes <= self.files.budget_bytes())
+    }
+
     /// Whether a file of `size` bytes is kept whole: at most an eighth of the budget, so that
     /// one query's large files do not evict everything the others read. A larger file is
     /// read from the store range by range, as a scan reads it without the cache.
@@ -138,12 +144,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_files_of_at_most_an_eighth_of_the_budget_are_kept() {
+    async fn only_files_of_at_most_an_eighth_and_tables_within_the_budget_are_kept() {
         let cache = ParquetCache::new(800);
         assert!(cache.keeps(100));
         assert!(!cache.keeps(101));
         assert_eq!(cache.files.metrics.too_large.get(), 1);
         let none = ParquetCache::new(0);
         assert!(!none.keeps(1), "a budget of 0 keeps nothing");
+        assert!(cache.holds_table(800));
+        assert!(
+            !cache.holds_table(801),
+            "a table larger than the cache is read by ranges"
+        );
     }
 }
