@@ -139,7 +139,9 @@ impl TableProvider for LakeTableProvider {
             .filter(|file| pruning.may_match(file))
             .collect();
         let mut inputs = Vec::new();
-        if let Some(cache) = self.file_cache_for(&snapshot) {
+        // What the table's files add up to decides which cache may read them.
+        let table_file_bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
+        if let Some(cache) = self.file_cache_for(table_file_bytes) {
             let (decoded, unread) = read_through_cache(state, cache, &self.schema(), files).await?;
             files = unread;
             if !decoded.is_empty() {
@@ -152,7 +154,7 @@ impl TableProvider for LakeTableProvider {
         }
         if !files.is_empty() {
             let predicate = self.subtree_predicate(state, filters, hierarchy.as_deref())?;
-            let kept_whole = self.parquet_cache_for(&snapshot);
+            let kept_whole = self.parquet_cache_for(table_file_bytes);
             let source = self.parquet_source(state, predicate, kept_whole)?;
             let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
             let scan = self.parquet_scan(
@@ -174,20 +176,18 @@ impl TableProvider for LakeTableProvider {
 }
 
 impl LakeTableProvider {
-    fn file_cache_for(&self, snapshot: &TableSnapshot) -> Option<&Arc<FileCache>> {
+    fn file_cache_for(&self, table_file_bytes: u64) -> Option<&Arc<FileCache>> {
         let cache = self.file_cache.as_ref()?;
-        let bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
-        (bytes <= cache.max_table_file_bytes()).then_some(cache)
+        (table_file_bytes <= cache.max_table_file_bytes()).then_some(cache)
     }
 
     /// The Parquet cache, while all the table's files fit in it. A table larger than the
     /// cache (a fleet's years on S3) is read range by range as before: kept whole, a query
     /// touching a few pages of many files would download each of them entire and evict the
     /// files the other queries read.
-    fn parquet_cache_for(&self, snapshot: &TableSnapshot) -> Option<Arc<ParquetCache>> {
+    fn parquet_cache_for(&self, table_file_bytes: u64) -> Option<Arc<ParquetCache>> {
         let cache = self.parquet_cache.as_ref()?;
-        let bytes: u64 = snapshot.files.iter().map(|file| file.size).sum();
-        cache.holds_table(bytes).then(|| Arc::clone(cache))
+        (table_file_bytes <= cache.max_table_file_bytes()).then(|| Arc::clone(cache))
     }
 
     /// What the Parquet reader cannot learn from the filters by itself: a subtree predicate as

@@ -35,10 +35,10 @@ impl ParquetCache {
         self.files.metrics.register(registry, "parquet_cache", what);
     }
 
-    /// Whether a table whose files add up to `bytes` is read through the cache: all of it
-    /// must fit.
-    pub(crate) fn holds_table(&self, bytes: u64) -> bool {
-        usize::try_from(bytes).is_ok_and(|bytes| bytes <= self.files.budget_bytes())
+    /// A table is read through the cache only while its files add up to at most this: all
+    /// of it must fit.
+    pub(crate) fn max_table_file_bytes(&self) -> u64 {
+        u64::try_from(self.files.budget_bytes()).unwrap_or(u64::MAX)
     }
 
     /// Whether a file of `size` bytes is kept whole: at most an eighth of the budget, so that
@@ -151,9 +151,9 @@ mod tests {
         assert_eq!(cache.files.metrics.too_large.get(), 1);
         let none = ParquetCache::new(0);
         assert!(!none.keeps(1), "a budget of 0 keeps nothing");
-        assert!(cache.holds_table(800));
+        assert!(800 <= cache.max_table_file_bytes());
         assert!(
-            !cache.holds_table(801),
+            801 > cache.max_table_file_bytes(),
             "a table larger than the cache is read by ranges"
         );
     }
