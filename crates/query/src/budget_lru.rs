@@ -178,6 +178,31 @@ impl<V: Clone> BudgetLru<V> {
             .set(i64::try_from(entries.bytes).unwrap_or(i64::MAX));
     }
 
+    /// Counts the value under `key`, if it is still `is_it`, as `bytes` from now on: what it
+    /// takes once made may differ from what was reserved for it. Evicts others to stay within
+    /// the budget; one now larger than the whole budget is dropped.
+    pub(crate) fn reweigh_if(&self, key: &str, bytes: usize, is_it: impl FnOnce(&V) -> bool) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        let Some(value) = entries
+            .values
+            .get(key)
+            .filter(|entry| is_it(&entry.value))
+            .map(|entry| entry.value.clone())
+        else {
+            return;
+        };
+        if self.fits(key, bytes) {
+            self.insert_into(&mut entries, key, value, bytes);
+            return;
+        }
+        if let Some(removed) = entries.values.remove(key) {
+            entries.bytes -= removed.bytes;
+        }
+        self.set_bytes(&entries);
+    }
+
     /// Drops the value under `key`, if it is still `is_it`.
     pub(crate) fn remove_if(&self, key: &str, is_it: impl FnOnce(&V) -> bool) {
         let Ok(mut entries) = self.entries.lock() else {
@@ -255,6 +280,22 @@ mod tests {
         );
         cache.remove_if("a", |value| *value == 3);
         assert_eq!(cache.get("a"), None);
+        assert_eq!(cache.metrics.bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_value_reweighed_evicts_others_to_fit_and_is_dropped_past_the_budget() {
+        let cache = BudgetLru::new(100);
+        assert!(cache.insert("a", 1, 40));
+        assert!(cache.insert("b", 2, 40));
+        cache.reweigh_if("b", 50, |value| *value == 1);
+        assert_eq!(cache.metrics.bytes.get(), 80, "not b's value: unchanged");
+        cache.reweigh_if("b", 70, |value| *value == 2);
+        assert_eq!(cache.get("a"), None, "a evicted to make room");
+        assert_eq!(cache.get("b"), Some(2));
+        assert_eq!(cache.metrics.bytes.get(), 70);
+        cache.reweigh_if("b", 101, |value| *value == 2);
+        assert_eq!(cache.get("b"), None, "larger than the budget: dropped");
         assert_eq!(cache.metrics.bytes.get(), 0);
     }
 }

@@ -351,9 +351,19 @@ pub(crate) mod tests {
     const ROWS: usize = 5000;
     pub(crate) const FILE_PATH: &str = "measurements/date=1970-01-01/part-0.parquet";
 
+    /// What the values of [`measurements_file`] are.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub(crate) enum FileValues {
+        /// Each row's number, in one uncompressed row group.
+        RowNumbers,
+        /// Readings of 200 values in quarters (sums exact in any order), in random order, zstd-compressed, in row groups of
+        /// 1,000: chunks the Parquet cache keeps decompressed.
+        Readings,
+    }
+
     /// Measurements as the store writes them: Arrow's Parquet writer (text in dictionary
     /// pages), times in microseconds, small pages so a file has many.
-    fn measurements_file() -> Result<Vec<u8>> {
+    fn measurements_file(values: FileValues) -> Result<Vec<u8>> {
         let fields: Vec<Field> = Table::Measurements
             .schema()
             .fields()
@@ -378,16 +388,28 @@ pub(crate) mod tests {
             text(vec!["truck042"; ROWS]),
             text((0..ROWS).map(|row| nth(row).0).collect()),
             text((0..ROWS).map(|row| nth(row).1).collect()),
-            Arc::new(Float64Array::from_iter_values(
-                (0..ROWS).map(|row| row as f64),
-            )),
+            Arc::new(Float64Array::from_iter_values((0..ROWS).map(
+                |row| match values {
+                    FileValues::RowNumbers => row as f64,
+                    FileValues::Readings => {
+                        (row.wrapping_mul(2_654_435_761) >> 7) as f64 % 200.0 / 4.0
+                    }
+                },
+            ))),
             Arc::new(StringArray::from(vec![None::<&str>; ROWS])),
         ];
         let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-        let properties = datafusion::parquet::file::properties::WriterProperties::builder()
+        let mut properties = datafusion::parquet::file::properties::WriterProperties::builder()
             .set_data_page_row_count_limit(500)
-            .set_write_batch_size(500)
-            .build();
+            .set_write_batch_size(500);
+        if values == FileValues::Readings {
+            properties = properties
+                .set_compression(datafusion::parquet::basic::Compression::ZSTD(
+                    Default::default(),
+                ))
+                .set_max_row_group_row_count(Some(1_000));
+        }
+        let properties = properties.build();
         let mut bytes = Vec::new();
         let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(properties))?;
         writer.write(&batch)?;
@@ -398,14 +420,15 @@ pub(crate) mod tests {
     /// A session whose `measurements` is the one file [`measurements_file`] writes, at
     /// [`FILE_PATH`] of an in-memory store.
     pub(crate) async fn lake_context() -> Result<SessionContext> {
-        Ok(lake_context_with(None).await?.0)
+        Ok(lake_context_with(None, FileValues::RowNumbers).await?.0)
     }
 
     /// [`lake_context`] with its files kept in `parquet_cache`, and its store.
     pub(crate) async fn lake_context_with(
         parquet_cache: Option<Arc<ParquetCache>>,
+        values: FileValues,
     ) -> Result<(SessionContext, Arc<InMemory>)> {
-        let bytes = measurements_file()?;
+        let bytes = measurements_file(values)?;
         let path = FILE_PATH;
         let size = bytes.len() as u64;
         let store = Arc::new(InMemory::new());

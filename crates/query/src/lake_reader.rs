@@ -28,6 +28,7 @@ use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 
+use crate::kept_file::KeptFile;
 use crate::parquet_cache::ParquetCache;
 
 /// Creates [`LakeFileReader`]s over DataFusion's cached readers.
@@ -71,7 +72,7 @@ impl ParquetFileReaderFactory for LakeFileReaderFactory {
                 store: Arc::clone(&self.store),
                 path: file.object_meta.location.clone(),
                 size,
-                bytes: None,
+                kept: None,
             });
         let cached =
             self.cached
@@ -81,7 +82,7 @@ impl ParquetFileReaderFactory for LakeFileReaderFactory {
 }
 
 /// A cached reader whose metadata always comes with the page index, where the file has one,
-/// and whose ranges are slices of the whole file when the [`ParquetCache`] keeps it.
+/// and whose footer and ranges come from the [`ParquetCache`] when it keeps the file.
 struct LakeFileReader {
     cached: Box<dyn AsyncFileReader + Send>,
     whole: Option<WholeFile>,
@@ -92,23 +93,31 @@ struct WholeFile {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
-    /// The file once this reader has it: later ranges do not ask the cache again.
-    bytes: Option<Bytes>,
+    /// The kept file this reader reads, once decided (None: not kept, or not usable here):
+    /// footer and ranges then come from the same file, and later reads do not ask the cache.
+    kept: Option<Option<Arc<KeptFile>>>,
 }
 
 impl WholeFile {
+    /// The kept file this reader reads; a rewritten one only when `rewritten_allowed`, that
+    /// is, when its footer is the one the scan reads by (see `get_metadata`).
+    async fn kept(&mut self, rewritten_allowed: bool) -> ParquetResult<Option<Arc<KeptFile>>> {
+        if let Some(kept) = &self.kept {
+            return Ok(kept.clone());
+        }
+        let read = self.cache.file(&self.store, &self.path, self.size).await;
+        let kept = read
+            .map_err(|e| ParquetError::External(Box::new(e)))?
+            .filter(|kept| rewritten_allowed || !kept.rewritten);
+        self.kept = Some(kept.clone());
+        Ok(kept)
+    }
+
     /// The file's bytes at `ranges`, or None when the cache does not keep it.
     async fn slices(&mut self, ranges: &[Range<u64>]) -> ParquetResult<Option<Vec<Bytes>>> {
-        let bytes = match &self.bytes {
-            Some(bytes) => bytes.clone(),
-            None => {
-                let read = self.cache.file(&self.store, &self.path, self.size).await;
-                let Some(bytes) = read.map_err(|e| ParquetError::External(Box::new(e)))? else {
-                    return Ok(None);
-                };
-                self.bytes = Some(bytes.clone());
-                bytes
-            }
+        // Undecided here means the footer came from elsewhere: only the store's bytes fit it.
+        let Some(kept) = self.kept(false).await? else {
+            return Ok(None);
         };
         // Served from memory, a scan would never wait: each partition's task would run
         // until its files were done, and both of a query's partitions ran on one worker
@@ -118,24 +127,19 @@ impl WholeFile {
         tokio::task::yield_now().await;
         ranges
             .iter()
-            .map(|range| slice(&bytes, range, &self.path))
+            .map(|range| slice(&kept, range, &self.path))
             .collect::<ParquetResult<Vec<_>>>()
             .map(Some)
     }
 }
 
-/// `range` of the file, or an error when a footer points past its end.
-fn slice(file: &Bytes, range: &Range<u64>, path: &Path) -> ParquetResult<Bytes> {
-    let in_file = usize::try_from(range.start)
-        .ok()
-        .zip(usize::try_from(range.end).ok());
-    match in_file {
-        Some((start, end)) if start <= end && end <= file.len() => Ok(file.slice(start..end)),
-        _ => Err(ParquetError::EOF(format!(
-            "{path}: bytes {range:?} asked of a file of {} bytes",
-            file.len()
-        ))),
-    }
+/// `range` of the kept file, or an error when a footer points past its bytes.
+fn slice(file: &KeptFile, range: &Range<u64>, path: &Path) -> ParquetResult<Bytes> {
+    file.slice(range).ok_or_else(|| {
+        ParquetError::EOF(format!(
+            "{path}: bytes {range:?} asked of a kept file that does not hold them"
+        ))
+    })
 }
 
 impl AsyncFileReader for LakeFileReader {
@@ -172,7 +176,19 @@ impl AsyncFileReader for LakeFileReader {
             .cloned()
             .unwrap_or_default()
             .with_page_index_policy(PageIndexPolicy::Optional);
-        async move { self.cached.get_metadata(Some(&with_index)).await }.boxed()
+        async move {
+            // Asked even when the file is kept: the footer cache is where planning learns
+            // a file's read schema (`lake_dictionary`).
+            let stored = self.cached.get_metadata(Some(&with_index)).await?;
+            if let Some(whole) = self.whole.as_mut()
+                && let Some(kept) = whole.kept(true).await?
+                && kept.rewritten
+            {
+                return Ok(Arc::clone(&kept.metadata));
+            }
+            Ok(stored)
+        }
+        .boxed()
     }
 }
 
@@ -188,7 +204,7 @@ mod tests {
 
     use object_store::ObjectStoreExt;
 
-    use crate::lake_dictionary::tests::{FILE_PATH, lake_context, lake_context_with};
+    use crate::lake_dictionary::tests::{FILE_PATH, FileValues, lake_context, lake_context_with};
     use crate::parquet_cache::ParquetCache;
 
     /// Whether the runtime's metadata cache holds the lake file with its page index.
@@ -233,9 +249,9 @@ mod tests {
     /// still read, by later queries too, and the answers stay those of the store's file.
     #[tokio::test]
     async fn a_kept_file_is_read_from_memory_by_every_later_scan() -> Result<()> {
-        let (plain, _) = lake_context_with(None).await?;
+        let (plain, _) = lake_context_with(None, FileValues::RowNumbers).await?;
         let cache = Arc::new(ParquetCache::new(64 * 1024 * 1024));
-        let (context, store) = lake_context_with(Some(cache)).await?;
+        let (context, store) = lake_context_with(Some(cache), FileValues::RowNumbers).await?;
         let queries = [
             "SELECT count(*), sum(value) FROM measurements",
             "SELECT series, count(*) FROM measurements WHERE series = 'load' GROUP BY series",
@@ -257,15 +273,44 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn a_range_past_the_end_of_a_kept_file_is_an_error_not_a_panic() {
-        let file = bytes::Bytes::from_static(b"0123456789");
-        let path = object_store::path::Path::from("f");
-        assert_eq!(super::slice(&file, &(2..5), &path).unwrap(), &b"234"[..]);
-        assert_eq!(super::slice(&file, &(10..10), &path).unwrap().len(), 0);
-        for (start, end) in [(8, 11), (11, 12), (5, 4), (u64::MAX - 1, u64::MAX)] {
-            let range = start..end;
-            assert!(super::slice(&file, &range, &path).is_err(), "{range:?}");
+    /// A file kept with its values decompressed is larger than the store's: a scan that
+    /// splits it between partitions by the store's byte ranges places row groups by their
+    /// first chunk's offset, which the kept file keeps, so each row is read once either way,
+    /// from memory (the store's file deleted after the first query).
+    #[tokio::test]
+    async fn a_file_split_by_byte_ranges_is_read_whole_once_however_it_is_kept() -> Result<()> {
+        let sql = "SELECT count(*), sum(value), min(time), max(time) FROM measurements";
+        let (plain, _) = lake_context_with(None, FileValues::Readings).await?;
+        let want = count(&plain, sql).await?;
+        assert!(want.contains("| 5000 "), "{want}");
+        for split in [true, false] {
+            let cache = Arc::new(ParquetCache::new(64 * 1024 * 1024));
+            let (context, store) =
+                lake_context_with(Some(Arc::clone(&cache)), FileValues::Readings).await?;
+            context
+                .sql("SET datafusion.execution.target_partitions = 2")
+                .await?;
+            let smallest = if split { 0 } else { u64::MAX };
+            context
+                .sql(&format!(
+                    "SET datafusion.optimizer.repartition_file_min_size = {smallest}"
+                ))
+                .await?;
+            let plan = context.sql(sql).await?.create_physical_plan().await?;
+            let shown = datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string();
+            assert_eq!(shown.contains("part-0.parquet:0.."), split, "{shown}");
+            assert_eq!(count(&context, sql).await?, want, "split: {split}");
+            store.delete(&Path::from(FILE_PATH)).await?;
+            assert_eq!(
+                count(&context, sql).await?,
+                want,
+                "split: {split}, from memory"
+            );
+            let kept = cache.file_if_kept(FILE_PATH).expect("kept");
+            assert!(kept.rewritten, "its values decompressed");
         }
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ mod engine;
 mod file_cache;
 mod hierarchy;
 mod join_sizes;
+mod kept_file;
 mod lake_adapter;
 mod lake_dictionary;
 mod lake_reader;

@@ -3,20 +3,21 @@
 //! slice of memory shared with every other query, not a read from the store (on a local
 //! disk, a copy out of the page cache into a zeroed buffer: a tenth of a full scan's CPU;
 //! on S3, a request). Lake files never change under their name, so a kept file stays right
-//! until it is evicted.
+//! until it is evicted. A file is kept as [`KeptFile`] makes it: the chunks compression
+//! hardly shrinks, decompressed once at load instead of at every scan.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::OnceCell;
 
 use crate::budget_lru::BudgetLru;
+use crate::kept_file::KeptFile;
 
-/// A file's bytes, read once by whichever query asks first while the others wait for it.
-type Slot = Arc<OnceCell<Bytes>>;
+/// A file, read once by whichever query asks first while the others wait for it.
+type Slot = Arc<OnceCell<Arc<KeptFile>>>;
 
 #[derive(Debug)]
 pub(crate) struct ParquetCache {
@@ -59,7 +60,7 @@ impl ParquetCache {
         store: &Arc<dyn ObjectStore>,
         path: &Path,
         size: u64,
-    ) -> object_store::Result<Option<Bytes>> {
+    ) -> object_store::Result<Option<Arc<KeptFile>>> {
         let bytes = usize::try_from(size).unwrap_or(usize::MAX);
         let Some(slot) = self
             .files
@@ -71,13 +72,17 @@ impl ParquetCache {
             self.files.metrics.hits.inc();
             return Ok(Some(bytes.clone()));
         }
-        let read = slot
-            .get_or_try_init(|| async { store.get(path).await?.bytes().await })
-            .await;
+        let read = slot.get_or_try_init(|| load(store, path)).await;
         match read {
-            Ok(bytes) => {
+            Ok(kept) => {
                 self.files.metrics.loads.inc();
-                Ok(Some(bytes.clone()))
+                // Weighed as kept: decompressed chunks and the footer take more than the
+                // store's bytes.
+                self.files
+                    .reweigh_if(path.as_ref(), kept.memory_size(), |entry| {
+                        Arc::ptr_eq(entry, &slot)
+                    });
+                Ok(Some(Arc::clone(kept)))
             }
             Err(error) => {
                 // Not kept empty: the next query tries the store again.
@@ -90,15 +95,45 @@ impl ParquetCache {
 }
 
 #[cfg(test)]
+impl ParquetCache {
+    /// The file at `path`, if it is kept and loaded.
+    pub(crate) fn file_if_kept(&self, path: &str) -> Option<Arc<KeptFile>> {
+        self.files.get(path)?.get().cloned()
+    }
+}
+
+/// The file from `store`, decompressed where worth it off the runtime's workers.
+async fn load(store: &Arc<dyn ObjectStore>, path: &Path) -> object_store::Result<Arc<KeptFile>> {
+    let bytes = store.get(path).await?.bytes().await?;
+    let kept = tokio::task::spawn_blocking(move || KeptFile::new(bytes))
+        .await
+        .map_err(|error| generic_error(path, error))?
+        .map_err(|error| generic_error(path, error))?;
+    Ok(Arc::new(kept))
+}
+
+fn generic_error(
+    path: &Path,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "parquet cache",
+        source: format!("{path}: {error}").into(),
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use object_store::memory::InMemory;
 
     use super::*;
+    use crate::kept_file::tests::lake_like_file;
 
-    async fn store_with(files: &[(&str, usize)]) -> Arc<dyn ObjectStore> {
+    async fn store_with(files: &[(&str, &Bytes)]) -> Arc<dyn ObjectStore> {
         let store = Arc::new(InMemory::new());
-        for (path, size) in files {
-            let bytes = Bytes::from(vec![7u8; *size]);
+        for (path, bytes) in files {
+            let bytes = Bytes::clone(bytes);
             store.put(&Path::from(*path), bytes.into()).await.unwrap();
         }
         store
@@ -106,35 +141,43 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_is_read_once_and_then_served_from_memory() -> object_store::Result<()> {
-        let store = store_with(&[("a", 100)]).await;
-        let cache = ParquetCache::new(8 * 100);
-        let first = cache.file(&store, &Path::from("a"), 100).await?.unwrap();
-        assert_eq!(first.len(), 100);
+        let file = lake_like_file(5_000, true);
+        let size = file.len() as u64;
+        let store = store_with(&[("a", &file)]).await;
+        let cache = ParquetCache::new(8 * 2 * file.len());
+        let first = cache.file(&store, &Path::from("a"), size).await?.unwrap();
+        assert!(first.rewritten, "its values kept decompressed");
         store.delete(&Path::from("a")).await?;
-        let again = cache.file(&store, &Path::from("a"), 100).await?;
-        assert_eq!(
-            again,
-            Some(first),
+        let again = cache.file(&store, &Path::from("a"), size).await?.unwrap();
+        assert!(
+            Arc::ptr_eq(&again, &first),
             "the store no longer has it: served from memory"
         );
         assert_eq!(cache.files.metrics.loads.get(), 1);
         assert_eq!(cache.files.metrics.hits.get(), 1);
-        assert_eq!(cache.files.metrics.bytes.get(), 100);
+        assert_eq!(
+            cache.files.metrics.bytes.get(),
+            first.memory_size() as i64,
+            "weighed as kept, not as stored"
+        );
+        assert!(first.memory_size() > file.len());
         Ok(())
     }
 
     #[tokio::test]
     async fn a_file_the_store_cannot_give_is_not_kept() -> object_store::Result<()> {
+        let file = lake_like_file(5_000, true);
+        let size = file.len() as u64;
         let store = store_with(&[]).await;
-        let cache = ParquetCache::new(8 * 100);
-        assert!(cache.file(&store, &Path::from("a"), 100).await.is_err());
+        let cache = ParquetCache::new(8 * 2 * file.len());
+        assert!(cache.file(&store, &Path::from("a"), size).await.is_err());
         assert_eq!(
             cache.files.metrics.bytes.get(),
             0,
             "no empty slot left behind"
         );
-        let store = store_with(&[("a", 100)]).await;
-        assert!(cache.file(&store, &Path::from("a"), 100).await?.is_some());
+        let store = store_with(&[("a", &file)]).await;
+        assert!(cache.file(&store, &Path::from("a"), size).await?.is_some());
         assert_eq!(
             cache.files.metrics.loads.get(),
             1,
