@@ -32,7 +32,7 @@ use datafusion::parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 
 /// A chunk that compression leaves above this share of its size is kept decompressed: it
 /// costs at most a third more memory, and saves a decompression per scan.
-const DECOMPRESS_ABOVE_SHARE: f64 = 0.75;
+pub(crate) const DECOMPRESS_ABOVE_SHARE: f64 = 0.75;
 
 #[derive(Debug)]
 pub(crate) struct KeptFile {

@@ -187,7 +187,8 @@ impl LakeTableProvider {
     /// files the other queries read.
     fn parquet_cache_for(&self, table_file_bytes: u64) -> Option<Arc<ParquetCache>> {
         let cache = self.parquet_cache.as_ref()?;
-        (table_file_bytes <= cache.max_table_file_bytes()).then(|| Arc::clone(cache))
+        let holds = cache.holds_table(self.table.name(), table_file_bytes);
+        holds.then(|| Arc::clone(cache))
     }
 
     /// What the Parquet reader cannot learn from the filters by itself: a subtree predicate as

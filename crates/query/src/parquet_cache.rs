@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::OnceCell;
 
 use crate::budget_lru::BudgetLru;
-use crate::kept_file::KeptFile;
+use crate::kept_file::{DECOMPRESS_ABOVE_SHARE, KeptFile};
 
 /// A file, read once by whichever query asks first while the others wait for it.
 type Slot = Arc<OnceCell<Arc<KeptFile>>>;
@@ -22,24 +23,45 @@ type Slot = Arc<OnceCell<Arc<KeptFile>>>;
 #[derive(Debug)]
 pub(crate) struct ParquetCache {
     files: BudgetLru<Slot>,
+    /// Scans of a table too large for the cache (see [`Self::holds_table`]).
+    tables_past_budget: Counter,
 }
 
 impl ParquetCache {
     pub(crate) fn new(budget_bytes: usize) -> Self {
         Self {
             files: BudgetLru::new(budget_bytes),
+            tables_past_budget: Counter::default(),
         }
     }
 
     pub(crate) fn register_metrics(&self, registry: &mut Registry) {
         let what = "lake files' Parquet bytes";
         self.files.metrics.register(registry, "parquet_cache", what);
+        registry.register(
+            "twinlake_query_parquet_cache_tables_past_budget",
+            "Scans of a table whose files outgrow the Parquet cache, read by ranges from the store",
+            self.tables_past_budget.clone(),
+        );
     }
 
-    /// A table is read through the cache only while its files add up to at most this: all
-    /// of it must fit.
-    pub(crate) fn max_table_file_bytes(&self) -> u64 {
-        u64::try_from(self.files.budget_bytes()).unwrap_or(u64::MAX)
+    /// Whether a table whose files add up to `table_file_bytes` (as stored) is read through
+    /// the cache: all of it must fit as kept, its chunks decompressed taking up to a third
+    /// more. A larger one is read by ranges, counted and logged: an operator sees the budget
+    /// is too small for the history queried.
+    pub(crate) fn holds_table(&self, table: &str, table_file_bytes: u64) -> bool {
+        let budget = self.files.budget_bytes() as f64;
+        if table_file_bytes as f64 <= budget * DECOMPRESS_ABOVE_SHARE {
+            return true;
+        }
+        self.tables_past_budget.inc();
+        tracing::debug!(
+            table,
+            table_file_bytes,
+            budget = self.files.budget_bytes(),
+            "a table's files outgrow the Parquet cache: read by ranges from the store"
+        );
+        false
     }
 
     /// Whether a file of `size` bytes is kept whole: at most an eighth of the budget, so that
@@ -194,10 +216,11 @@ mod tests {
         assert_eq!(cache.files.metrics.too_large.get(), 1);
         let none = ParquetCache::new(0);
         assert!(!none.keeps(1), "a budget of 0 keeps nothing");
-        assert!(800 <= cache.max_table_file_bytes());
+        assert!(cache.holds_table("measurements", 600));
         assert!(
-            801 > cache.max_table_file_bytes(),
-            "a table larger than the cache is read by ranges"
+            !cache.holds_table("measurements", 601),
+            "a table that would not fit decompressed is read by ranges"
         );
+        assert_eq!(cache.tables_past_budget.get(), 1, "and counted");
     }
 }
