@@ -19,7 +19,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use datafusion::parquet::basic::{Compression, PageType};
 use datafusion::parquet::column::page::{CompressedPage, Page, PageWriter};
 use datafusion::parquet::errors::{ParquetError, Result};
@@ -43,7 +43,6 @@ pub(crate) struct KeptFile {
     /// Whether chunks were decompressed: `metadata` is then not the store's footer, and only
     /// a reader that was given it may read these bytes.
     pub(crate) rewritten: bool,
-    memory: usize,
 }
 
 #[derive(Debug)]
@@ -76,7 +75,6 @@ impl KeptFile {
     }
 
     fn as_stored(file: Bytes, metadata: ParquetMetaData) -> Self {
-        let memory = file.len() + metadata.memory_size();
         Self {
             runs: vec![Run {
                 offset: 0,
@@ -84,13 +82,13 @@ impl KeptFile {
             }],
             metadata: Arc::new(metadata),
             rewritten: false,
-            memory,
         }
     }
 
     /// What keeping it takes: its bytes and its decoded footer.
     pub(crate) fn memory_size(&self) -> usize {
-        self.memory
+        let bytes: usize = self.runs.iter().map(|run| run.bytes.len()).sum();
+        bytes + self.metadata.memory_size()
     }
 
     /// The bytes at `range`, which must lie in one run: a reader asks for a chunk or pages
@@ -127,7 +125,7 @@ fn worth_decompressing(chunk: &ColumnChunkMetaData) -> bool {
 fn with_chunks_decompressed(file: &Bytes, metadata: &ParquetMetaData) -> Result<KeptFile> {
     let file_end = file.len() as u64;
     let mut kept_ranges: Vec<Range<u64>> = Vec::new();
-    let mut appended = BytesMut::new();
+    let mut appended = Vec::new();
     let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
     let mut offset_index = metadata.offset_index().cloned();
     for (group, row_group) in metadata.row_groups().iter().enumerate() {
@@ -139,13 +137,10 @@ fn with_chunks_decompressed(file: &Bytes, metadata: &ParquetMetaData) -> Result<
                 kept_ranges.push(start..start + length);
                 continue;
             }
-            let at = file_end + appended.len() as u64;
             let pages = offset_index
                 .as_mut()
                 .and_then(|index| index.get_mut(group)?.get_mut(column));
-            let (bytes, chunk) = decompressed_chunk(file, row_group, chunk, at, pages)?;
-            appended.extend_from_slice(&bytes);
-            columns[column] = chunk;
+            columns[column] = decompressed_chunk(file, row_group, chunk, &mut appended, pages)?;
         }
         let row_group = row_group
             .clone()
@@ -157,7 +152,7 @@ fn with_chunks_decompressed(file: &Bytes, metadata: &ParquetMetaData) -> Result<
     let mut runs = runs_of(file, kept_ranges)?;
     runs.push(Run {
         offset: file_end,
-        bytes: appended.freeze(),
+        bytes: Bytes::from(appended),
     });
     let metadata = metadata
         .clone()
@@ -165,12 +160,10 @@ fn with_chunks_decompressed(file: &Bytes, metadata: &ParquetMetaData) -> Result<
         .set_row_groups(row_groups)
         .set_offset_index(offset_index)
         .build();
-    let memory = runs.iter().map(|run| run.bytes.len()).sum::<usize>() + metadata.memory_size();
     Ok(KeptFile {
         runs,
         metadata: Arc::new(metadata),
         rewritten: true,
-        memory,
     })
 }
 
@@ -204,18 +197,20 @@ fn runs_of(file: &Bytes, mut ranges: Vec<Range<u64>>) -> Result<Vec<Run>> {
         .collect()
 }
 
-/// The chunk's pages decompressed, to be placed at offset `at`, with the chunk's metadata
-/// there; `pages`, its offset index, relocated to match.
+/// The chunk's pages decompressed, appended to `appended` (the bytes placed right after the
+/// store's file), and the chunk's metadata there; `pages`, its offset index, relocated to
+/// match.
 fn decompressed_chunk(
     file: &Bytes,
     row_group: &RowGroupMetaData,
     chunk: &ColumnChunkMetaData,
-    at: u64,
+    appended: &mut Vec<u8>,
     pages: Option<&mut OffsetIndexMetaData>,
-) -> Result<(Vec<u8>, ColumnChunkMetaData)> {
+) -> Result<ColumnChunkMetaData> {
+    let at = file.len() + appended.len();
     let rows = usize::try_from(row_group.num_rows()).unwrap_or_default();
     let reader = SerializedPageReader::new(Arc::new(file.clone()), chunk, rows, None)?;
-    let mut sink = TrackedWrite::new(Vec::new());
+    let mut sink = TrackedWrite::new(appended);
     let mut writer = SerializedPageWriter::new(&mut sink);
     let at = i64::try_from(at).map_err(|e| ParquetError::External(e.into()))?;
     let mut dictionary_offset = None;
@@ -249,35 +244,15 @@ fn decompressed_chunk(
     if let Some(pages) = pages {
         relocate(pages, &locations)?;
     }
-    Ok((sink.into_inner()?, metadata))
+    Ok(metadata)
 }
 
 /// A page as read, marked as stored uncompressed (a V2 page says so in its header).
-fn uncompressed(page: Page) -> Page {
-    match page {
-        Page::DataPageV2 {
-            buf,
-            num_values,
-            encoding,
-            num_nulls,
-            num_rows,
-            def_levels_byte_len,
-            rep_levels_byte_len,
-            statistics,
-            ..
-        } => Page::DataPageV2 {
-            buf,
-            num_values,
-            encoding,
-            num_nulls,
-            num_rows,
-            def_levels_byte_len,
-            rep_levels_byte_len,
-            is_compressed: false,
-            statistics,
-        },
-        page => page,
+fn uncompressed(mut page: Page) -> Page {
+    if let Page::DataPageV2 { is_compressed, .. } = &mut page {
+        *is_compressed = false;
     }
+    page
 }
 
 /// The offset index of a chunk's data pages moved to their new `(offset, size)`: the pages
